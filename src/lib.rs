@@ -1,0 +1,17 @@
+//! sdnlinkd: joins the pod networks of several Kubernetes clusters on every node.
+//!
+//! Layout: `config` (schema, loading, validation), `model` (plain per-cluster snapshots),
+//! `netns` (the namespace handle, the only place that calls `setns`), `node` (namespace, veth,
+//! addresses, routes, sysctls), `clusters` (kube-rs watchers, trust filtering, peer publication,
+//! and the simulated API server used by tests and the lab), `tunnel` (WireGuard), `proxy` (IPVS
+//! and nftables service proxying), `dns` (the stub resolver), `daemon` (the reconcile loop),
+//! `lab` (the one-machine lab).
+
+pub mod clusters;
+pub mod config;
+pub mod dns;
+pub mod model;
+pub mod netns;
+pub mod node;
+pub mod proxy;
+pub mod tunnel;
