@@ -94,3 +94,6 @@ pub enum NodeError {
         first: Box<NodeError>,
     },
 }
+
+#[cfg(test)]
+mod tests;
