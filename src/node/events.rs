@@ -3,10 +3,10 @@
 use super::NodeError;
 use crate::netns::NetNs;
 use futures::StreamExt;
-use netlink_packet_core::NetlinkPayload;
 use rtnetlink::constants::{
     RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK,
 };
+use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::AsyncSocket;
 use std::sync::Arc;
@@ -17,11 +17,7 @@ const GROUPS: u32 =
 
 async fn subscribe(ns: &NetNs, notify: Arc<Notify>) -> Result<(), NodeError> {
     // The socket must be created inside the namespace; binding and reading work from any thread.
-    let made = ns.run_async(rtnetlink::new_connection).await?;
-    let (mut conn, handle, mut messages) = made.map_err(|source| NodeError::Io {
-        what: format!("netlink socket in namespace {:?}", ns.name()),
-        source,
-    })?;
+    let (mut conn, handle, mut messages) = ns.rtnetlink_connection().await?;
     let addr = rtnetlink::sys::SocketAddr::new(0, GROUPS);
     conn.socket_mut()
         .socket_mut()

@@ -100,13 +100,20 @@ fn desired_from_config() {
         })
     );
     assert_eq!(d.protocol, 245);
-    assert_eq!(d.ns_sysctls.get("net/ipv4/ip_forward").map(String::as_str), Some("1"));
     assert_eq!(
-        d.ns_sysctls.get("net/ipv4/conf/eth0/rp_filter").map(String::as_str),
+        d.ns_sysctls.get("net/ipv4/ip_forward").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        d.ns_sysctls
+            .get("net/ipv4/conf/eth0/rp_filter")
+            .map(String::as_str),
         Some("2")
     );
     assert_eq!(
-        d.host_sysctls.get("net/ipv4/conf/sdnlink0/rp_filter").map(String::as_str),
+        d.host_sysctls
+            .get("net/ipv4/conf/sdnlink0/rp_filter")
+            .map(String::as_str),
         Some("2")
     );
     // IPv4-only config: no IPv6 forwarding.
@@ -142,10 +149,21 @@ fn plan_from_nothing_creates_everything_in_order() {
     assert_eq!(lines[1], "host: ip link set sdnlink0 mtu 1500 up");
     assert_eq!(lines[2], "ns: ip link set eth0 mtu 1500 up");
     assert_eq!(lines[3], "ns: ip link set lo up");
-    let first_route = lines.iter().position(|l| l.contains("ip route")).expect("routes");
-    let last_addr = lines.iter().rposition(|l| l.contains("ip addr")).expect("addrs");
-    assert!(last_addr < first_route, "addresses before routes: {lines:#?}");
-    assert!(lines.contains(&"host: ip route add 172.31.0.0/16 via 169.254.100.2 dev sdnlink0 proto 245".into()));
+    let first_route = lines
+        .iter()
+        .position(|l| l.contains("ip route"))
+        .expect("routes");
+    let last_addr = lines
+        .iter()
+        .rposition(|l| l.contains("ip addr"))
+        .expect("addrs");
+    assert!(
+        last_addr < first_route,
+        "addresses before routes: {lines:#?}"
+    );
+    assert!(lines.contains(
+        &"host: ip route add 172.31.0.0/16 via 169.254.100.2 dev sdnlink0 proto 245".into()
+    ));
     let tunnel_route = format!(
         "ns: ip route add 10.132.0.0/23 dev {} proto 245",
         c.tunnel.interface
@@ -234,8 +252,10 @@ fn tunnel_routes_wait_for_the_tunnel_link() {
     obs.tunnel_present = true;
     let ops = plan(&d, &obs);
     assert_eq!(ops.len(), 1);
-    assert!(matches!(&ops[0], NodeOp::AddRoute { side: Side::Ns, dst, spec, .. }
-        if *dst == net("10.132.0.0/23") && spec.dev == c.tunnel.interface));
+    assert!(
+        matches!(&ops[0], NodeOp::AddRoute { side: Side::Ns, dst, spec, .. }
+        if *dst == net("10.132.0.0/23") && spec.dev == c.tunnel.interface)
+    );
     assert!(skipped_routes(&d, &obs).is_empty());
 }
 
@@ -243,12 +263,21 @@ fn tunnel_routes_wait_for_the_tunnel_link() {
 fn mtu_and_down_links_are_fixed_in_place() {
     let d = NodeDesired::from_config(&cfg(), &extras(&[]));
     let mut obs = matching(&d);
-    obs.host_link = Some(LinkState { mtu: 1400, up: true });
-    obs.ns_link = Some(LinkState { mtu: 1500, up: false });
+    obs.host_link = Some(LinkState {
+        mtu: 1400,
+        up: true,
+    });
+    obs.ns_link = Some(LinkState {
+        mtu: 1500,
+        up: false,
+    });
     let lines: Vec<String> = plan(&d, &obs).iter().map(ToString::to_string).collect();
     assert_eq!(
         lines,
-        vec!["host: ip link set sdnlink0 mtu 1500 up", "ns: ip link set eth0 up"]
+        vec![
+            "host: ip link set sdnlink0 mtu 1500 up",
+            "ns: ip link set eth0 up"
+        ]
     );
 }
 
@@ -294,15 +323,30 @@ fn ownership_of_the_veth_pair() {
         Some(facts(2, InfoKind::Veth, 7, None)),
     );
     assert!(matches!(ours, Ok(Some(_))));
-    assert!(matches!(check_ownership("a", "b", "n", None, None), Ok(None)));
+    assert!(matches!(
+        check_ownership("a", "b", "n", None, None),
+        Ok(None)
+    ));
 
     let cases = [
         // Host name taken by a bridge.
-        (Some(facts(7, InfoKind::Bridge, 0, None)), Some(facts(2, InfoKind::Veth, 7, None)), Side::Host),
+        (
+            Some(facts(7, InfoKind::Bridge, 0, None)),
+            Some(facts(2, InfoKind::Veth, 7, None)),
+            Side::Host,
+        ),
         // A veth, but its peer is some other interface.
-        (Some(facts(7, InfoKind::Veth, 3, Some(0))), Some(facts(2, InfoKind::Veth, 7, None)), Side::Host),
+        (
+            Some(facts(7, InfoKind::Veth, 3, Some(0))),
+            Some(facts(2, InfoKind::Veth, 7, None)),
+            Side::Host,
+        ),
         // A veth with its peer in the same namespace (no IFLA_LINK_NETNSID).
-        (Some(facts(7, InfoKind::Veth, 2, None)), Some(facts(2, InfoKind::Veth, 7, None)), Side::Host),
+        (
+            Some(facts(7, InfoKind::Veth, 2, None)),
+            Some(facts(2, InfoKind::Veth, 7, None)),
+            Side::Host,
+        ),
         // The host name exists without the namespace end.
         (Some(facts(7, InfoKind::Veth, 2, Some(0))), None, Side::Host),
         // The namespace name exists without the host end.
@@ -312,7 +356,14 @@ fn ownership_of_the_veth_pair() {
         match check_ownership("sdnlink0", "eth0", "sdnlink", h, n) {
             Err(NodeError::Foreign { side: s, name, .. }) => {
                 assert_eq!(s, side);
-                assert_eq!(name, if side == Side::Host { "sdnlink0" } else { "eth0" });
+                assert_eq!(
+                    name,
+                    if side == Side::Host {
+                        "sdnlink0"
+                    } else {
+                        "eth0"
+                    }
+                );
             }
             other => panic!("expected Foreign, got {other:?}"),
         }
