@@ -28,6 +28,8 @@ fn nix_io(e: nix::Error) -> io::Error {
 /// Whether `path` is a mounted nsfs file (a live namespace pin).
 fn is_nsfs(path: &Path) -> io::Result<bool> {
     match nix::sys::statfs::statfs(path) {
+        // f_type is __fsword_t: i64 on x86_64, narrower on other architectures.
+        #[allow(clippy::unnecessary_cast)]
         Ok(st) => Ok(st.filesystem_type().0 as i64 == NSFS_MAGIC),
         Err(nix::Error::ENOENT) => Ok(false),
         Err(e) => Err(nix_io(e)),
@@ -83,7 +85,7 @@ fn create_pin_file(path: &Path) -> Result<(), NodeError> {
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(path)
         .map(drop)
         .map_err(pin_err(path, "creating the pin file"))

@@ -173,7 +173,9 @@ impl Plumbing {
                 "tunnel routes wait for the tunnel interface"
             );
         }
-        if full {
+        // Per-interface sysctls need the links; after a failed operation the next (full) sync
+        // writes them.
+        if full && failed.is_empty() {
             let h = desired.host_sysctls.clone();
             let mut changed = self
                 .host
