@@ -380,3 +380,110 @@ fn root_ensure_namespace_creates_adopts_and_repairs_a_stale_pin() {
     assert!(!path.exists());
     assert!(!node::remove_namespace(name).expect("remove again"));
 }
+
+#[tokio::test]
+async fn root_only_routes_with_our_protocol_are_touched() {
+    let e = env("proto");
+    let d = e.desired(&[]);
+    let mut p = e.plumbing();
+    p.sync(&d, true).await.expect("first sync");
+
+    // A stale route of ours is removed; someone else's routes are left alone.
+    e.ip(
+        &e.host_name,
+        &[
+            "route",
+            "add",
+            "10.250.0.0/16",
+            "via",
+            "169.254.100.2",
+            "dev",
+            "sdnlink0",
+            "proto",
+            "245",
+        ],
+    );
+    e.ip(
+        &e.host_name,
+        &[
+            "route",
+            "add",
+            "10.251.0.0/16",
+            "via",
+            "169.254.100.2",
+            "dev",
+            "sdnlink0",
+            "proto",
+            "static",
+        ],
+    );
+    let r = p.sync(&d, true).await.expect("sync");
+    assert_eq!(
+        r.ops,
+        vec![
+            "host: ip route del 10.250.0.0/16 via 169.254.100.2 dev sdnlink0 proto 245".to_string()
+        ]
+    );
+    let all = e.ip(&e.host_name, &["route", "show"]);
+    assert!(
+        all.contains("10.251.0.0/16 via 169.254.100.2 dev sdnlink0 proto static"),
+        "{all}"
+    );
+    assert!(!all.contains("10.250.0.0/16"), "{all}");
+
+    // Someone else's route to one of our destinations is an error naming it, not replaced.
+    e.ip(
+        &e.host_name,
+        &["route", "del", "172.31.0.0/16", "proto", "245"],
+    );
+    e.ip(
+        &e.host_name,
+        &[
+            "route",
+            "add",
+            "172.31.0.0/16",
+            "dev",
+            "sdnlink0",
+            "proto",
+            "static",
+        ],
+    );
+    match p.sync(&d, true).await {
+        Err(NodeError::Apply { first, .. }) => {
+            assert!(
+                matches!(*first, NodeError::ForeignRoute { dst, .. } if dst.to_string() == "172.31.0.0/16"),
+                "{first}"
+            );
+        }
+        other => panic!("expected a foreign route error, got {other:?}"),
+    }
+    let all = e.ip(&e.host_name, &["route", "show", "172.31.0.0/16"]);
+    assert!(all.contains("dev sdnlink0 proto static"), "{all}");
+}
+
+#[tokio::test]
+async fn root_ipv6_cidrs_route_through_the_ipv4_transit() {
+    let mut e = env("v6");
+    e.cfg.remote[0]
+        .pod_cidrs
+        .push("fd00:132::/48".parse().expect("literal"));
+    e.cfg
+        .local
+        .pod_cidrs
+        .push("fd00:128::/48".parse().expect("literal"));
+    let d = e.desired(&["fd00:31::10"]);
+    let mut p = e.plumbing();
+    p.sync(&d, true).await.expect("first sync");
+    let hr = e.ip(&e.host_name, &["-6", "route", "show", "proto", "245"]);
+    assert!(
+        hr.contains("fd00:132::/48 via fe80::2 dev sdnlink0"),
+        "{hr}"
+    );
+    let nr = e.ip(&e.ns_name, &["-6", "route", "show", "proto", "245"]);
+    assert!(nr.contains("fd00:128::/48 via fe80::1 dev eth0"), "{nr}");
+    let na = e.ip(&e.ns_name, &["-6", "addr", "show", "dev", "eth0"]);
+    assert!(na.contains("inet6 fd00:31::10/128"), "{na}");
+    assert_eq!(e.sysctl(&e.ns_name, "net.ipv6.conf.all.forwarding"), "1");
+    let r = p.sync(&d, true).await.expect("steady");
+    assert_eq!(r.operations(), 0, "{r:#?}");
+}

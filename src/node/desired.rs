@@ -5,7 +5,12 @@ use crate::config::{Config, ProxyBackendKind};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
+
+/// IPv6 next hop on the host end of the veth (fe80::1), used when any CIDR is IPv6.
+pub const V6_HOST_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// IPv6 next hop on the namespace end of the veth (fe80::2).
+pub const V6_NS_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 
 /// Inputs from other subsystems.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,45 +70,6 @@ impl NodeDesired {
             IpNet::V4(ipnet::Ipv4Net::new(a, prefix).expect("prefix comes from a valid Ipv4Net"))
         };
 
-        let host_addrs = BTreeSet::from([net(host_t)]);
-        let mut ns_addrs = BTreeSet::from([net(ns_t)]);
-        if cfg.dns.enabled {
-            ns_addrs.insert(host_net(cfg.dns.address));
-        }
-        ns_addrs.extend(extras.vips.iter().copied().map(host_net));
-
-        let to_ns = RouteSpec {
-            dev: ns.host_interface.clone(),
-            via: Some(IpAddr::V4(ns_t)),
-        };
-        let mut host_routes = BTreeMap::new();
-        for r in &cfg.remote {
-            for c in r.pod_cidrs.iter().chain(&r.service_cidrs) {
-                host_routes.insert(c.trunc(), to_ns.clone());
-            }
-        }
-        if cfg.dns.enabled {
-            host_routes.insert(host_net(cfg.dns.address), to_ns.clone());
-        }
-
-        let to_host = RouteSpec {
-            dev: ns.interface.clone(),
-            via: Some(IpAddr::V4(host_t)),
-        };
-        let mut ns_routes = BTreeMap::new();
-        for c in &cfg.local.pod_cidrs {
-            ns_routes.insert(c.trunc(), to_host.clone());
-        }
-        for c in &extras.tunnel_routes {
-            ns_routes.insert(
-                c.trunc(),
-                RouteSpec {
-                    dev: cfg.tunnel.interface.clone(),
-                    via: None,
-                },
-            );
-        }
-
         let any_v6 = cfg
             .local
             .pod_cidrs
@@ -115,6 +81,63 @@ impl NodeDesired {
                     .flat_map(|r| r.pod_cidrs.iter().chain(&r.service_cidrs)),
             )
             .any(|c| matches!(c, IpNet::V6(_)));
+
+        let mut host_addrs = BTreeSet::from([net(host_t)]);
+        let mut ns_addrs = BTreeSet::from([net(ns_t)]);
+        if any_v6 {
+            // IPv6 routes cannot use an IPv4 next hop (the kernel refuses RTA_VIA for IPv6), and
+            // kernel-made link-local addresses change with the veth's MAC: fixed link-local
+            // addresses on both ends are the IPv6 next hops.
+            host_addrs.insert(IpNet::V6(
+                ipnet::Ipv6Net::new(V6_HOST_LL, 64).expect("64 is a valid prefix"),
+            ));
+            ns_addrs.insert(IpNet::V6(
+                ipnet::Ipv6Net::new(V6_NS_LL, 64).expect("64 is a valid prefix"),
+            ));
+        }
+        if cfg.dns.enabled {
+            ns_addrs.insert(host_net(cfg.dns.address));
+        }
+        ns_addrs.extend(extras.vips.iter().copied().map(host_net));
+
+        let to_ns = |c: &IpNet| RouteSpec {
+            dev: ns.host_interface.clone(),
+            via: Some(match c {
+                IpNet::V4(_) => IpAddr::V4(ns_t),
+                IpNet::V6(_) => IpAddr::V6(V6_NS_LL),
+            }),
+        };
+        let mut host_routes = BTreeMap::new();
+        for r in &cfg.remote {
+            for c in r.pod_cidrs.iter().chain(&r.service_cidrs) {
+                host_routes.insert(c.trunc(), to_ns(c));
+            }
+        }
+        if cfg.dns.enabled {
+            let dns = host_net(cfg.dns.address);
+            host_routes.insert(dns, to_ns(&dns));
+        }
+
+        let to_host = |c: &IpNet| RouteSpec {
+            dev: ns.interface.clone(),
+            via: Some(match c {
+                IpNet::V4(_) => IpAddr::V4(host_t),
+                IpNet::V6(_) => IpAddr::V6(V6_HOST_LL),
+            }),
+        };
+        let mut ns_routes = BTreeMap::new();
+        for c in &cfg.local.pod_cidrs {
+            ns_routes.insert(c.trunc(), to_host(c));
+        }
+        for c in &extras.tunnel_routes {
+            ns_routes.insert(
+                c.trunc(),
+                RouteSpec {
+                    dev: cfg.tunnel.interface.clone(),
+                    via: None,
+                },
+            );
+        }
 
         let s = |k: String, v: &str| (k, v.to_string());
         // rp_filter: the kernel uses max(conf/all, conf/<dev>), so 2 (loose, RFC 3704) on the

@@ -6,7 +6,7 @@ use super::plan::{LinkState, NodeOp, Observed, Side};
 use super::NodeError;
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -145,7 +145,13 @@ fn is_link_local_v6(a: &IpAddr) -> bool {
     matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
-async fn dump_addrs(h: &Handle, index: u32) -> Result<BTreeSet<IpNet>, NodeError> {
+/// Addresses on link `index`, without kernel-made IPv6 link-local ones (`keep` lists the
+/// link-local addresses that are ours).
+async fn dump_addrs(
+    h: &Handle,
+    index: u32,
+    keep: &BTreeSet<IpNet>,
+) -> Result<BTreeSet<IpNet>, NodeError> {
     let mut out = BTreeSet::new();
     let mut s = h.address().get().set_link_index_filter(index).execute();
     while let Some(m) = s.try_next().await.map_err(nl("dumping addresses"))? {
@@ -165,11 +171,10 @@ async fn dump_addrs(h: &Handle, index: u32) -> Result<BTreeSet<IpNet>, NodeError
         });
         if let Some(ip) = addr {
             // The kernel adds fe80::/64 to every IPv6-enabled link; it is not ours.
-            if is_link_local_v6(&ip) {
-                continue;
-            }
             if let Ok(n) = IpNet::new(ip, m.header.prefix_len) {
-                out.insert(n);
+                if !is_link_local_v6(&ip) || keep.contains(&n) {
+                    out.insert(n);
+                }
             }
         }
     }
@@ -275,8 +280,8 @@ pub async fn observe(
             mtu: n.mtu,
             up: n.up,
         });
-        obs.host_addrs = dump_addrs(host, h.index).await?;
-        obs.ns_addrs = dump_addrs(ns, n.index).await?;
+        obs.host_addrs = dump_addrs(host, h.index, &desired.host_addrs).await?;
+        obs.ns_addrs = dump_addrs(ns, n.index, &desired.ns_addrs).await?;
     }
     obs.ns_lo_up = get_link(ns, "lo").await?.is_some_and(|l| l.up);
     obs.tunnel_present = get_link(ns, &desired.tunnel_interface).await?.is_some();
@@ -436,11 +441,17 @@ pub(crate) async fn execute(
         }
         NodeOp::AddAddr { side, dev, addr } => {
             let i = idx.get(*side, dev, host, ns).await?;
-            let r = handle(*side)
+            let mut req = handle(*side)
                 .address()
-                .add(i, addr.addr(), addr.prefix_len())
-                .execute()
-                .await;
+                .add(i, addr.addr(), addr.prefix_len());
+            if addr.addr().is_ipv6() {
+                // Without DAD the address (a next hop, a VIP) is usable at once instead of
+                // staying tentative for about a second; on our own veth nobody else owns it.
+                req.message_mut()
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            let r = req.execute().await;
             ok_if(r, &[libc::EEXIST]).map_err(nl(what))
         }
         NodeOp::DelAddr { side, dev, addr } => {
