@@ -111,6 +111,25 @@ impl Env {
         .join("\n--\n")
     }
 
+    /// Whether one echo reply comes back within 5 s (`-w`: keep sending until then; a veth
+    /// that just came up drops packets until link watch marks it operational).
+    fn ping(&self, ns: &str, dst: &str) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "ping", "-c", "1", "-i", "0.2", "-w", "5", dst,
+            ])
+            .output()
+            .expect("running ping");
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
     fn sysctl(&self, ns: &str, key: &str) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "sysctl", "-n", key])
@@ -183,11 +202,19 @@ async fn root_create_adopt_incremental_cleanup() {
     );
     let na = e.ip(&e.ns_name, &["addr", "show", "dev", "eth0"]);
     assert!(na.contains("inet 172.31.0.10/32"), "{na}");
+    // End to end: the host reaches the VIP and the DNS address in the namespace.
+    e.ping(&e.host_name, "172.31.0.10")
+        .expect("ping from host to the VIP");
+    e.ping(&e.host_name, &dns)
+        .expect("ping from host to the DNS address");
     let r = p.sync(&d, false).await.expect("incremental del");
     assert_eq!(
         r.ops,
         vec!["ns: ip addr del 172.31.0.10/32 dev eth0".to_string()]
     );
+    // The removed VIP no longer answers (the namespace has no route back to a lost
+    // destination: ICMP net unreachable at once).
+    assert!(e.ping(&e.host_name, "172.31.0.10").is_err());
     let st = serde_json::to_value(p.status()).expect("status serializes");
     assert_eq!(st["namespace"], e.ns_name.as_str());
     drop(p);
@@ -471,6 +498,9 @@ async fn root_ipv6_cidrs_route_through_the_ipv4_transit() {
         .local
         .pod_cidrs
         .push("fd00:128::/48".parse().expect("literal"));
+    e.cfg.remote[0]
+        .service_cidrs
+        .push("fd00:31::/112".parse().expect("literal"));
     let d = e.desired(&["fd00:31::10"]);
     let mut p = e.plumbing();
     p.sync(&d, true).await.expect("first sync");
@@ -484,6 +514,9 @@ async fn root_ipv6_cidrs_route_through_the_ipv4_transit() {
     let na = e.ip(&e.ns_name, &["-6", "addr", "show", "dev", "eth0"]);
     assert!(na.contains("inet6 fd00:31::10/128"), "{na}");
     assert_eq!(e.sysctl(&e.ns_name, "net.ipv6.conf.all.forwarding"), "1");
+    // End to end: the host reaches the VIP in the namespace through the veth and back.
+    e.ping(&e.host_name, "fd00:31::10")
+        .expect("ping6 from host to the VIP");
     let r = p.sync(&d, true).await.expect("steady");
     assert_eq!(r.operations(), 0, "{r:#?}");
 }
