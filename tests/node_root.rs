@@ -43,6 +43,10 @@ node_name = "node-1"
 [namespace]
 name = "{ns_name}"
 route_protocol = {PROTO}
+[tunnel]
+# Never read: keeps validation away from the machine's real key file, which other tests
+# create and chmod concurrently.
+private_key_file = "/nonexistent/sdnt-nd/private.key"
 [dns]
 upstreams = ["192.0.2.53"]
 [[remote]]

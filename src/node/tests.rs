@@ -14,6 +14,10 @@ service_cidrs = ["172.30.0.0/16"]
 node_name = "node-1"
 [namespace]
 route_protocol = 245
+[tunnel]
+# Never read: keeps validation away from the machine's real key file, which other tests
+# create and chmod concurrently.
+private_key_file = "/nonexistent/sdnt-nd/private.key"
 [dns]
 upstreams = ["192.0.2.53"]
 [[remote]]
