@@ -524,3 +524,36 @@ async fn root_ipv6_cidrs_route_through_the_ipv4_transit() {
     let r = p.sync(&d, true).await.expect("steady");
     assert_eq!(r.operations(), 0, "{r:#?}");
 }
+
+#[tokio::test]
+async fn root_two_thousand_vips_one_change_is_one_message_each_way() {
+    let e = env("scale");
+    let vips: Vec<String> = (0..2000u32)
+        .map(|i| format!("172.31.{}.{}", i / 200, i % 200 + 1))
+        .collect();
+    let refs: Vec<&str> = vips.iter().map(String::as_str).collect();
+    let d = e.desired(&refs);
+    let mut p = e.plumbing();
+    let r = p.sync(&d, true).await.expect("first sync");
+    assert!(r.ops.len() > 2000, "{}", r.ops.len());
+    let na = e.ip(&e.ns_name, &["-4", "-o", "addr", "show", "dev", "eth0"]);
+    // 2000 VIPs + transit + DNS address.
+    assert_eq!(na.lines().count(), 2002);
+
+    let mut changed = refs.clone();
+    changed[1234] = "172.31.250.1";
+    let d2 = e.desired(&changed);
+    let r = p.sync(&d2, false).await.expect("incremental");
+    assert_eq!(
+        r.ops,
+        vec![
+            format!("ns: ip addr del {}/32 dev eth0", refs[1234]),
+            "ns: ip addr add 172.31.250.1/32 dev eth0".to_string(),
+        ]
+    );
+    // A fresh Plumbing adopts all 2001 VIPs without a single operation.
+    drop(p);
+    let mut p = e.plumbing();
+    let r = p.sync(&d2, true).await.expect("adopt");
+    assert_eq!(r.operations(), 0, "{:?}", r.ops.first());
+}
