@@ -91,6 +91,7 @@ pub enum NodeError {
     Apply {
         failed: usize,
         total: usize,
+        #[source]
         first: Box<NodeError>,
     },
 }
