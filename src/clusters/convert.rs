@@ -269,7 +269,10 @@ fn slice_endpoints(
         ) else {
             skips.push(Skip::new(
                 SkipReason::Malformed,
-                format!("EndpointSlice {}/{sname} of {key}: bad port {p:?}", key.namespace),
+                format!(
+                    "EndpointSlice {}/{sname} of {key}: bad port {p:?}",
+                    key.namespace
+                ),
             ));
             return Vec::new();
         };
@@ -328,7 +331,12 @@ fn slice_endpoints(
 /// The Service an EndpointSlice belongs to, from its label.
 pub fn slice_service(slice: &discovery::EndpointSlice) -> Option<ServiceKey> {
     let ns = slice.metadata.namespace.clone()?;
-    let name = slice.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?.clone();
+    let name = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_SERVICE_NAME)?
+        .clone();
     Some(ServiceKey {
         namespace: ns,
         name,
@@ -342,7 +350,10 @@ pub fn node(n: &core::Node, host_subnets: &[&HostSubnet], trust: Trust<'_>) -> C
     let Some(name) = n.metadata.name.clone() else {
         return Converted {
             value: None,
-            skips: vec![Skip::new(SkipReason::Malformed, "Node without metadata.name")],
+            skips: vec![Skip::new(
+                SkipReason::Malformed,
+                "Node without metadata.name",
+            )],
         };
     };
     let mut skips = Vec::new();

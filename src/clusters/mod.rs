@@ -190,7 +190,10 @@ async fn run_cluster(name: String, kubeconfig: PathBuf, shared: Arc<Shared>, is_
     let host_subnets = async {
         let mut attempt = 0;
         loop {
-            match client.list_api_group_resources(HOST_SUBNET_GROUP_VERSION).await {
+            match client
+                .list_api_group_resources(HOST_SUBNET_GROUP_VERSION)
+                .await
+            {
                 Ok(list) if list.resources.iter().any(|r| r.name == "hostsubnets") => {
                     return Some(stream(Kind::HostSubnet, host_subnet_resource()));
                 }
@@ -366,7 +369,11 @@ impl ClusterSet {
         };
         let api_err = |e: kube::Error| ClustersError::Api {
             cluster: local.cluster.clone(),
-            reason: format!("Node {}: {}", local.node_name, state::describe_client_error(&e)),
+            reason: format!(
+                "Node {}: {}",
+                local.node_name,
+                state::describe_client_error(&e)
+            ),
         };
         let nodes: Api<core::Node> = Api::all(client);
         let node = nodes.get(&local.node_name).await.map_err(api_err)?;
@@ -384,7 +391,11 @@ impl ClusterSet {
             }}
         });
         nodes
-            .patch(&local.node_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &local.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
             .map_err(api_err)?;
         tracing::info!(node = %local.node_name, "published this node's WireGuard annotations");

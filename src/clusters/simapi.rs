@@ -48,7 +48,12 @@ enum Res {
 }
 
 impl Res {
-    const ALL: [Res; 4] = [Res::Services, Res::EndpointSlices, Res::Nodes, Res::HostSubnets];
+    const ALL: [Res; 4] = [
+        Res::Services,
+        Res::EndpointSlices,
+        Res::Nodes,
+        Res::HostSubnets,
+    ];
 
     fn kind(self) -> &'static str {
         match self {
@@ -347,7 +352,11 @@ impl SimApi {
     }
 
     fn put(&self, mut obj: Value) -> Result<bool, String> {
-        let Some(res) = obj.get("kind").and_then(Value::as_str).and_then(Res::from_kind) else {
+        let Some(res) = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(Res::from_kind)
+        else {
             return Ok(false);
         };
         let meta = obj
@@ -535,7 +544,11 @@ async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             == Some(want.as_str())
     };
     if !authorized {
-        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into());
+        return status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized".into(),
+        );
     }
     let path = req.uri().path().trim_matches('/').to_string();
     let query: BTreeMap<String, String> =
@@ -555,7 +568,13 @@ async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let (gv, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("api/v1".to_string(), rest),
         ["apis", g, v, rest @ ..] => (format!("apis/{g}/{v}"), rest),
-        _ => return status(StatusCode::NOT_FOUND, "NotFound", format!("{path} not found")),
+        _ => {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{path} not found"),
+            )
+        }
     };
     if rest.is_empty() {
         return discovery(inner, &gv);
@@ -565,13 +584,27 @@ async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
         [plural] => (None, *plural, None),
         [plural, name] => (None, *plural, Some(*name)),
-        _ => return status(StatusCode::NOT_FOUND, "NotFound", format!("{path} not found")),
+        _ => {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{path} not found"),
+            )
+        }
     };
     let Some(res) = Res::from_path(&gv, plural) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("{path} not found"));
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{path} not found"),
+        );
     };
     if res == Res::HostSubnets && !inner.lock().openshift {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("{path} not found"));
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{path} not found"),
+        );
     }
     let ns = if res.namespaced() { ns } else { None };
     match (req.method().clone(), name) {
@@ -583,7 +616,11 @@ async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             let key = (res, ns.unwrap_or("").to_string(), name.to_string());
             match inner.lock().objects.get(&key) {
                 Some(o) => json_response(StatusCode::OK, o),
-                None => status(StatusCode::NOT_FOUND, "NotFound", format!("{plural} {name:?} not found")),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{plural} {name:?} not found"),
+                ),
             }
         }
         (Method::PATCH, Some(name)) => {
@@ -645,7 +682,11 @@ fn list(
     let (list_rv, after) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let Some((rv, after)) = c.split_once('|') else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "bad continue token".into());
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "bad continue token".into(),
+                );
             };
             let rv: u64 = rv.parse().unwrap_or(0);
             if rv < st.min_rv {
@@ -659,11 +700,20 @@ fn list(
         .objects
         .iter()
         .filter(|(k, _)| k.0 == res && ns.is_none_or(|n| k.1 == n))
-        .filter(|(k, _)| after.as_ref().is_none_or(|a| format!("{}/{}", k.1, k.2) > *a))
+        .filter(|(k, _)| {
+            after
+                .as_ref()
+                .is_none_or(|a| format!("{}/{}", k.1, k.2) > *a)
+        })
         .collect();
     let take = limit.unwrap_or(usize::MAX).min(items.len());
-    let cont = (take < items.len())
-        .then(|| format!("{list_rv}|{}/{}", items[take - 1].0 .1, items[take - 1].0 .2));
+    let cont = (take < items.len()).then(|| {
+        format!(
+            "{list_rv}|{}/{}",
+            items[take - 1].0 .1,
+            items[take - 1].0 .2
+        )
+    });
     let page: Vec<Value> = items[..take].iter().map(|(_, v)| (*v).clone()).collect();
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
     if let Some(c) = cont {
@@ -822,12 +872,20 @@ fn patch(inner: &Inner, key: Key, content_type: &str, body: &[u8]) -> Response<B
     };
     let mut st = inner.lock();
     let Some(mut obj) = st.objects.get(&key).cloned() else {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("{} {:?} not found", key.0.plural(), key.2));
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} {:?} not found", key.0.plural(), key.2),
+        );
     };
     merge_patch(&mut obj, &p);
     commit(inner, &mut st, key.clone(), "MODIFIED", obj);
     match st.objects.get(&key) {
         Some(o) => json_response(StatusCode::OK, o),
-        None => status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "lost object".into()),
+        None => status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "lost object".into(),
+        ),
     }
 }

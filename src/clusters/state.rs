@@ -28,7 +28,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in watch order.
-    pub const ALL: [Kind; 4] = [Kind::Service, Kind::EndpointSlice, Kind::Node, Kind::HostSubnet];
+    pub const ALL: [Kind; 4] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::HostSubnet,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -119,7 +124,10 @@ impl ClusterState {
             refused: BTreeMap::new(),
             dropped: BTreeMap::new(),
             buffers: BTreeMap::new(),
-            sync: Kind::ALL.iter().map(|k| (*k, KindSync::default())).collect(),
+            sync: Kind::ALL
+                .iter()
+                .map(|k| (*k, KindSync::default()))
+                .collect(),
             client_error: None,
             snapshot: None,
         }
@@ -142,7 +150,11 @@ impl ClusterState {
     }
 
     /// Handles one watcher item; returns whether the snapshot changed.
-    pub fn handle(&mut self, kind: Kind, item: Result<watcher::Event<DynamicObject>, watcher::Error>) -> bool {
+    pub fn handle(
+        &mut self,
+        kind: Kind,
+        item: Result<watcher::Event<DynamicObject>, watcher::Error>,
+    ) -> bool {
         let ev = match item {
             Ok(ev) => ev,
             Err(e) => {
@@ -371,7 +383,10 @@ impl ClusterState {
                     touched.services.insert(old);
                 }
                 if let Some(svc) = convert::slice_service(&s) {
-                    self.slices_of.entry(svc.clone()).or_default().insert(k.clone());
+                    self.slices_of
+                        .entry(svc.clone())
+                        .or_default()
+                        .insert(k.clone());
                     touched.services.insert(svc);
                 }
                 self.slices.insert(k.clone(), s);
@@ -405,7 +420,12 @@ impl ClusterState {
                 touched.services.insert(sk);
             }
             Kind::EndpointSlice => {
-                if let Some(old) = self.slices.remove(k).as_ref().and_then(convert::slice_service) {
+                if let Some(old) = self
+                    .slices
+                    .remove(k)
+                    .as_ref()
+                    .and_then(convert::slice_service)
+                {
                     if let Some(set) = self.slices_of.get_mut(&old) {
                         set.remove(k);
                         if set.is_empty() {
@@ -444,7 +464,11 @@ impl ClusterState {
                 .map(|k| (k.namespace.clone(), k.name.clone()))
                 .collect(),
             Kind::EndpointSlice => self.slices.keys().cloned().collect(),
-            Kind::Node => self.nodes.keys().map(|n| (String::new(), n.clone())).collect(),
+            Kind::Node => self
+                .nodes
+                .keys()
+                .map(|n| (String::new(), n.clone()))
+                .collect(),
             Kind::HostSubnet => self
                 .host_subnets
                 .keys()
@@ -596,7 +620,9 @@ pub fn describe_watch_error(e: &watcher::Error) -> String {
         watcher::Error::WatchError(s) if s.code == 410 => {
             return "watch expired (410 Gone), relisting".into()
         }
-        watcher::Error::WatchError(s) => return format!("HTTP {} {}: {}", s.code, s.reason, s.message),
+        watcher::Error::WatchError(s) => {
+            return format!("HTTP {} {}: {}", s.code, s.reason, s.message)
+        }
         watcher::Error::NoResourceVersion => return e.to_string(),
     };
     describe_client_error(client)

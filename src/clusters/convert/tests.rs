@@ -48,7 +48,12 @@ fn web() -> core::Service {
     }))
 }
 
-fn web_slice(name: &str, addrs: &[&str], ready: Option<bool>, terminating: Option<bool>) -> discovery::EndpointSlice {
+fn web_slice(
+    name: &str,
+    addrs: &[&str],
+    ready: Option<bool>,
+    terminating: Option<bool>,
+) -> discovery::EndpointSlice {
     let eps: Vec<serde_json::Value> = addrs
         .iter()
         .map(|a| {
@@ -80,13 +85,20 @@ fn named_target_port_resolves_through_slice_ports() {
     let out = service(&web(), &[&s], c.trust());
     assert!(out.skips.is_empty(), "{:?}", out.skips);
     let v = out.value.expect("service kept");
-    assert_eq!(v.kind, ServiceKind::ClusterIp(vec!["172.30.1.10".parse().unwrap()]));
+    assert_eq!(
+        v.kind,
+        ServiceKind::ClusterIp(vec!["172.30.1.10".parse().unwrap()])
+    );
     assert_eq!(v.ports[0].target_port, TargetPort::Name("http-alt".into()));
     assert_eq!(v.ports[1].target_port, TargetPort::Number(5353));
     assert_eq!(v.ports[1].protocol, Protocol::Udp);
     assert_eq!(v.client_ip_affinity, Some(DEFAULT_AFFINITY_TIMEOUT));
     let ep = &v.endpoints[0];
-    let http = ep.ports.iter().find(|p| p.name == v.ports[0].name).expect("named port");
+    let http = ep
+        .ports
+        .iter()
+        .find(|p| p.name == v.ports[0].name)
+        .expect("named port");
     assert_eq!(http.port, 8080);
     assert_eq!(ep.hostname.as_deref(), Some("h-10.128.0.5"));
 }
@@ -99,7 +111,11 @@ fn several_slices_merge_sorted_and_deduplicated() {
     let one = service(&web(), &[&a, &b], c.trust()).value.expect("kept");
     let two = service(&web(), &[&b, &a], c.trust()).value.expect("kept");
     assert_eq!(one, two, "order of slices must not matter");
-    let addrs: Vec<String> = one.endpoints.iter().map(|e| e.addresses[0].to_string()).collect();
+    let addrs: Vec<String> = one
+        .endpoints
+        .iter()
+        .map(|e| e.addresses[0].to_string())
+        .collect();
     assert_eq!(addrs, ["10.128.0.5", "10.128.0.7", "10.128.0.9"]);
 }
 
@@ -112,12 +128,24 @@ fn readiness_serving_terminating() {
     let mut term_serving = term.clone();
     term_serving.metadata.name = Some("d".into());
     term_serving.endpoints[0].addresses = vec!["10.128.0.4".into()];
-    term_serving.endpoints[0].conditions.as_mut().unwrap().serving = Some(true);
-    let v = service(&web(), &[&absent, &not_ready, &term, &term_serving], c.trust())
-        .value
-        .expect("kept");
+    term_serving.endpoints[0]
+        .conditions
+        .as_mut()
+        .unwrap()
+        .serving = Some(true);
+    let v = service(
+        &web(),
+        &[&absent, &not_ready, &term, &term_serving],
+        c.trust(),
+    )
+    .value
+    .expect("kept");
     let f = |e: &Endpoint| (e.ready, e.serving, e.terminating);
-    assert_eq!(f(&v.endpoints[0]), (true, true, false), "absent means ready and serving");
+    assert_eq!(
+        f(&v.endpoints[0]),
+        (true, true, false),
+        "absent means ready and serving"
+    );
     assert_eq!(f(&v.endpoints[1]), (false, false, false));
     assert_eq!(f(&v.endpoints[2]), (false, false, true));
     assert_eq!(f(&v.endpoints[3]), (false, true, true));
@@ -128,9 +156,11 @@ fn headless_and_external_name() {
     let c = cidrs();
     let h = svc(json!({"metadata": {"namespace": "db", "name": "pg"},
         "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}));
-    let s = slice(json!({"metadata": {"namespace": "db", "name": "pg-1", "labels": {LABEL_SERVICE_NAME: "pg"}},
+    let s = slice(
+        json!({"metadata": {"namespace": "db", "name": "pg-1", "labels": {LABEL_SERVICE_NAME: "pg"}},
         "addressType": "IPv4", "endpoints": [{"addresses": ["10.129.1.1"], "hostname": "pg-0"}],
-        "ports": [{"port": 5432}]}));
+        "ports": [{"port": 5432}]}),
+    );
     let v = service(&h, &[&s], c.trust()).value.expect("kept");
     assert_eq!(v.kind, ServiceKind::Headless);
     assert_eq!(v.ports[0].name, "");
@@ -148,16 +178,23 @@ fn dual_stack_cluster_ips_and_v6_slices() {
     let c = cidrs();
     let s = svc(json!({"metadata": {"namespace": "a", "name": "ds"},
         "spec": {"clusterIP": "172.30.0.5", "clusterIPs": ["172.30.0.5", "fd00:30::5"], "ports": [{"port": 80}]}}));
-    let v6 = slice(json!({"metadata": {"namespace": "a", "name": "ds-v6", "labels": {LABEL_SERVICE_NAME: "ds"}},
-        "addressType": "IPv6", "endpoints": [{"addresses": ["fd00:10::7"]}], "ports": [{"port": 80}]}));
-    let v4 = slice(json!({"metadata": {"namespace": "a", "name": "ds-v4", "labels": {LABEL_SERVICE_NAME: "ds"}},
-        "addressType": "IPv4", "endpoints": [{"addresses": ["10.130.0.7"]}], "ports": [{"port": 80}]}));
+    let v6 = slice(
+        json!({"metadata": {"namespace": "a", "name": "ds-v6", "labels": {LABEL_SERVICE_NAME: "ds"}},
+        "addressType": "IPv6", "endpoints": [{"addresses": ["fd00:10::7"]}], "ports": [{"port": 80}]}),
+    );
+    let v4 = slice(
+        json!({"metadata": {"namespace": "a", "name": "ds-v4", "labels": {LABEL_SERVICE_NAME: "ds"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.130.0.7"]}], "ports": [{"port": 80}]}),
+    );
     let out = service(&s, &[&v6, &v4], c.trust());
     assert!(out.skips.is_empty(), "{:?}", out.skips);
     let v = out.value.expect("kept");
     assert_eq!(
         v.kind,
-        ServiceKind::ClusterIp(vec!["172.30.0.5".parse().unwrap(), "fd00:30::5".parse().unwrap()])
+        ServiceKind::ClusterIp(vec![
+            "172.30.0.5".parse().unwrap(),
+            "fd00:30::5".parse().unwrap()
+        ])
     );
     assert_eq!(v.endpoints.len(), 2);
     assert!(v.endpoints.iter().any(|e| e.addresses[0].is_ipv6()));
@@ -170,7 +207,10 @@ fn trust_drops_out_of_cidr_cluster_ip_and_endpoints() {
     hostile.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.1".into()]);
     let out = service(&hostile, &[], c.trust());
     assert_eq!(out.value, None);
-    assert_eq!(out.skips[0].reason, SkipReason::ClusterIpOutsideServiceCidrs);
+    assert_eq!(
+        out.skips[0].reason,
+        SkipReason::ClusterIpOutsideServiceCidrs
+    );
 
     // One family inside, one outside: keep the inside one, count the other.
     let mut half = web();
@@ -188,7 +228,10 @@ fn trust_drops_out_of_cidr_cluster_ip_and_endpoints() {
     assert_eq!(v.endpoints.len(), 1);
     assert_eq!(v.endpoints[0].addresses[0].to_string(), "10.128.0.5");
     assert_eq!(
-        out.skips.iter().filter(|s| s.reason == SkipReason::EndpointOutsidePodCidrs).count(),
+        out.skips
+            .iter()
+            .filter(|s| s.reason == SkipReason::EndpointOutsidePodCidrs)
+            .count(),
         2
     );
 }
@@ -211,14 +254,24 @@ fn malformed_objects_are_skipped_not_panicking() {
         assert_eq!(out.value, None, "{case}");
         assert_eq!(out.skips[0].reason, SkipReason::Malformed, "{case}");
     }
-    let bad_addr = slice(json!({"metadata": {"namespace": "shop", "name": "s", "labels": {LABEL_SERVICE_NAME: "web"}},
+    let bad_addr = slice(
+        json!({"metadata": {"namespace": "shop", "name": "s", "labels": {LABEL_SERVICE_NAME: "web"}},
         "addressType": "IPv4", "endpoints": [{"addresses": ["10.128.0.300"]}, {"addresses": ["fd00:10::1"]}, {"addresses": ["10.128.0.2"]}],
-        "ports": [{"name": "http", "port": 8080}]}));
+        "ports": [{"name": "http", "port": 8080}]}),
+    );
     let out = service(&web(), &[&bad_addr], c.trust());
     assert_eq!(out.value.expect("service kept").endpoints.len(), 1);
-    assert_eq!(out.skips.iter().filter(|s| s.reason == SkipReason::Malformed).count(), 2);
-    let bad_port = slice(json!({"metadata": {"namespace": "shop", "name": "s", "labels": {LABEL_SERVICE_NAME: "web"}},
-        "addressType": "IPv4", "endpoints": [{"addresses": ["10.128.0.2"]}], "ports": [{"name": "http", "port": 0}]}));
+    assert_eq!(
+        out.skips
+            .iter()
+            .filter(|s| s.reason == SkipReason::Malformed)
+            .count(),
+        2
+    );
+    let bad_port = slice(
+        json!({"metadata": {"namespace": "shop", "name": "s", "labels": {LABEL_SERVICE_NAME: "web"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.128.0.2"]}], "ports": [{"name": "http", "port": 0}]}),
+    );
     let out = service(&web(), &[&bad_port], c.trust());
     assert!(out.value.expect("service kept").endpoints.is_empty());
     assert_eq!(out.skips[0].reason, SkipReason::Malformed);
@@ -231,23 +284,35 @@ fn nodes_with_pod_cidrs_host_subnets_and_annotations() {
         "metadata": {"name": "w1", "annotations": {ANNOTATION_PUBLIC_KEY: "k", ANNOTATION_ENDPOINT: "192.0.2.1:51820"}},
         "spec": {"podCIDR": "10.128.2.0/24", "podCIDRs": ["10.128.2.0/24", "fd00:10:0:2::/64"]}
     })).expect("test node");
-    let hs = HostSubnet { host: "w1".into(), subnet: "10.129.4.0/23".into(), ..Default::default() };
+    let hs = HostSubnet {
+        host: "w1".into(),
+        subnet: "10.129.4.0/23".into(),
+        ..Default::default()
+    };
     let out = node(&n, &[&hs], c.trust());
     assert!(out.skips.is_empty(), "{:?}", out.skips);
     let v = out.value.expect("kept");
-    assert_eq!(v.pod_cidrs, nets(&["10.128.2.0/24", "10.129.4.0/23", "fd00:10:0:2::/64"]));
+    assert_eq!(
+        v.pod_cidrs,
+        nets(&["10.128.2.0/24", "10.129.4.0/23", "fd00:10:0:2::/64"])
+    );
     assert_eq!(v.wireguard_public_key.as_deref(), Some("k"));
     assert_eq!(v.wireguard_endpoint.as_deref(), Some("192.0.2.1:51820"));
 
     let hostile: core::Node = serde_json::from_value(json!({
         "metadata": {"name": "evil"},
         "spec": {"podCIDRs": ["0.0.0.0/0", "10.0.0.0/8", "garbage", "10.131.0.0/24"]}
-    })).expect("test node");
+    }))
+    .expect("test node");
     let out = node(&hostile, &[], c.trust());
     assert_eq!(out.value.expect("kept").pod_cidrs, nets(&["10.131.0.0/24"]));
     let reasons: Vec<SkipReason> = out.skips.iter().map(|s| s.reason).collect();
     assert_eq!(
         reasons,
-        [SkipReason::NodeSubnetOutsidePodCidrs, SkipReason::NodeSubnetOutsidePodCidrs, SkipReason::Malformed]
+        [
+            SkipReason::NodeSubnetOutsidePodCidrs,
+            SkipReason::NodeSubnetOutsidePodCidrs,
+            SkipReason::Malformed
+        ]
     );
 }
