@@ -161,12 +161,14 @@ async fn run_cluster(name: String, kubeconfig: PathBuf, shared: Arc<Shared>, is_
             Ok(c) => break c,
             Err(e) => {
                 shared.with(&name, |s| s.set_client_error(Some(e.to_string())));
+                shared.notify.notify_one();
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
             }
         }
     };
     shared.with(&name, |s| s.set_client_error(None));
+    shared.notify.notify_one();
     if is_local {
         *shared.local_client.lock().await = Some(client.clone());
     }
@@ -213,9 +215,9 @@ async fn run_cluster(name: String, kubeconfig: PathBuf, shared: Arc<Shared>, is_
     };
     let handle = |(kind, ev)| {
         let changed = shared.with(&name, |s| {
-            let was_listed = s.listed();
+            let before = s.health();
             let changed = s.handle(kind, ev);
-            changed || (!was_listed && s.listed())
+            changed || s.health() != before
         });
         if changed == Some(true) {
             shared.notify.notify_one();

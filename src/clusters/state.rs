@@ -230,6 +230,16 @@ impl ClusterState {
         };
     }
 
+    /// (listed once, failing now, client failing): what a change of sync state is judged by.
+    pub fn health(&self) -> (bool, bool, bool) {
+        let failing = self.sync.values().any(|s| {
+            s.error
+                .as_ref()
+                .is_some_and(|(_, _, last)| last.elapsed() < ERROR_QUIET)
+        });
+        (self.listed(), failing, self.client_error.is_some())
+    }
+
     /// Whether every watch has listed once.
     pub fn listed(&self) -> bool {
         self.sync.values().all(|s| s.listed_once)
