@@ -1,6 +1,6 @@
 //! ClusterSet against the simulated API server: real TLS, real kube-rs watches.
 
-use sdnlinkd::clusters::simapi::SimApi;
+use sdnlinkd::clusters::simapi::{Fault, SimApi};
 use sdnlinkd::clusters::{ClusterSet, ClustersError, ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY};
 use sdnlinkd::config::{self, Config};
 use sdnlinkd::model::{ClusterSnapshot, ServiceKey, ServiceKind, SyncState, TargetPort};
@@ -463,6 +463,44 @@ async fn unauthorized_shows_degraded_with_the_reason_and_recovers() {
     .await;
     assert_eq!(state_of(&set, "east"), SyncState::Current);
     assert_eq!(east(&set).services.len(), 3);
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_after_a_good_list_keeps_the_snapshot_and_shows_degraded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let good = east(&set);
+
+    // Every new request is now denied; compaction makes the watches reconnect and relist.
+    sim.set_fault(Fault::Forbidden);
+    sim.compact();
+    wait_until("degraded", 30, || {
+        matches!(state_of(&set, "east"), SyncState::Degraded { .. })
+    })
+    .await;
+    let SyncState::Degraded { reason, .. } = state_of(&set, "east") else {
+        unreachable!("checked just above")
+    };
+    assert!(reason.contains("403"), "reason: {reason}");
+    assert_eq!(
+        *east(&set),
+        *good,
+        "nothing withdrawn while the API refuses"
+    );
+    assert!(set.all_listed(), "listed once stays true");
+
+    sim.set_fault(Fault::None);
+    wait_until("current again", 90, || {
+        state_of(&set, "east") == SyncState::Current
+    })
+    .await;
+    assert_eq!(*east(&set), *good);
     set.shutdown();
     sim.shutdown().await;
 }

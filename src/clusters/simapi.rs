@@ -115,6 +115,19 @@ struct Store {
     history: Vec<Arc<Event>>,
     openshift: bool,
     token: String,
+    fault: Fault,
+}
+
+/// A fault the server injects into every request (after the token check for `Forbidden`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    /// Serve normally.
+    #[default]
+    None,
+    /// Answer `403 Forbidden` (an RBAC change on the remote side).
+    Forbidden,
+    /// Accept the request and never answer (a wedged API server or a black-holed path).
+    Hang,
 }
 
 struct Inner {
@@ -241,6 +254,7 @@ impl SimApi {
                 history: Vec::new(),
                 openshift: false,
                 token: token.to_string(),
+                fault: Fault::None,
             }),
             events,
             epoch,
@@ -317,6 +331,11 @@ impl SimApi {
     /// Replaces the accepted bearer token (requests with the old one then get 401).
     pub fn set_token(&self, token: &str) {
         self.inner.lock().token = token.to_string();
+    }
+
+    /// Injects `fault` into every later request (open watches keep streaming).
+    pub fn set_fault(&self, fault: Fault) {
+        self.inner.lock().fault = fault;
     }
 
     /// Creates or replaces every object of a (multi-document) YAML text. Kinds other than
@@ -535,14 +554,27 @@ fn gone(rv: u64, min: u64) -> Value {
 }
 
 async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
-    let authorized = {
+    let (authorized, fault) = {
         let st = inner.lock();
         let want = format!("Bearer {}", st.token);
-        req.headers()
+        let ok = req
+            .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            == Some(want.as_str())
+            == Some(want.as_str());
+        (ok, st.fault)
     };
+    match fault {
+        Fault::Hang => return std::future::pending().await,
+        Fault::Forbidden if authorized => {
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "simulated RBAC denial".into(),
+            )
+        }
+        _ => {}
+    }
     if !authorized {
         return status(
             StatusCode::UNAUTHORIZED,
@@ -745,7 +777,9 @@ fn watch_response(
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     let ns = ns.map(str::to_string);
-    let matches = move |e: &Event| e.res == res && ns.as_ref().is_none_or(|n| *n == e.namespace);
+    let filter_ns = ns.clone();
+    let matches =
+        move |e: &Event| e.res == res && filter_ns.as_ref().is_none_or(|n| *n == e.namespace);
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let (backlog, start_rv, live, gone_line) = {
         let st = inner.lock();
@@ -774,7 +808,7 @@ fn watch_response(
                 let backlog: Vec<Bytes> = st
                     .objects
                     .iter()
-                    .filter(|(k, _)| k.0 == res)
+                    .filter(|(k, _)| k.0 == res && ns.as_ref().is_none_or(|n| *n == k.1))
                     .map(|(_, v)| watch_line("ADDED", v))
                     .collect();
                 (backlog, st.rv, Some(inner.events.subscribe()), None)
