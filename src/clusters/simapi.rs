@@ -98,6 +98,9 @@ impl Res {
 
 type Key = (Res, String, String);
 
+/// Events kept for watches to resume from (halved when exceeded).
+const HISTORY_LIMIT: usize = 100_000;
+
 #[derive(Clone, Debug)]
 struct Event {
     rv: u64,
@@ -496,6 +499,12 @@ fn commit(inner: &Inner, st: &mut Store, key: Key, type_: &'static str, mut obj:
         st.objects.insert(key, obj);
     }
     st.history.push(ev.clone());
+    // Like etcd compaction: a bounded history; watches from before it get 410 Gone.
+    if st.history.len() > HISTORY_LIMIT {
+        let cut = st.history.len() - HISTORY_LIMIT / 2;
+        st.history.drain(..cut);
+        st.min_rv = st.history.first().map(|e| e.rv - 1).unwrap_or(st.rv);
+    }
     let _ = inner.events.send(ev);
 }
 

@@ -98,6 +98,9 @@ pub struct ClusterState {
     out_nodes: BTreeMap<String, Node>,
     /// Objects refused whole (malformed, over the cap), by kind and key.
     refused: BTreeMap<(Kind, String), Skip>,
+    /// During a relist: what was refused before it, so a refusal that persists is not logged
+    /// again.
+    refused_before: BTreeMap<(Kind, String), Skip>,
     /// Pieces dropped while converting a Service or Node, by kind and key.
     dropped: BTreeMap<(Kind, String), Vec<Skip>>,
     buffers: BTreeMap<Kind, Vec<DynamicObject>>,
@@ -122,6 +125,7 @@ impl ClusterState {
             out_services: BTreeMap::new(),
             out_nodes: BTreeMap::new(),
             refused: BTreeMap::new(),
+            refused_before: BTreeMap::new(),
             dropped: BTreeMap::new(),
             buffers: BTreeMap::new(),
             sync: Kind::ALL
@@ -321,7 +325,7 @@ impl ClusterState {
 
     fn refuse(&mut self, kind: Kind, key: String, skip: Skip) {
         let k = (kind, key);
-        if self.refused.get(&k) != Some(&skip) {
+        if self.refused.get(&k) != Some(&skip) && self.refused_before.get(&k) != Some(&skip) {
             tracing::warn!(cluster = %self.name, reason = skip.reason.as_str(), "skipping {}", skip.detail);
         }
         self.refused.insert(k, skip);
@@ -489,7 +493,11 @@ impl ClusterState {
         for k in &old {
             touched.merge(self.remove_raw(kind, k));
         }
-        self.refused.retain(|(rk, _), _| *rk != kind);
+        let (before, rest) = std::mem::take(&mut self.refused)
+            .into_iter()
+            .partition(|((rk, _), _)| *rk == kind);
+        self.refused = rest;
+        self.refused_before = before;
         for o in objs {
             let Some(k) = obj_key(&o) else { continue };
             if self.total() >= self.cap {
@@ -512,6 +520,7 @@ impl ClusterState {
                 Err(skip) => self.refuse(kind, key_str(&k), skip),
             }
         }
+        self.refused_before.clear();
         self.recompute(touched)
     }
 
@@ -662,3 +671,6 @@ pub fn describe_client_error(c: &kube::Error) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
