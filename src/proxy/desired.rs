@@ -183,7 +183,11 @@ pub(crate) mod tests {
                 max_objects_per_cluster: 100_000,
             },
             remote: vec![
-                remote("east", &["10.1.0.0/16", "fd01::/64"], &["10.97.0.0/16", "fd97::/108"]),
+                remote(
+                    "east",
+                    &["10.1.0.0/16", "fd01::/64"],
+                    &["10.97.0.0/16", "fd97::/108"],
+                ),
                 remote("west", &["10.2.0.0/16"], &["10.98.0.0/16"]),
             ],
         }
@@ -213,7 +217,12 @@ pub(crate) mod tests {
         e
     }
 
-    pub(crate) fn sport(name: &str, protocol: Protocol, port: u16, target: TargetPort) -> ServicePort {
+    pub(crate) fn sport(
+        name: &str,
+        protocol: Protocol,
+        port: u16,
+        target: TargetPort,
+    ) -> ServicePort {
         ServicePort {
             name: name.into(),
             protocol,
@@ -222,7 +231,13 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn svc(ns: &str, name: &str, kind: ServiceKind, ports: Vec<ServicePort>, endpoints: Vec<Endpoint>) -> Service {
+    pub(crate) fn svc(
+        ns: &str,
+        name: &str,
+        kind: ServiceKind,
+        ports: Vec<ServicePort>,
+        endpoints: Vec<Endpoint>,
+    ) -> Service {
         Service {
             key: ServiceKey {
                 namespace: ns.into(),
@@ -258,7 +273,10 @@ pub(crate) mod tests {
 
     fn dests(list: &[(&str, u16)]) -> BTreeSet<Destination> {
         list.iter()
-            .map(|(a, p)| Destination { addr: ip(a), port: *p })
+            .map(|(a, p)| Destination {
+                addr: ip(a),
+                port: *p,
+            })
             .collect()
     }
 
@@ -425,7 +443,13 @@ pub(crate) mod tests {
             let want_keys: Vec<_> = case.want.iter().map(|(k, _)| *k).collect();
             assert_eq!(got_keys, want_keys, "case {:?}: keys", case.name);
             for (k, d) in &case.want {
-                assert_eq!(got.services[k].destinations, dests(d), "case {:?}: {}", case.name, k);
+                assert_eq!(
+                    got.services[k].destinations,
+                    dests(d),
+                    "case {:?}: {}",
+                    case.name,
+                    k
+                );
             }
         }
     }
@@ -462,7 +486,10 @@ pub(crate) mod tests {
                 vec![ep(&[addr], true, true, false)],
             )
         };
-        let snaps = snapshots(vec![("east", vec![mk("b", "10.1.0.2"), mk("a", "10.1.0.1")])]);
+        let snaps = snapshots(vec![(
+            "east",
+            vec![mk("b", "10.1.0.2"), mk("a", "10.1.0.1")],
+        )]);
         let cfg = test_config("rr");
         let first = desired_proxy(&cfg, &snaps);
         assert_eq!(first, desired_proxy(&cfg, &snaps));

@@ -18,7 +18,9 @@ pub mod ruleset;
 
 use super::{DesiredProxy, ProxyBackend, ProxyError, SyncReport};
 use crate::netns::NetNs;
-use ruleset::{cleanup_transaction, full_transaction, incremental_transaction, parse_observed, Observed, Tx};
+use ruleset::{
+    cleanup_transaction, full_transaction, incremental_transaction, parse_observed, Observed, Tx,
+};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,7 +74,11 @@ fn run_nft(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String,
     };
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -185,7 +191,11 @@ impl ProxyBackend for NftBackend {
             if let Some(old) = &self.committed {
                 let tx = incremental_transaction(old, desired);
                 let operations = tx.commands();
-                let applied = if tx.is_empty() { Ok(()) } else { self.apply(&tx).await };
+                let applied = if tx.is_empty() {
+                    Ok(())
+                } else {
+                    self.apply(&tx).await
+                };
                 match applied {
                     Ok(()) => {
                         self.committed = Some(desired.clone());

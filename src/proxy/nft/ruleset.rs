@@ -46,10 +46,30 @@ struct BaseChain {
 /// endpoints; nat chains run at the DNAT priority. Prerouting catches traffic arriving from the
 /// host over the veth, output catches connections made inside the namespace.
 const BASE_CHAINS: [BaseChain; 4] = [
-    BaseChain { name: "filter-prerouting", kind: "filter", hook: "prerouting", priority: -110 },
-    BaseChain { name: "filter-output", kind: "filter", hook: "output", priority: -110 },
-    BaseChain { name: "nat-prerouting", kind: "nat", hook: "prerouting", priority: -100 },
-    BaseChain { name: "nat-output", kind: "nat", hook: "output", priority: -100 },
+    BaseChain {
+        name: "filter-prerouting",
+        kind: "filter",
+        hook: "prerouting",
+        priority: -110,
+    },
+    BaseChain {
+        name: "filter-output",
+        kind: "filter",
+        hook: "output",
+        priority: -110,
+    },
+    BaseChain {
+        name: "nat-prerouting",
+        kind: "nat",
+        hook: "prerouting",
+        priority: -100,
+    },
+    BaseChain {
+        name: "nat-output",
+        kind: "nat",
+        hook: "output",
+        priority: -100,
+    },
 ];
 
 /// The four verdict maps: (name, address type).
@@ -90,7 +110,10 @@ fn fixed_rules(chain: &str) -> Vec<String> {
             "ip daddr . meta l4proto . th dport vmap @service-ips".into(),
             "ip6 daddr . meta l4proto . th dport vmap @service-ips6".into(),
         ],
-        REJECT_CHAIN => vec!["meta l4proto tcp reject with tcp reset".into(), "reject".into()],
+        REJECT_CHAIN => vec![
+            "meta l4proto tcp reject with tcp reset".into(),
+            "reject".into(),
+        ],
         _ => vec![],
     }
 }
@@ -183,7 +206,10 @@ pub fn service_objects(vs: &VirtualService) -> ServiceObjects {
     let mut o = ServiceObjects::default();
     if vs.destinations.is_empty() {
         o.elements.insert(
-            (format!("no-endpoint-services{}", map_suffix(k.vip)), element_key(k)),
+            (
+                format!("no-endpoint-services{}", map_suffix(k.vip)),
+                element_key(k),
+            ),
             format!("goto {REJECT_CHAIN}"),
         );
         return o;
@@ -198,7 +224,13 @@ pub fn service_objects(vs: &VirtualService) -> ServiceObjects {
             let set = affinity_set(k, d);
             svc_rules.push(format!("{fam} saddr @{set} goto {ep}"));
             ep_rules.push(format!("update @{set} {{ {fam} saddr }}"));
-            o.sets.insert(set, SetDef { addr_type: addr_type(k.vip), timeout });
+            o.sets.insert(
+                set,
+                SetDef {
+                    addr_type: addr_type(k.vip),
+                    timeout,
+                },
+            );
         }
         let to = match d.addr {
             IpAddr::V4(a) => format!("{a}:{}", d.port),
@@ -274,8 +306,12 @@ impl Tx {
 
     fn element(&mut self, verb: &str, map: &str, key: &str, verdict: Option<&str>) {
         match verdict {
-            Some(v) => self.cmd(format_args!("{verb} element {FAMILY} {TABLE} {map} {{ {key} : {v} }}")),
-            None => self.cmd(format_args!("{verb} element {FAMILY} {TABLE} {map} {{ {key} }}")),
+            Some(v) => self.cmd(format_args!(
+                "{verb} element {FAMILY} {TABLE} {map} {{ {key} : {v} }}"
+            )),
+            None => self.cmd(format_args!(
+                "{verb} element {FAMILY} {TABLE} {map} {{ {key} }}"
+            )),
         }
     }
 }
@@ -295,7 +331,9 @@ pub fn full_transaction(desired: &DesiredProxy, observed: &Observed) -> Tx {
     }
 
     let mut tx = Tx::default();
-    tx.cmd(format_args!("add table {FAMILY} {TABLE} {{ comment \"{TABLE_COMMENT}\"; }}"));
+    tx.cmd(format_args!(
+        "add table {FAMILY} {TABLE} {{ comment \"{TABLE_COMMENT}\"; }}"
+    ));
     // A base chain with the wrong hook cannot be changed in place: drop it first.
     let bad_base: Vec<&str> = BASE_CHAINS
         .iter()
@@ -474,12 +512,16 @@ pub fn parse_observed(chains_json: &str, sets_json: &str) -> Result<Observed, se
         if !owned(c) {
             continue;
         }
-        let Some(name) = c.get("name").and_then(|v| v.as_str()) else { continue };
+        let Some(name) = c.get("name").and_then(|v| v.as_str()) else {
+            continue;
+        };
         let spec = match (c.get("type"), c.get("hook"), c.get("prio")) {
             (Some(t), Some(h), Some(p)) => Some((
                 t.as_str().unwrap_or_default().to_string(),
                 h.as_str().unwrap_or_default().to_string(),
-                p.as_i64().and_then(|p| i32::try_from(p).ok()).unwrap_or(i32::MIN),
+                p.as_i64()
+                    .and_then(|p| i32::try_from(p).ok())
+                    .unwrap_or(i32::MIN),
             )),
             _ => None,
         };
@@ -490,8 +532,14 @@ pub fn parse_observed(chains_json: &str, sets_json: &str) -> Result<Observed, se
         if !owned(s) {
             continue;
         }
-        let Some(name) = s.get("name").and_then(|v| v.as_str()) else { continue };
-        let ty = s.get("type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let Some(name) = s.get("name").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let ty = s
+            .get("type")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
         let timeout = s
             .get("timeout")
             .and_then(|v| v.as_u64())
@@ -529,20 +577,42 @@ mod tests {
         s.parse().expect("test literal")
     }
 
-    fn vs(vip: &str, proto: Protocol, port: u16, sched: &str, aff: Option<u32>, dests: &[(&str, u16)]) -> VirtualService {
+    fn vs(
+        vip: &str,
+        proto: Protocol,
+        port: u16,
+        sched: &str,
+        aff: Option<u32>,
+        dests: &[(&str, u16)],
+    ) -> VirtualService {
         VirtualService {
-            key: VirtualKey { vip: ip(vip), protocol: proto, port },
+            key: VirtualKey {
+                vip: ip(vip),
+                protocol: proto,
+                port,
+            },
             cluster: "east".into(),
-            service: ServiceKey { namespace: "default".into(), name: "x".into() },
+            service: ServiceKey {
+                namespace: "default".into(),
+                name: "x".into(),
+            },
             port_name: String::new(),
             scheduler: sched.into(),
             affinity_timeout: aff,
-            destinations: dests.iter().map(|(a, p)| Destination { addr: ip(a), port: *p }).collect(),
+            destinations: dests
+                .iter()
+                .map(|(a, p)| Destination {
+                    addr: ip(a),
+                    port: *p,
+                })
+                .collect(),
         }
     }
 
     fn desired(list: Vec<VirtualService>) -> DesiredProxy {
-        DesiredProxy { services: list.into_iter().map(|v| (v.key, v)).collect() }
+        DesiredProxy {
+            services: list.into_iter().map(|v| (v.key, v)).collect(),
+        }
     }
 
     use Protocol::{Tcp, Udp};
@@ -550,10 +620,31 @@ mod tests {
     /// The table-driven desired state behind both golden files.
     fn before() -> DesiredProxy {
         desired(vec![
-            vs("10.97.0.10", Tcp, 80, "rr", None, &[("10.1.0.1", 8080), ("10.1.0.2", 8080)]),
+            vs(
+                "10.97.0.10",
+                Tcp,
+                80,
+                "rr",
+                None,
+                &[("10.1.0.1", 8080), ("10.1.0.2", 8080)],
+            ),
             vs("10.97.0.53", Udp, 53, "rr", None, &[("10.1.0.7", 5353)]),
-            vs("10.97.0.30", Tcp, 80, "rr", Some(600), &[("10.1.0.9", 8080), ("10.1.0.10", 8080)]),
-            vs("10.98.0.20", Tcp, 443, "sh", None, &[("10.2.0.4", 8443), ("10.2.0.5", 8443)]),
+            vs(
+                "10.97.0.30",
+                Tcp,
+                80,
+                "rr",
+                Some(600),
+                &[("10.1.0.9", 8080), ("10.1.0.10", 8080)],
+            ),
+            vs(
+                "10.98.0.20",
+                Tcp,
+                443,
+                "sh",
+                None,
+                &[("10.2.0.4", 8443), ("10.2.0.5", 8443)],
+            ),
             vs("fd97::10", Tcp, 80, "rr", Some(10800), &[("fd01::1", 8080)]),
             vs("10.97.0.13", Tcp, 80, "rr", None, &[]),
             vs("fd97::13", Udp, 53, "rr", None, &[]),
@@ -567,7 +658,14 @@ mod tests {
         desired(vec![
             vs("10.97.0.10", Tcp, 80, "rr", None, &[("10.1.0.2", 8080)]),
             vs("10.97.0.53", Udp, 53, "rr", None, &[("10.1.0.7", 5353)]),
-            vs("10.97.0.30", Tcp, 80, "rr", Some(600), &[("10.1.0.9", 8080), ("10.1.0.10", 8080), ("10.1.0.11", 8080)]),
+            vs(
+                "10.97.0.30",
+                Tcp,
+                80,
+                "rr",
+                Some(600),
+                &[("10.1.0.9", 8080), ("10.1.0.10", 8080), ("10.1.0.11", 8080)],
+            ),
             vs("fd97::10", Tcp, 80, "rr", Some(10800), &[("fd01::1", 8080)]),
             vs("10.97.0.13", Tcp, 80, "rr", None, &[("10.1.0.13", 80)]),
             vs("fd97::13", Udp, 53, "rr", None, &[]),
@@ -579,19 +677,36 @@ mod tests {
     /// was edited, and a chain that is still wanted.
     fn observed() -> Observed {
         let mut o = Observed::default();
-        o.chains.insert("nat-output".into(), Some(("nat".into(), "output".into(), 0)));
-        o.chains.insert("nat-prerouting".into(), Some(("nat".into(), "prerouting".into(), -100)));
+        o.chains.insert(
+            "nat-output".into(),
+            Some(("nat".into(), "output".into(), 0)),
+        );
+        o.chains.insert(
+            "nat-prerouting".into(),
+            Some(("nat".into(), "prerouting".into(), -100)),
+        );
         o.chains.insert("svc-10.97.0.99-tcp-80".into(), None);
         o.chains.insert("svc-10.97.0.10-tcp-80".into(), None);
-        o.sets.insert("aff-10.97.0.99-tcp-80-10.1.0.99-80".into(), ("ipv4_addr".into(), Some(60)));
-        o.sets.insert("aff-10.97.0.30-tcp-80-10.1.0.9-8080".into(), ("ipv4_addr".into(), Some(600)));
-        o.sets.insert("aff-10.97.0.30-tcp-80-10.1.0.10-8080".into(), ("ipv4_addr".into(), Some(30)));
+        o.sets.insert(
+            "aff-10.97.0.99-tcp-80-10.1.0.99-80".into(),
+            ("ipv4_addr".into(), Some(60)),
+        );
+        o.sets.insert(
+            "aff-10.97.0.30-tcp-80-10.1.0.9-8080".into(),
+            ("ipv4_addr".into(), Some(600)),
+        );
+        o.sets.insert(
+            "aff-10.97.0.30-tcp-80-10.1.0.10-8080".into(),
+            ("ipv4_addr".into(), Some(30)),
+        );
         o
     }
 
     /// Compares with a golden file; `SDNLINK_UPDATE_GOLDEN=1` rewrites it (review the diff).
     fn golden(name: &str, got: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proxy/nft/testdata").join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/proxy/nft/testdata")
+            .join(name);
         if std::env::var_os("SDNLINK_UPDATE_GOLDEN").is_some() {
             std::fs::write(&path, got).expect("writing golden file");
         }
@@ -606,7 +721,10 @@ mod tests {
 
     #[test]
     fn golden_incremental_transaction() {
-        golden("incremental.nft", incremental_transaction(&before(), &after()).text());
+        golden(
+            "incremental.nft",
+            incremental_transaction(&before(), &after()).text(),
+        );
     }
 
     #[test]
@@ -620,7 +738,9 @@ mod tests {
             let mut list = Vec::new();
             for i in 0..10_000u32 {
                 let vip = format!("10.97.{}.{}", i / 250, i % 250 + 1);
-                let mut d: Vec<(String, u16)> = (0..10).map(|j| (format!("10.1.{}.{}", i / 250, j + 1), 8080)).collect();
+                let mut d: Vec<(String, u16)> = (0..10)
+                    .map(|j| (format!("10.1.{}.{}", i / 250, j + 1), 8080))
+                    .collect();
                 if extra && i == 4321 {
                     d.push(("10.1.200.200".into(), 8080));
                 }
@@ -639,8 +759,15 @@ mod tests {
 
     #[test]
     fn names_are_deterministic_and_v6_safe() {
-        let k = VirtualKey { vip: ip("fd97::10"), protocol: Udp, port: 53 };
-        let d = Destination { addr: ip("fd01::1"), port: 5353 };
+        let k = VirtualKey {
+            vip: ip("fd97::10"),
+            protocol: Udp,
+            port: 53,
+        };
+        let d = Destination {
+            addr: ip("fd01::1"),
+            port: 5353,
+        };
         assert_eq!(service_chain(&k), "svc-fd97__10-udp-53");
         assert_eq!(endpoint_chain(&k, &d), "ep-fd97__10-udp-53-fd01__1-5353");
         assert_eq!(affinity_set(&k, &d), "aff-fd97__10-udp-53-fd01__1-5353");
@@ -657,10 +784,16 @@ mod tests {
             {"set": {"family": "inet", "name": "foreign", "table": "other", "type": "ipv4_addr"}}]}"#;
         let o = parse_observed(chains, sets).expect("valid json");
         assert_eq!(o.chains.len(), 2);
-        assert_eq!(o.chains["nat-output"], Some(("nat".into(), "output".into(), -100)));
+        assert_eq!(
+            o.chains["nat-output"],
+            Some(("nat".into(), "output".into(), -100))
+        );
         assert_eq!(o.chains["svc-a"], None);
         assert_eq!(o.sets.len(), 1);
         assert_eq!(o.sets["aff-x"], ("ipv4_addr".into(), Some(10800)));
-        assert_eq!(parse_observed("", "").expect("empty is no table"), Observed::default());
+        assert_eq!(
+            parse_observed("", "").expect("empty is no table"),
+            Observed::default()
+        );
     }
 }
