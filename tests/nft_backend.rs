@@ -8,6 +8,8 @@
 //!   made inside the namespace have a route before the output hook DNATs them)
 //! - endpoint namespaces `sdnt-nf-<tag>-e<i>`: 10.1.<i>.2/24 on `x0`, default via 10.1.<i>.1;
 //!   TCP :8080 and UDP :5353 answer `e<i>`
+//! - IPv6 twins: client fd00:200::2/64, proxy fd00:200::1/64 and fd01:<i>::1/64, endpoints
+//!   fd01:<i>::2/64; ClusterIP fd97::10 tcp/80
 //! - ClusterIPs 10.97.0.0/16: .10 tcp/80, .53 udp/53, .13 tcp/80 and udp/53 without endpoints
 
 use sdnlinkd::model::{Protocol, ServiceKey};
@@ -108,6 +110,9 @@ impl Lab {
             sh(&["ip", "netns", "add", n]);
             lab.names.push(n.clone());
             sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+            // No duplicate address detection (RFC 4862) on the links made below: a tentative
+            // link-local address stalls neighbour discovery for the first second or two.
+            sh(&["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
         }
         sh(&[
             "ip", "-n", &p, "link", "add", "c0", "type", "veth", "peer", "name", "c1", "netns", &c,
@@ -239,7 +244,7 @@ fn tcp_ask(ns: &NetNs, to: SocketAddr) -> io::Result<String> {
 
 fn udp_ask(ns: &NetNs, to: SocketAddr) -> io::Result<String> {
     ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
         s.connect(to)?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.send(b"q")?;
@@ -343,6 +348,8 @@ fn root_nft_traffic_reaches_every_endpoint_and_refuses_without_endpoints() {
         vs("10.97.0.53", Protocol::Udp, 53, None, &ueps),
         vs("10.97.0.13", Protocol::Tcp, 80, None, &[]),
         vs("10.97.0.13", Protocol::Udp, 53, None, &[]),
+        vs("fd97::10", Protocol::Tcp, 80, None, &[("fd01:1::2", 8080), ("fd01:2::2", 8080), ("fd01:3::2", 8080)]),
+        vs("fd97::13", Protocol::Tcp, 80, None, &[]),
     ]);
     let mut b = lab.backend();
     let r = sync(&mut b, &d, false);
@@ -365,6 +372,10 @@ fn root_nft_traffic_reaches_every_endpoint_and_refuses_without_endpoints() {
         all,
         "udp spread {udp:?}"
     );
+    let tcp6 = spread(30, || tcp_ask(&lab.client, sa("[fd97::10]:80")));
+    assert_eq!(tcp6.keys().cloned().collect::<Vec<_>>(), all, "tcp6 spread {tcp6:?}");
+    let e = tcp_ask(&lab.client, sa("[fd97::13]:80")).expect_err("no endpoints");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
     // Connections made inside the namespace itself (output hook).
     let local = spread(30, || tcp_ask(&lab.proxy_ns, sa("10.97.0.10:80")));
     assert_eq!(

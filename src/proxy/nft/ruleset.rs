@@ -9,8 +9,8 @@
 //! - `no-endpoint-services` / `no-endpoint-services6`: same key -> `goto reject-chain`, looked
 //!   up in filter chains before DNAT so a Service without endpoints is refused at once (TCP
 //!   reset, ICMP port-unreachable otherwise) instead of timing out, as kube-proxy does.
-//! - `svc-<key>`: affinity lookups, then `numgen random` (or `jhash` for the consistent IPVS
-//!   schedulers `sh`/`mh`) over `ep-<key>-<endpoint>` chains;
+//! - `svc-<key>`: affinity lookups, then a cascade of `numgen random` rules (or `jhash` for
+//!   the consistent IPVS schedulers `sh`/`mh`) over `ep-<key>-<endpoint>` chains;
 //! - `ep-<key>-<endpoint>`: refreshes the affinity set, then DNATs;
 //! - `aff-<key>-<endpoint>`: dynamic set of client addresses with the affinity timeout.
 //!
@@ -216,7 +216,9 @@ pub fn service_objects(vs: &VirtualService) -> ServiceObjects {
     }
     let svc = service_chain(k);
     let mut svc_rules = Vec::new();
-    let mut arms = Vec::new();
+    let n = vs.destinations.len();
+    let hashed = consistent(&vs.scheduler);
+    let mut select = Vec::new();
     for (i, d) in vs.destinations.iter().enumerate() {
         let ep = endpoint_chain(k, d);
         let mut ep_rules = Vec::new();
@@ -239,14 +241,23 @@ pub fn service_objects(vs: &VirtualService) -> ServiceObjects {
         // nft 1.0.6 wants a transport protocol match before `dnat to ADDR:PORT`.
         ep_rules.push(format!("meta l4proto {} dnat {fam} to {to}", k.protocol));
         o.chains.insert(ep.clone(), ep_rules);
-        arms.push(format!("{i} : goto {ep}"));
+        // Selection is a cascade of rules rather than `numgen ... vmap { ... }`: every inline
+        // vmap is an anonymous set, and the kernel names and looks up sets by walking the
+        // table's set list (nf_tables_set_alloc_name, nft_set_lookup), which made 10k services
+        // quadratic (a 257 s soft lockup in nf_tables_newset on this host). Rule i of the
+        // random cascade fires with probability 1/(n-i), which is uniform overall, as
+        // iptables' `statistic --mode random` chains do. The hash cascade compares one hash
+        // with a fixed seed (without `seed`, each expression would draw its own).
+        let rule = if i + 1 == n {
+            format!("goto {ep}")
+        } else if hashed {
+            format!("jhash {fam} saddr mod {n} seed 0x0 {i} goto {ep}")
+        } else {
+            format!("numgen random mod {} 0 goto {ep}", n - i)
+        };
+        select.push(rule);
     }
-    let selector = if consistent(&vs.scheduler) {
-        format!("jhash {fam} saddr mod {}", arms.len())
-    } else {
-        format!("numgen random mod {}", arms.len())
-    };
-    svc_rules.push(format!("{selector} vmap {{ {} }}", arms.join(", ")));
+    svc_rules.extend(select);
     o.chains.insert(svc.clone(), svc_rules);
     o.elements.insert(
         (format!("service-ips{}", map_suffix(k.vip)), element_key(k)),
@@ -750,11 +761,12 @@ mod tests {
             desired(list)
         };
         let tx = incremental_transaction(&big(false), &big(true));
-        // flush svc chain, add ep chain, its one rule, the service chain's one rule.
-        assert_eq!(tx.commands(), 4, "{}", tx.text());
+        // flush svc chain, add ep chain, its one rule, the service chain's 11 selection rules:
+        // proportional to that service's endpoints, independent of the 10k other services.
+        assert_eq!(tx.commands(), 14, "{}", tx.text());
         let back = incremental_transaction(&big(true), &big(false));
-        // flush svc chain, flush + delete ep chain, the service chain's one rule.
-        assert_eq!(back.commands(), 4, "{}", back.text());
+        // flush svc chain, flush + delete ep chain, the service chain's 10 selection rules.
+        assert_eq!(back.commands(), 13, "{}", back.text());
     }
 
     #[test]
