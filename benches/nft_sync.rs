@@ -25,7 +25,10 @@ impl Drop for NsGuard {
 }
 
 fn env_or(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn v4(n: u32) -> IpAddr {
@@ -80,7 +83,11 @@ fn nft_file(path: &std::path::Path) -> Duration {
         .output()
         .expect("spawning nft");
     let took = t.elapsed();
-    assert!(out.status.success(), "nft -f: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     took
 }
 
@@ -89,14 +96,21 @@ fn delete_table() {
         .args(["netns", "exec", NS, "nft", "delete table inet sdnlink"])
         .output()
         .expect("spawning nft");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn main() {
     let services = env_or("SDNLINK_BENCH_SERVICES", 10_000);
     let endpoints = env_or("SDNLINK_BENCH_ENDPOINTS", 10);
     let _ = Command::new("ip").args(["netns", "del", NS]).output();
-    let st = Command::new("ip").args(["netns", "add", NS]).status().expect("ip netns add");
+    let st = Command::new("ip")
+        .args(["netns", "add", NS])
+        .status()
+        .expect("ip netns add");
     assert!(st.success(), "ip netns add {NS}");
     let _guard = NsGuard;
     let ns = NetNs::open(NS).expect("bench namespace");
@@ -132,10 +146,33 @@ fn main() {
     let resync = rt.block_on(b.sync(&d1, true)).expect("full resync");
     let resync_time = t.elapsed();
 
-    println!("nft_sync: {services} services x {endpoints} endpoints, ruleset {} commands, {} bytes", text.commands(), text.text().len());
-    println!("  render full transaction (pure)      {:>10.1} ms", render.as_secs_f64() * 1e3);
-    println!("  baseline nft -f same ruleset         {:>10.1} ms", baseline.as_secs_f64() * 1e3);
-    println!("  backend full sync, empty namespace   {:>10.1} ms  ({} ops)  ratio {:.2}x baseline", full_time.as_secs_f64() * 1e3, full.operations, full_time.as_secs_f64() / baseline.as_secs_f64());
-    println!("  backend one endpoint added           {:>10.1} ms  ({} ops)", inc_time.as_secs_f64() * 1e3, inc.operations);
-    println!("  backend full resync, populated table {:>10.1} ms  ({} ops)", resync_time.as_secs_f64() * 1e3, resync.operations);
+    println!(
+        "nft_sync: {services} services x {endpoints} endpoints, ruleset {} commands, {} bytes",
+        text.commands(),
+        text.text().len()
+    );
+    println!(
+        "  render full transaction (pure)      {:>10.1} ms",
+        render.as_secs_f64() * 1e3
+    );
+    println!(
+        "  baseline nft -f same ruleset         {:>10.1} ms",
+        baseline.as_secs_f64() * 1e3
+    );
+    println!(
+        "  backend full sync, empty namespace   {:>10.1} ms  ({} ops)  ratio {:.2}x baseline",
+        full_time.as_secs_f64() * 1e3,
+        full.operations,
+        full_time.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "  backend one endpoint added           {:>10.1} ms  ({} ops)",
+        inc_time.as_secs_f64() * 1e3,
+        inc.operations
+    );
+    println!(
+        "  backend full resync, populated table {:>10.1} ms  ({} ops)",
+        resync_time.as_secs_f64() * 1e3,
+        resync.operations
+    );
 }

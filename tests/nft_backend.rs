@@ -112,7 +112,15 @@ impl Lab {
             sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
             // No duplicate address detection (RFC 4862) on the links made below: a tentative
             // link-local address stalls neighbour discovery for the first second or two.
-            sh(&["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                n,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]);
         }
         sh(&[
             "ip", "-n", &p, "link", "add", "c0", "type", "veth", "peer", "name", "c1", "netns", &c,
@@ -186,6 +194,47 @@ impl Lab {
                 stop.clone(),
             );
         }
+        // IPv6 twins of the links above.
+        let v6: Vec<Vec<String>> = [
+            vec![
+                "netns",
+                "exec",
+                &p,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+            vec!["-n", &p, "addr", "add", "fd00:200::1/64", "dev", "c0"],
+            vec!["-n", &c, "addr", "add", "fd00:200::2/64", "dev", "c1"],
+            vec![
+                "-n",
+                &c,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd00:200::1",
+            ],
+            vec!["-n", &p, "-6", "route", "add", "fd97::/108", "dev", "c0"],
+        ]
+        .into_iter()
+        .map(|v| v.into_iter().map(String::from).collect())
+        .chain(eps.iter().enumerate().flat_map(|(i, e)| {
+            let i = i + 1;
+            [
+                format!("-n {p} addr add fd01:{i}::1/64 dev e{i}"),
+                format!("-n {e} addr add fd01:{i}::2/64 dev x0"),
+                format!("-n {e} -6 route add default via fd01:{i}::1"),
+            ]
+            .map(|l| l.split(' ').map(String::from).collect())
+        }))
+        .collect();
+        for args in &v6 {
+            let mut all = vec!["ip"];
+            all.extend(args.iter().map(String::as_str));
+            sh(&all);
+        }
         lab.client = NetNs::open(&c).expect("client namespace");
         lab.proxy_ns = NetNs::open(&p).expect("proxy namespace");
         lab
@@ -201,8 +250,10 @@ fn serve(ns: &NetNs, name: String, stop: Arc<AtomicBool>) {
     let (tcp, udp) = ns
         .run(|| -> io::Result<(TcpListener, UdpSocket)> {
             Ok((
-                TcpListener::bind("0.0.0.0:8080")?,
-                UdpSocket::bind("0.0.0.0:5353")?,
+                // `[::]` is dual-stack (IPV6_V6ONLY is off by default): one socket per
+                // protocol serves both families.
+                TcpListener::bind("[::]:8080")?,
+                UdpSocket::bind("[::]:5353")?,
             ))
         })
         .expect("namespace worker")
@@ -348,7 +399,17 @@ fn root_nft_traffic_reaches_every_endpoint_and_refuses_without_endpoints() {
         vs("10.97.0.53", Protocol::Udp, 53, None, &ueps),
         vs("10.97.0.13", Protocol::Tcp, 80, None, &[]),
         vs("10.97.0.13", Protocol::Udp, 53, None, &[]),
-        vs("fd97::10", Protocol::Tcp, 80, None, &[("fd01:1::2", 8080), ("fd01:2::2", 8080), ("fd01:3::2", 8080)]),
+        vs(
+            "fd97::10",
+            Protocol::Tcp,
+            80,
+            None,
+            &[
+                ("fd01:1::2", 8080),
+                ("fd01:2::2", 8080),
+                ("fd01:3::2", 8080),
+            ],
+        ),
         vs("fd97::13", Protocol::Tcp, 80, None, &[]),
     ]);
     let mut b = lab.backend();
@@ -373,7 +434,11 @@ fn root_nft_traffic_reaches_every_endpoint_and_refuses_without_endpoints() {
         "udp spread {udp:?}"
     );
     let tcp6 = spread(30, || tcp_ask(&lab.client, sa("[fd97::10]:80")));
-    assert_eq!(tcp6.keys().cloned().collect::<Vec<_>>(), all, "tcp6 spread {tcp6:?}");
+    assert_eq!(
+        tcp6.keys().cloned().collect::<Vec<_>>(),
+        all,
+        "tcp6 spread {tcp6:?}"
+    );
     let e = tcp_ask(&lab.client, sa("[fd97::13]:80")).expect_err("no endpoints");
     assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
     // Connections made inside the namespace itself (output hook).
