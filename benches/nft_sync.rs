@@ -7,7 +7,7 @@
 
 use sdnlinkd::model::{Protocol, ServiceKey};
 use sdnlinkd::netns::NetNs;
-use sdnlinkd::proxy::nft::ruleset::{full_transaction, Observed};
+use sdnlinkd::proxy::nft::ruleset::{full_transaction, incremental_transaction, Observed};
 use sdnlinkd::proxy::nft::NftBackend;
 use sdnlinkd::proxy::{DesiredProxy, Destination, ProxyBackend, VirtualKey, VirtualService};
 use std::net::{IpAddr, Ipv4Addr};
@@ -142,9 +142,21 @@ fn main() {
     let inc_time = t.elapsed();
     assert!(!inc.full, "endpoint change must be incremental");
 
+    // Baseline for the change: nft -f of the reverse change (remove that endpoint again) as a
+    // file, then the change itself again, so the committed state stays true.
+    let dir2 = dir.path().join("change.nft");
+    std::fs::write(&dir2, incremental_transaction(&d1, &d0).text()).expect("write change");
+    let change_baseline = nft_file(&dir2);
+    std::fs::write(&dir2, incremental_transaction(&d0, &d1).text()).expect("write change");
+    nft_file(&dir2);
+
     let t = Instant::now();
     let resync = rt.block_on(b.sync(&d1, true)).expect("full resync");
     let resync_time = t.elapsed();
+
+    // Second baseline after the backend's runs, to bracket the load of a shared machine.
+    delete_table();
+    let baseline2 = nft_file(&file);
 
     println!(
         "nft_sync: {services} services x {endpoints} endpoints, ruleset {} commands, {} bytes",
@@ -166,13 +178,18 @@ fn main() {
         full_time.as_secs_f64() / baseline.as_secs_f64()
     );
     println!(
-        "  backend one endpoint added           {:>10.1} ms  ({} ops)",
+        "  backend one endpoint added           {:>10.1} ms  ({} ops); nft -f of the reverse change {:.1} ms",
         inc_time.as_secs_f64() * 1e3,
-        inc.operations
+        inc.operations,
+        change_baseline.as_secs_f64() * 1e3
     );
     println!(
         "  backend full resync, populated table {:>10.1} ms  ({} ops)",
         resync_time.as_secs_f64() * 1e3,
         resync.operations
+    );
+    println!(
+        "  baseline nft -f again, after the runs {:>9.1} ms",
+        baseline2.as_secs_f64() * 1e3
     );
 }
