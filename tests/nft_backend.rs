@@ -623,3 +623,26 @@ fn root_nft_full_sync_repairs_drift_and_spares_foreign_tables() {
         "foreign table untouched by cleanup"
     );
 }
+
+#[test]
+fn root_nft_consistent_scheduler_hashes_the_client() {
+    let lab = Lab::new("sh", 3);
+    let eps = [("10.1.1.2", 8080), ("10.1.2.2", 8080), ("10.1.3.2", 8080)];
+    let mut hashed = vs("10.97.0.30", Protocol::Tcp, 80, None, &eps);
+    hashed.scheduler = "sh".into();
+    let mut b = lab.backend();
+    sync(&mut b, &desired(vec![hashed]), true);
+    // Source hashing: one client address always lands on one endpoint, without any state.
+    let seen = spread(20, || tcp_ask(&lab.client, sa("10.97.0.30:80")));
+    assert_eq!(
+        seen.len(),
+        1,
+        "sh must pin a client to one endpoint: {seen:?}"
+    );
+    let seen = spread(20, || tcp_ask(&lab.proxy_ns, sa("10.97.0.30:80")));
+    assert_eq!(
+        seen.len(),
+        1,
+        "sh must pin a client to one endpoint: {seen:?}"
+    );
+}
