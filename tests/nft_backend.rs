@@ -62,6 +62,18 @@ fn nft_try(ns: &str, cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Writes a sysctl of namespace `ns`: /proc/sys/net resolves to the namespace of the thread
+/// that opens it, so the write runs on the namespace's worker thread.
+fn sysctl(ns: &str, key: &str, value: &str) {
+    let path = format!("/proc/sys/{key}");
+    let value = value.to_string();
+    NetNs::open(ns)
+        .expect("namespace")
+        .run(move || std::fs::write(&path, value))
+        .expect("namespace worker")
+        .expect("writing a sysctl");
+}
+
 /// Throwaway namespaces with endpoint servers; everything is deleted on drop, even when the
 /// test fails.
 struct Lab {
@@ -112,15 +124,7 @@ impl Lab {
             sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
             // No duplicate address detection (RFC 4862) on the links made below: a tentative
             // link-local address stalls neighbour discovery for the first second or two.
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                n,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.default.accept_dad=0",
-            ]);
+            sysctl(n, "net/ipv6/conf/default/accept_dad", "0");
         }
         sh(&[
             "ip", "-n", &p, "link", "add", "c0", "type", "veth", "peer", "name", "c1", "netns", &c,
@@ -140,15 +144,8 @@ impl Lab {
             "10.200.0.1",
         ]);
         sh(&["ip", "-n", &p, "route", "add", "10.97.0.0/16", "dev", "c0"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &p,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
+        sysctl(&p, "net/ipv4/ip_forward", "1");
+        sysctl(&p, "net/ipv6/conf/all/forwarding", "1");
         for (i, e) in eps.iter().enumerate() {
             let i = i + 1;
             let dev = format!("e{i}");
@@ -196,14 +193,6 @@ impl Lab {
         }
         // IPv6 twins of the links above.
         let v6: Vec<Vec<String>> = [
-            vec![
-                "netns",
-                "exec",
-                &p,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.forwarding=1",
-            ],
             vec!["-n", &p, "addr", "add", "fd00:200::1/64", "dev", "c0"],
             vec!["-n", &c, "addr", "add", "fd00:200::2/64", "dev", "c1"],
             vec![
