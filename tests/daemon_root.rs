@@ -52,6 +52,23 @@ fn host_state() -> String {
     )
 }
 
+/// `state` without what a re-created veth legitimately changes: the peer's ifindex (`@ifN`),
+/// the MAC address and the derived IPv6 link-local address.
+fn normalized(state: &str) -> String {
+    state
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|t| !(t.len() == 17 && t.matches(':').count() == 5))
+                .filter(|t| !t.starts_with("fe80::"))
+                .map(|t| t.split("@if").next().unwrap_or(t))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn ns_state() -> String {
     let mut v = vec!["ip", "netns", "exec", NS];
     let mut out = String::new();
@@ -170,12 +187,24 @@ allowed_ips = ["10.132.0.0/23"]
         cmd.spawn().expect("spawn sdnlinkd")
     }
 
+    /// Runs `sdnlinkd --config cfg ARGS` in the host namespace. Not through `ip netns exec`:
+    /// that gives the child a private mount namespace, where unmounting our /run/netns pin
+    /// would not reach the real one.
     fn tool(&self, cfg: &Path, args: &[&str]) -> std::process::Output {
-        let mut v = vec!["ip", "netns", "exec", HOST, env!("CARGO_BIN_EXE_sdnlinkd"), "--config"];
-        let c = cfg.display().to_string();
-        v.push(&c);
-        v.extend_from_slice(args);
-        Command::new(v[0]).args(&v[1..]).output().expect("run tool")
+        let host = std::fs::File::open(format!("/run/netns/{HOST}")).expect("host ns");
+        let fd = host.as_raw_fd();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdnlinkd"));
+        cmd.arg("--config").arg(cfg).args(args);
+        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().expect("run tool")
     }
 
     fn log(&self) -> String {
@@ -282,12 +311,16 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     in_host(&["ip", "link", "del", VETH]);
     assert!(!host_state().contains(VETH));
     assert!(
-        wait_until(Duration::from_secs(15), || host_state() == up),
+        wait_until(Duration::from_secs(15), || normalized(&host_state()) == normalized(&up)),
         "veth not restored:\n{}\nlog:\n{}",
         host_state(),
         lab.log()
     );
-    assert!(wait_until(Duration::from_secs(15), || ns_state() == inside));
+    assert!(
+        wait_until(Duration::from_secs(15), || normalized(&ns_state()) == normalized(&inside)),
+        "{}",
+        ns_state()
+    );
 
     // An invalid reload keeps the running config and says why.
     let good = std::fs::read_to_string(&cfg).expect("read");
@@ -308,6 +341,7 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     );
 
     // SIGTERM: STOPPING=1, dataplane stays.
+    let before_term = host_state();
     let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     assert!(
@@ -316,7 +350,11 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     );
     let status = daemon.wait().expect("wait");
     assert!(status.success(), "exit after SIGTERM: {status:?}\n{}", lab.log());
-    assert_eq!(up, host_state(), "SIGTERM must leave the dataplane in place");
+    assert_eq!(
+        before_term,
+        host_state(),
+        "SIGTERM must leave the dataplane in place"
+    );
 
     // cleanup returns the host to exactly its previous state; twice is fine.
     let c = lab.tool(&cfg, &["cleanup"]);
