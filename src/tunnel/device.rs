@@ -147,6 +147,26 @@ fn nl_io(e: rtnetlink::Error) -> io::Error {
     }
 }
 
+/// An rtnetlink handle whose socket lives in `ns`. `NetNs::rtnetlink` builds the tokio socket on
+/// the namespace worker thread, which has no tokio runtime, and panics there (killing the worker);
+/// entering the caller's runtime on the worker first registers the socket with its reactor.
+async fn rtnl(ns: &NetNs) -> Result<rtnetlink::Handle, TunnelError> {
+    let rt = tokio::runtime::Handle::current();
+    let made = ns
+        .run_async(move || {
+            let _guard = rt.enter();
+            rtnetlink::new_connection()
+        })
+        .await?;
+    let (conn, handle, _) = made.map_err(|source| TunnelError::Netlink {
+        op: "open rtnetlink socket",
+        iface: ns.name().to_string(),
+        source,
+    })?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
 fn socket_path(iface: &str) -> PathBuf {
     Path::new(UAPI_DIR).join(format!("{iface}.sock"))
 }
@@ -258,7 +278,7 @@ impl Tunnel {
     /// Auto mode: an existing device decides; otherwise creating the kernel link in the host
     /// namespace is the probe (and, when it works, the device).
     async fn probe_backend(&self) -> Result<Backend, TunnelError> {
-        let nsh = self.ns.rtnetlink().await?;
+        let nsh = rtnl(&self.ns).await?;
         if let Some((_, kind)) = find_link(&nsh, &self.iface).await? {
             return Ok(if kind == Some(InfoKind::Wireguard) {
                 Backend::Kernel
@@ -269,7 +289,7 @@ impl Tunnel {
         if socket_answers(&self.iface) {
             return Ok(Backend::Userspace);
         }
-        let hh = self.host.rtnetlink().await?;
+        let hh = rtnl(&self.host).await?;
         Ok(if create_kernel_link(&hh, &self.iface).await? {
             Backend::Kernel
         } else {
@@ -280,7 +300,7 @@ impl Tunnel {
     /// Makes sure the device exists in the namespace, is up with our MTU, key and port.
     /// Returns true when it had to be created or moved.
     async fn ensure_device(&mut self) -> Result<bool, TunnelError> {
-        let nsh = self.ns.rtnetlink().await?;
+        let nsh = rtnl(&self.ns).await?;
         let mut created = false;
         let index = match find_link(&nsh, &self.iface).await? {
             Some((idx, kind)) => {
@@ -301,7 +321,7 @@ impl Tunnel {
             }
             None => {
                 created = true;
-                let hh = self.host.rtnetlink().await?;
+                let hh = rtnl(&self.host).await?;
                 match self.backend {
                     Backend::Kernel => {
                         if !create_kernel_link(&hh, &self.iface).await? {
@@ -742,6 +762,18 @@ impl Tunnel {
     }
 }
 
+/// Whether `pid` exists and is not a zombie (a zombie child of this process has exited; it is
+/// reaped with its `Child`).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain ") ".
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
 /// Removes the device: stops the wireguard-go process serving `cfg.tunnel.interface` (found
 /// through its control socket's peer credentials, so no pid file is needed) and deletes the link
 /// from `ns` and the host namespace. Idempotent: "already gone" is success.
@@ -755,9 +787,14 @@ pub async fn cleanup(cfg: &Config, host: &NetNs, ns: Option<&NetNs>) -> Result<(
             let expected = std::fs::canonicalize(&cfg.tunnel.userspace_binary).ok();
             // Only signal the process if it is the configured WireGuard binary.
             if exe.is_some() && exe == expected {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                use nix::sys::signal::{kill, Signal};
+                let _ = kill(pid, Signal::SIGTERM);
                 let start = Instant::now();
-                while socket_answers(iface) && start.elapsed() < Duration::from_secs(5) {
+                while running(cred.pid()) {
+                    if start.elapsed() > Duration::from_secs(5) {
+                        let _ = kill(pid, Signal::SIGKILL);
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -766,7 +803,7 @@ pub async fn cleanup(cfg: &Config, host: &NetNs, ns: Option<&NetNs>) -> Result<(
     let mut spaces = vec![host];
     spaces.extend(ns);
     for space in spaces {
-        let h = space.rtnetlink().await?;
+        let h = rtnl(space).await?;
         if let Some((idx, kind)) = find_link(&h, iface).await? {
             if matches!(kind, Some(InfoKind::Wireguard) | Some(InfoKind::Tun)) {
                 match h.link().del(idx).execute().await {
