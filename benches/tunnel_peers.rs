@@ -63,7 +63,10 @@ async fn main() {
     drop(Guard); // leftovers of an interrupted run
     let _guard = Guard;
     for ns in [H, S] {
-        let ok = Command::new("ip").args(["netns", "add", ns]).status().map(|s| s.success());
+        let ok = Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .map(|s| s.success());
         assert_eq!(ok.ok(), Some(true), "ip netns add {ns} (needs root)");
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -113,11 +116,25 @@ service_cidrs = ["172.31.0.0/16"]
     let full = t.sync(&changed, true).await.expect("full resync");
     let full_time = t0.elapsed();
 
-    println!("tunnel_peers backend={} peers={n} (debug build)", t.backend());
+    println!(
+        "tunnel_peers backend={} peers={n} (debug build)",
+        t.backend()
+    );
     println!("  desired_peers({n} nodes):          {desired_time:?}");
-    println!("  apply {n} peers to empty device:   {initial:?}, {} messages", r.messages);
-    println!("  one peer changed (incremental):    {one_time:?}, {} messages", one.messages);
-    println!("  full resync, no drift ({n} read):  {full_time:?}, {} messages", full.messages);
+    println!(
+        "  apply {n} peers to empty device:   {initial:?}, {} messages",
+        r.messages
+    );
+    println!(
+        "  one peer changed (incremental):    {one_time:?}, {} messages",
+        one.messages
+    );
+    println!(
+        "  full resync, no drift ({n} read):  {full_time:?}, {} messages",
+        full.messages
+    );
 
-    tunnel::cleanup(&cfg, &host, Some(&ns)).await.expect("cleanup");
+    tunnel::cleanup(&cfg, &host, Some(&ns))
+        .await
+        .expect("cleanup");
 }

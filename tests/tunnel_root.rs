@@ -51,11 +51,16 @@ impl Lab {
     fn teardown(&self) {
         for n in [1, 2] {
             if let Some(pid) = wg_go_pid(&self.wg(n)) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
         }
         for what in ["h1", "s1", "h2", "s2"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(what)]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(what)])
+                .output();
         }
     }
 
@@ -72,11 +77,32 @@ impl Lab {
             ip(&["netns", "add", &lab.ns(what)]);
         }
         let (u1, u2) = (format!("sdnt-tn-{tag}u1"), format!("sdnt-tn-{tag}u2"));
-        ip(&["-n", &lab.ns("h1"), "link", "add", &u1, "type", "veth", "peer", "name", &u2, "netns", &lab.ns("h2")]);
+        ip(&[
+            "-n",
+            &lab.ns("h1"),
+            "link",
+            "add",
+            &u1,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &u2,
+            "netns",
+            &lab.ns("h2"),
+        ]);
         for (n, u, pod) in [(1, &u1, POD1), (2, &u2, POD2)] {
             let h = lab.ns(&format!("h{n}"));
             let s = lab.ns(&format!("s{n}"));
-            ip(&["-n", &h, "addr", "add", &format!("192.168.250.{n}/24"), "dev", u]);
+            ip(&[
+                "-n",
+                &h,
+                "addr",
+                "add",
+                &format!("192.168.250.{n}/24"),
+                "dev",
+                u,
+            ]);
             ip(&["-n", &h, "link", "set", u, "up"]);
             ip(&["-n", &h, "link", "set", "lo", "up"]);
             ip(&["-n", &s, "link", "set", "lo", "up"]);
@@ -88,12 +114,30 @@ impl Lab {
     /// Node n's config: local cluster of its pod, the other node as a static peer.
     fn config(&self, n: u8, peer_key: Option<&str>) -> Config {
         let (local, lpods, remote, rpods, rsvc, lsvc) = if n == 1 {
-            ("east", "10.132.0.0/14", "west", "10.136.0.0/14", "172.31.0.0/16", "172.30.0.0/16")
+            (
+                "east",
+                "10.132.0.0/14",
+                "west",
+                "10.136.0.0/14",
+                "172.31.0.0/16",
+                "172.30.0.0/16",
+            )
         } else {
-            ("west", "10.136.0.0/14", "east", "10.132.0.0/14", "172.30.0.0/16", "172.31.0.0/16")
+            (
+                "west",
+                "10.136.0.0/14",
+                "east",
+                "10.132.0.0/14",
+                "172.30.0.0/16",
+                "172.31.0.0/16",
+            )
         };
         let other = 3 - n;
-        let peer_subnet = if n == 1 { "10.136.2.0/24" } else { "10.132.1.0/24" };
+        let peer_subnet = if n == 1 {
+            "10.136.2.0/24"
+        } else {
+            "10.132.1.0/24"
+        };
         let peers = peer_key
             .map(|k| {
                 format!(
@@ -136,14 +180,28 @@ service_cidrs = ["{rsvc}"]
 
     /// What the node plumbing does in the daemon: route the peer's subnet via the tunnel.
     fn route(&self, n: u8, subnet: &str) {
-        let (s, wg, src) = (self.ns(&format!("s{n}")), self.wg(n), if n == 1 { POD1 } else { POD2 });
+        let (s, wg, src) = (
+            self.ns(&format!("s{n}")),
+            self.wg(n),
+            if n == 1 { POD1 } else { POD2 },
+        );
         ip(&["-n", &s, "route", "replace", subnet, "dev", &wg, "src", src]);
     }
 
     fn ping(&self, n: u8, to: &str) -> bool {
         let src = if n == 1 { POD1 } else { POD2 };
         Command::new("ip")
-            .args(["netns", "exec", &self.ns(&format!("s{n}")), "ping", "-c1", "-W1", "-I", src, to])
+            .args([
+                "netns",
+                "exec",
+                &self.ns(&format!("s{n}")),
+                "ping",
+                "-c1",
+                "-W1",
+                "-I",
+                src,
+                to,
+            ])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
@@ -155,11 +213,29 @@ service_cidrs = ["{rsvc}"]
         for n in [1u8, 2] {
             for args in [
                 vec!["wg".to_string(), "show".into(), self.wg(n)],
-                vec!["ip".into(), "-n".into(), self.ns(&format!("s{n}")), "-d".into(), "link".into(), "show".into(), self.wg(n)],
-                vec!["ip".into(), "-n".into(), self.ns(&format!("s{n}")), "route".into()],
+                vec![
+                    "ip".into(),
+                    "-n".into(),
+                    self.ns(&format!("s{n}")),
+                    "-d".into(),
+                    "link".into(),
+                    "show".into(),
+                    self.wg(n),
+                ],
+                vec![
+                    "ip".into(),
+                    "-n".into(),
+                    self.ns(&format!("s{n}")),
+                    "route".into(),
+                ],
             ] {
                 if let Ok(o) = Command::new(&args[0]).args(&args[1..]).output() {
-                    out.push_str(&format!("$ {}\n{}{}\n", args.join(" "), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+                    out.push_str(&format!(
+                        "$ {}\n{}{}\n",
+                        args.join(" "),
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ));
                 }
             }
         }
@@ -176,9 +252,14 @@ service_cidrs = ["{rsvc}"]
     async fn start(&self, n: u8, peer: u8) -> (Tunnel, DesiredPeers) {
         let peer_pub = self.key(peer).public_key().to_base64();
         let cfg = self.config(n, Some(&peer_pub));
-        let t = Tunnel::ensure(&cfg, self.netns(&format!("h{n}")), self.netns(&format!("s{n}")), self.key(n))
-            .await
-            .expect("ensure tunnel");
+        let t = Tunnel::ensure(
+            &cfg,
+            self.netns(&format!("h{n}")),
+            self.netns(&format!("s{n}")),
+            self.key(n),
+        )
+        .await
+        .expect("ensure tunnel");
         let desired = tunnel::desired_peers(&cfg, &Default::default());
         assert_eq!(desired.peers.len(), 1, "{desired:?}");
         (t, desired)
@@ -232,8 +313,14 @@ async fn root_auto_mode_picks_what_the_kernel_has() {
     let (t1, _) = lab.start(1, 2).await;
     assert_eq!(t1.backend(), expected);
     // The probe must not leave a kernel link behind in the host namespace.
-    let host_link = Command::new("ip").args(["-n", &lab.ns("h1"), "link", "show", &lab.wg(1)]).output().expect("ip");
-    assert!(!host_link.status.success(), "device must live only in the sdnlinkd namespace");
+    let host_link = Command::new("ip")
+        .args(["-n", &lab.ns("h1"), "link", "show", &lab.wg(1)])
+        .output()
+        .expect("ip");
+    assert!(
+        !host_link.status.success(),
+        "device must live only in the sdnlinkd namespace"
+    );
 }
 
 async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
@@ -248,17 +335,30 @@ async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
     assert_eq!(d1.routes(), vec!["10.136.2.0/24".parse().expect("net")]);
     lab.route(1, "10.136.2.0/24");
     lab.route(2, "10.132.1.0/24");
-    assert!(lab.ping_within(1, POD2, 20), "pod 1 -> pod 2 over the tunnel\n{}", lab.diag());
+    assert!(
+        lab.ping_within(1, POD2, 20),
+        "pod 1 -> pod 2 over the tunnel\n{}",
+        lab.diag()
+    );
     assert!(lab.ping(2, POD1), "pod 2 -> pod 1 over the tunnel");
 
     // The UDP socket is on the host side: it listens in h1, not in s1.
     let ss = |ns: &str| {
-        let o = Command::new("ip").args(["netns", "exec", ns, "ss", "-uln"]).output().expect("ss");
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-uln"])
+            .output()
+            .expect("ss");
         String::from_utf8_lossy(&o.stdout).contains(":51820")
     };
-    assert!(!ss(&lab.ns("s1")), "no listen socket in the sdnlinkd namespace");
+    assert!(
+        !ss(&lab.ns("s1")),
+        "no listen socket in the sdnlinkd namespace"
+    );
     if backend == tunnel::Backend::Userspace {
-        assert!(ss(&lab.ns("h1")), "wireguard-go listens in the host namespace");
+        assert!(
+            ss(&lab.ns("h1")),
+            "wireguard-go listens in the host namespace"
+        );
     }
 
     let st = tokio::task::spawn_blocking(move || {
@@ -272,7 +372,10 @@ async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
     assert_eq!(st.peers.len(), 1);
     let p = &st.peers[0];
     assert_eq!(p.cluster.as_deref(), Some("west"));
-    assert!(p.latest_handshake_age_secs.is_some() && p.rx_bytes > 0 && p.tx_bytes > 0, "{p:?}");
+    assert!(
+        p.latest_handshake_age_secs.is_some() && p.rx_bytes > 0 && p.tx_bytes > 0,
+        "{p:?}"
+    );
     let json = serde_json::to_string(&st).expect("status serializes");
     assert!(json.contains(&lab.key(1).public_key().to_base64()));
 
@@ -283,16 +386,26 @@ async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
     assert_eq!((full.messages, full.recreated), (0, false), "{full:?}");
 
     // Removing the peer costs one message and stops the traffic to its subnet.
-    let removed = t1.sync(&DesiredPeers::default(), false).await.expect("remove");
+    let removed = t1
+        .sync(&DesiredPeers::default(), false)
+        .await
+        .expect("remove");
     assert_eq!((removed.removed, removed.messages), (1, 1), "{removed:?}");
-    assert!(!lab.ping_within(1, POD2, 2), "traffic must stop without the peer");
+    assert!(
+        !lab.ping_within(1, POD2, 2),
+        "traffic must stop without the peer"
+    );
 
     // Deleted out of band: the next full sync re-creates the device and its peer.
     ip(&["-n", &lab.ns("s1"), "link", "del", &lab.wg(1)]);
     let rebuilt = t1.sync(&d1, true).await.expect("full sync after delete");
     assert!(rebuilt.recreated && rebuilt.added == 1, "{rebuilt:?}");
     lab.route(1, "10.136.2.0/24");
-    assert!(lab.ping_within(1, POD2, 20), "traffic back after re-creation\n{}", lab.diag());
+    assert!(
+        lab.ping_within(1, POD2, 20),
+        "traffic back after re-creation\n{}",
+        lab.diag()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +422,10 @@ async fn root_userspace_restart_keeps_tcp_stream() {
 
     let s2 = lab.netns("s2");
     let addr: SocketAddr = format!("{POD2}:7000").parse().expect("addr");
-    let listener = s2.run(move || TcpListener::bind(addr)).expect("ns").expect("bind");
+    let listener = s2
+        .run(move || TcpListener::bind(addr))
+        .expect("ns")
+        .expect("bind");
     let echo = std::thread::spawn(move || {
         let (mut c, _) = listener.accept().expect("accept");
         let mut buf = [0u8; 64];
@@ -329,7 +445,8 @@ async fn root_userspace_restart_keeps_tcp_stream() {
         .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
         .expect("ns")
         .expect("connect over the tunnel");
-    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut roundtrip = |msg: &[u8]| {
         conn.write_all(msg).expect("write");
         let mut got = vec![0u8; msg.len()];
@@ -348,9 +465,17 @@ async fn root_userspace_restart_keeps_tcp_stream() {
         .await
         .expect("adopt");
     let r = t1.sync(&d1, true).await.expect("sync after restart");
-    assert_eq!((r.messages, r.recreated), (0, false), "adoption must not touch the device: {r:?}");
+    assert_eq!(
+        (r.messages, r.recreated),
+        (0, false),
+        "adoption must not touch the device: {r:?}"
+    );
     assert_eq!(t1.messages_sent(), 0, "same key and port: nothing set");
-    assert_eq!(wg_go_pid(&lab.wg(1)), pid_before, "same wireguard-go process");
+    assert_eq!(
+        wg_go_pid(&lab.wg(1)),
+        pid_before,
+        "same wireguard-go process"
+    );
     roundtrip(b"after restart");
     drop(conn);
     echo.join().expect("echo thread");
@@ -367,11 +492,20 @@ async fn root_userspace_cleanup_is_idempotent() {
     let (h, s) = (lab.netns("h1"), lab.netns("s1"));
     tunnel::cleanup(&cfg, &h, Some(&s)).await.expect("cleanup");
     assert_eq!(wg_go_pid(&lab.wg(1)), None);
-    assert!(!Path::new(&format!("/proc/{pid}")).exists() || {
-        // A zombie until its parent (this test process) reaps it is fine; it must not run.
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
-    });
-    let links = Command::new("ip").args(["-n", &lab.ns("s1"), "link", "show", &lab.wg(1)]).output().expect("ip");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || {
+            // A zombie until its parent (this test process) reaps it is fine; it must not run.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+        }
+    );
+    let links = Command::new("ip")
+        .args(["-n", &lab.ns("s1"), "link", "show", &lab.wg(1)])
+        .output()
+        .expect("ip");
     assert!(!links.status.success(), "link must be gone");
-    tunnel::cleanup(&cfg, &h, Some(&s)).await.expect("cleanup again");
+    tunnel::cleanup(&cfg, &h, Some(&s))
+        .await
+        .expect("cleanup again");
 }

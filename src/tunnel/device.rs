@@ -180,7 +180,13 @@ async fn find_link(
     handle: &rtnetlink::Handle,
     name: &str,
 ) -> Result<Option<(u32, Option<InfoKind>)>, TunnelError> {
-    let res = handle.link().get().match_name(name.to_string()).execute().try_next().await;
+    let res = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await;
     match res {
         Ok(Some(msg)) => Ok(Some((msg.header.index, link_kind(&msg)))),
         Ok(None) => Ok(None),
@@ -206,7 +212,12 @@ fn link_kind(msg: &LinkMessage) -> Option<InfoKind> {
 /// Creates a kernel WireGuard link in the namespace behind `handle`. `Ok(false)` when the kernel
 /// has no WireGuard support (no module: EOPNOTSUPP from rtnl_newlink's missing link ops).
 async fn create_kernel_link(handle: &rtnetlink::Handle, name: &str) -> Result<bool, TunnelError> {
-    match handle.link().add(LinkWireguard::new(name).build()).execute().await {
+    match handle
+        .link()
+        .add(LinkWireguard::new(name).build())
+        .execute()
+        .await
+    {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(true),
         Err(rtnetlink::Error::NetlinkError(m))
@@ -524,9 +535,7 @@ impl Tunnel {
         })
     }
 
-    async fn read_peers(
-        &self,
-    ) -> Result<BTreeMap<PublicKey, CurrentPeer>, TunnelError> {
+    async fn read_peers(&self) -> Result<BTreeMap<PublicKey, CurrentPeer>, TunnelError> {
         let dev = self.get_device().await?;
         let mut peers = BTreeMap::new();
         for p in dev.peers {
@@ -612,7 +621,10 @@ impl Tunnel {
                 }
                 PeerChange::Remove { key } => PeerConfigBuilder::new(&key.to_wg()).remove(),
             };
-            match self.apply(DeviceUpdate::new().add_peer(update), "set peer").await {
+            match self
+                .apply(DeviceUpdate::new().add_peer(update), "set peer")
+                .await
+            {
                 Ok(()) => {
                     report.plan.push(line);
                     match change {
@@ -690,7 +702,9 @@ impl Tunnel {
     /// context such as `spawn_blocking`, not from an async task).
     pub fn status(&self) -> TunnelStatus {
         let (name, backend) = (self.wg_name, self.backend);
-        let read = self.wg_ns().run(move || wireguard_control::Device::get(&name, backend.wg()));
+        let read = self
+            .wg_ns()
+            .run(move || wireguard_control::Device::get(&name, backend.wg()));
         let mut status = TunnelStatus {
             backend: self.backend,
             interface: self.iface.clone(),
@@ -781,7 +795,9 @@ pub async fn cleanup(cfg: &Config, host: &NetNs, ns: Option<&NetNs>) -> Result<(
     let iface = cfg.tunnel.interface.as_str();
     let sock = socket_path(iface);
     if let Ok(stream) = UnixStream::connect(&sock) {
-        if let Ok(cred) = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+        if let Ok(cred) =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        {
             let pid = nix::unistd::Pid::from_raw(cred.pid());
             let exe = std::fs::read_link(format!("/proc/{}/exe", cred.pid())).ok();
             let expected = std::fs::canonicalize(&cfg.tunnel.userspace_binary).ok();

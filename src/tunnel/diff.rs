@@ -64,14 +64,21 @@ impl PeerChange {
     /// The peer the change is about.
     pub fn key(&self) -> &PublicKey {
         match self {
-            PeerChange::Add { key, .. } | PeerChange::Update { key, .. } | PeerChange::Remove { key } => key,
+            PeerChange::Add { key, .. }
+            | PeerChange::Update { key, .. }
+            | PeerChange::Remove { key } => key,
         }
     }
 }
 
 impl fmt::Display for PeerChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nets = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+        let nets = |v: &[IpNet]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         match self {
             PeerChange::Add { key, peer } => {
                 write!(f, "add peer {key} ({}/{})", peer.cluster, peer.node)?;
@@ -141,7 +148,9 @@ impl PeerDiff {
                     // No record (we restarted): keep a live session wherever it is.
                     None => {
                         let live = have.last_handshake.is_some_and(|t| {
-                            now.duration_since(t).map(|age| age < LIVE_SESSION).unwrap_or(true)
+                            now.duration_since(t)
+                                .map(|age| age < LIVE_SESSION)
+                                .unwrap_or(true)
                         });
                         have.endpoint.is_none() || !live
                     }

@@ -184,12 +184,19 @@ mod tests {
         let path = tmp.path().join("sub/private.key");
         let k1 = load_or_create(&path).expect("create");
         let fmode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
-        let dmode = fs::metadata(tmp.path().join("sub")).expect("meta").permissions().mode() & 0o777;
+        let dmode = fs::metadata(tmp.path().join("sub"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(fmode, 0o600);
         assert_eq!(dmode, 0o700);
         let k2 = load_or_create(&path).expect("load");
         assert_eq!(k1.public_key(), k2.public_key());
-        assert_eq!(public_key_b64(&path).expect("pub"), k1.public_key().to_base64());
+        assert_eq!(
+            public_key_b64(&path).expect("pub"),
+            k1.public_key().to_base64()
+        );
     }
 
     #[test]
@@ -210,7 +217,10 @@ mod tests {
         let path = tmp.path().join("private.key");
         fs::write(&path, "not a key").expect("write");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
-        assert!(matches!(load_or_create(&path), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            load_or_create(&path),
+            Err(KeyError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -225,7 +235,8 @@ mod tests {
     #[test]
     fn public_key_matches_wg_pubkey_vector() {
         // Vector from wireguard-tools: `echo <priv> | wg pubkey`.
-        let k = PrivateKey::from_base64("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=").expect("valid");
+        let k =
+            PrivateKey::from_base64("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=").expect("valid");
         assert_eq!(
             k.public_key().to_base64(),
             "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="

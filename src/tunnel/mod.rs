@@ -134,10 +134,10 @@ pub fn desired_peers(cfg: &Config, snapshots: &Snapshots) -> DesiredPeers {
             continue;
         }
         let check = |cluster: &str,
-                         node: String,
-                         key: Result<PublicKey, String>,
-                         endpoint: Result<Option<SocketAddr>, String>,
-                         nets: &[IpNet]| {
+                     node: String,
+                     key: Result<PublicKey, String>,
+                     endpoint: Result<Option<SocketAddr>, String>,
+                     nets: &[IpNet]| {
             let skip = |reason: String| SkippedPeer {
                 cluster: cluster.to_string(),
                 node: node.clone(),
@@ -179,7 +179,13 @@ pub fn desired_peers(cfg: &Config, snapshots: &Snapshots) -> DesiredPeers {
         for (i, sp) in remote.peers.iter().enumerate() {
             let key = PublicKey::from_base64(&sp.public_key)
                 .map_err(|_| "public key is not base64 of 32 bytes".to_string());
-            match check(&remote.name, format!("static-{i}"), key, Ok(sp.endpoint), &sp.allowed_ips) {
+            match check(
+                &remote.name,
+                format!("static-{i}"),
+                key,
+                Ok(sp.endpoint),
+                &sp.allowed_ips,
+            ) {
                 Ok(c) => candidates.push(c),
                 Err(s) => skipped.push(s),
             }
@@ -202,7 +208,13 @@ pub fn desired_peers(cfg: &Config, snapshots: &Snapshots) -> DesiredPeers {
                     .map(Some)
                     .map_err(|_| format!("endpoint annotation {e:?} is not IP:port")),
             };
-            match check(&remote.name, node.name.clone(), key, endpoint, &node.pod_cidrs) {
+            match check(
+                &remote.name,
+                node.name.clone(),
+                key,
+                endpoint,
+                &node.pod_cidrs,
+            ) {
                 Ok(c) => candidates.push(c),
                 Err(s) => skipped.push(s),
             }
@@ -216,9 +228,9 @@ pub fn desired_peers(cfg: &Config, snapshots: &Snapshots) -> DesiredPeers {
     let flag = |reject: &mut BTreeMap<usize, String>, i: usize, j: usize, what: &str| {
         for (x, y) in [(i, j), (j, i)] {
             let other = &candidates[y].peer;
-            reject
-                .entry(x)
-                .or_insert_with(|| format!("{what} node {} of cluster {}", other.node, other.cluster));
+            reject.entry(x).or_insert_with(|| {
+                format!("{what} node {} of cluster {}", other.node, other.cluster)
+            });
         }
     };
     let mut by_key: BTreeMap<PublicKey, usize> = BTreeMap::new();
@@ -243,7 +255,12 @@ pub fn desired_peers(cfg: &Config, snapshots: &Snapshots) -> DesiredPeers {
         match open {
             Some((wide, j)) if wide.contains(&net) => {
                 if i != j {
-                    flag(&mut reject, j, i, &format!("allowed IP {net} overlaps {wide} of"));
+                    flag(
+                        &mut reject,
+                        j,
+                        i,
+                        &format!("allowed IP {net} overlaps {wide} of"),
+                    );
                 }
             }
             _ => open = Some((net, i)),

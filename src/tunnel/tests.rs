@@ -1,9 +1,9 @@
 use super::diff::{CurrentPeer, PeerChange, PeerDiff};
 use super::*;
 use crate::model::{ClusterSnapshot, Node};
-use std::sync::Arc;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 fn cfg() -> Config {
@@ -37,7 +37,10 @@ fn key(n: u8) -> String {
 fn node(name: &str, k: Option<String>, ep: Option<&str>, cidrs: &[&str]) -> Node {
     Node {
         name: name.into(),
-        pod_cidrs: cidrs.iter().map(|c| c.parse().expect("test cidr")).collect(),
+        pod_cidrs: cidrs
+            .iter()
+            .map(|c| c.parse().expect("test cidr"))
+            .collect(),
         wireguard_public_key: k,
         wireguard_endpoint: ep.map(str::to_string),
     }
@@ -66,9 +69,33 @@ fn skipped_reason<'a>(d: &'a DesiredPeers, cluster: &str, node: &str) -> Option<
 #[test]
 fn static_and_discovered_peers_local_nodes_ignored() {
     let s = snaps(&[
-        ("west", vec![node("w1", Some(key(1)), Some("192.0.2.1:51820"), &["10.133.0.0/24"])]),
-        ("north", vec![node("n1", Some(key(2)), Some("[2001:db8::2]:51820"), &["10.140.1.0/24"])]),
-        ("east", vec![node("e1", Some(key(3)), Some("192.0.2.3:51820"), &["10.128.1.0/24"])]),
+        (
+            "west",
+            vec![node(
+                "w1",
+                Some(key(1)),
+                Some("192.0.2.1:51820"),
+                &["10.133.0.0/24"],
+            )],
+        ),
+        (
+            "north",
+            vec![node(
+                "n1",
+                Some(key(2)),
+                Some("[2001:db8::2]:51820"),
+                &["10.140.1.0/24"],
+            )],
+        ),
+        (
+            "east",
+            vec![node(
+                "e1",
+                Some(key(3)),
+                Some("192.0.2.3:51820"),
+                &["10.128.1.0/24"],
+            )],
+        ),
     ]);
     let d = desired_peers(&cfg(), &s);
     assert_eq!(d.peers.len(), 3, "{d:?}");
@@ -76,7 +103,10 @@ fn static_and_discovered_peers_local_nodes_ignored() {
     assert_eq!((w1.cluster.as_str(), w1.node.as_str()), ("west", "w1"));
     assert_eq!(w1.endpoint, Some("192.0.2.1:51820".parse().expect("addr")));
     assert_eq!(w1.keepalive, Some(25));
-    assert!(!d.peers.contains_key(&PublicKey([3; 32])), "local cluster node must not be a peer");
+    assert!(
+        !d.peers.contains_key(&PublicKey([3; 32])),
+        "local cluster node must not be a peer"
+    );
     let st = d
         .peers
         .values()
@@ -101,11 +131,31 @@ fn bad_nodes_are_skipped_with_reasons() {
         vec![
             node("nokey", None, Some("192.0.2.1:1"), &["10.133.1.0/24"]),
             node("noep", Some(key(4)), None, &["10.133.2.0/24"]),
-            node("short", Some("AAAA".into()), Some("192.0.2.1:1"), &["10.133.3.0/24"]),
-            node("badep", Some(key(5)), Some("host.example:51820"), &["10.133.4.0/24"]),
-            node("outside", Some(key(6)), Some("192.0.2.1:1"), &["10.128.5.0/24"]),
+            node(
+                "short",
+                Some("AAAA".into()),
+                Some("192.0.2.1:1"),
+                &["10.133.3.0/24"],
+            ),
+            node(
+                "badep",
+                Some(key(5)),
+                Some("host.example:51820"),
+                &["10.133.4.0/24"],
+            ),
+            node(
+                "outside",
+                Some(key(6)),
+                Some("192.0.2.1:1"),
+                &["10.128.5.0/24"],
+            ),
             node("nosubnet", Some(key(7)), Some("192.0.2.1:1"), &[]),
-            node("good", Some(key(8)), Some("192.0.2.8:51820"), &["10.133.8.0/24"]),
+            node(
+                "good",
+                Some(key(8)),
+                Some("192.0.2.8:51820"),
+                &["10.133.8.0/24"],
+            ),
         ],
     )]);
     let d = desired_peers(&cfg(), &s);
@@ -119,7 +169,10 @@ fn bad_nodes_are_skipped_with_reasons() {
     assert_eq!(d.peers.len(), 2);
     assert!(d.peers.contains_key(&PublicKey([8; 32])));
     let line = d.skipped[0].to_string();
-    assert!(line.contains("node") && line.contains("cluster west"), "{line}");
+    assert!(
+        line.contains("node") && line.contains("cluster west"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -135,13 +188,32 @@ fn duplicate_keys_and_overlaps_skip_both_sides() {
                 node("d", Some(key(13)), Some("192.0.2.5:1"), &["10.132.1.0/24"]),
             ],
         ),
-        ("north", vec![node("x", Some(key(11)), Some("192.0.2.4:1"), &["10.140.0.0/24"])]),
+        (
+            "north",
+            vec![node(
+                "x",
+                Some(key(11)),
+                Some("192.0.2.4:1"),
+                &["10.140.0.0/24"],
+            )],
+        ),
     ]);
     let d = desired_peers(&cfg(), &s);
-    for (c, n) in [("west", "a"), ("west", "b"), ("west", "c"), ("north", "x"), ("west", "d"), ("west", "static-0")] {
-        assert!(skipped_reason(&d, c, n).is_some(), "{c}/{n} must be skipped: {d:?}");
+    for (c, n) in [
+        ("west", "a"),
+        ("west", "b"),
+        ("west", "c"),
+        ("north", "x"),
+        ("west", "d"),
+        ("west", "static-0"),
+    ] {
+        assert!(
+            skipped_reason(&d, c, n).is_some(),
+            "{c}/{n} must be skipped: {d:?}"
+        );
     }
-    assert!(skipped_reason(&d, "west", "c").is_some_and(|r| r.contains("public key also used by node x of cluster north")));
+    assert!(skipped_reason(&d, "west", "c")
+        .is_some_and(|r| r.contains("public key also used by node x of cluster north")));
     assert!(skipped_reason(&d, "west", "a").is_some_and(|r| r.contains("overlaps")));
     assert!(d.peers.is_empty(), "{:?}", d.peers);
 }
@@ -176,12 +248,22 @@ fn as_current(d: &DesiredPeers) -> BTreeMap<PublicKey, CurrentPeer> {
 
 #[test]
 fn diff_add_update_remove_only_changed() {
-    let old = desired_with(&[(1, "192.0.2.1:1", &["10.133.1.0/24"]), (2, "192.0.2.2:1", &["10.133.2.0/24"]), (3, "192.0.2.3:1", &["10.133.3.0/24"])]);
-    let new = desired_with(&[(1, "192.0.2.1:1", &["10.133.1.0/24"]), (2, "192.0.2.2:1", &["10.133.2.0/24", "10.133.20.0/24"]), (4, "192.0.2.4:1", &["10.133.4.0/24"])]);
+    let old = desired_with(&[
+        (1, "192.0.2.1:1", &["10.133.1.0/24"]),
+        (2, "192.0.2.2:1", &["10.133.2.0/24"]),
+        (3, "192.0.2.3:1", &["10.133.3.0/24"]),
+    ]);
+    let new = desired_with(&[
+        (1, "192.0.2.1:1", &["10.133.1.0/24"]),
+        (2, "192.0.2.2:1", &["10.133.2.0/24", "10.133.20.0/24"]),
+        (4, "192.0.2.4:1", &["10.133.4.0/24"]),
+    ]);
     let last: BTreeMap<_, _> = old.peers.iter().map(|(k, p)| (*k, p.endpoint)).collect();
     let diff = PeerDiff::compute(&as_current(&old), &new, &last, SystemTime::now());
     assert_eq!(diff.changes.len(), 3, "{diff}");
-    assert!(matches!(&diff.changes[0], PeerChange::Update { key, endpoint: None, allowed_ips: Some(a), keepalive: None } if *key == PublicKey([2; 32]) && a.len() == 2));
+    assert!(
+        matches!(&diff.changes[0], PeerChange::Update { key, endpoint: None, allowed_ips: Some(a), keepalive: None } if *key == PublicKey([2; 32]) && a.len() == 2)
+    );
     assert!(matches!(&diff.changes[1], PeerChange::Remove { key } if *key == PublicKey([3; 32])));
     assert!(matches!(&diff.changes[2], PeerChange::Add { key, .. } if *key == PublicKey([4; 32])));
     assert!(PeerDiff::compute(&as_current(&new), &new, &last, SystemTime::now()).is_empty());
@@ -196,7 +278,18 @@ fn diff_keepalive_zero_equals_off_and_change_detected() {
         p.keepalive = None;
     }
     let diff = PeerDiff::compute(&cur, &d, &last, SystemTime::now());
-    assert!(matches!(&diff.changes[..], [PeerChange::Update { keepalive: Some(None), endpoint: None, allowed_ips: None, .. }]), "{diff}");
+    assert!(
+        matches!(
+            &diff.changes[..],
+            [PeerChange::Update {
+                keepalive: Some(None),
+                endpoint: None,
+                allowed_ips: None,
+                ..
+            }]
+        ),
+        "{diff}"
+    );
 }
 
 #[test]
@@ -215,11 +308,24 @@ fn diff_nat_rewritten_endpoint_does_not_thrash() {
     // No record and no live session: set the configured endpoint.
     let later = SystemTime::now() + Duration::from_secs(600);
     let diff = PeerDiff::compute(&cur, &d, &BTreeMap::new(), later);
-    assert!(matches!(&diff.changes[..], [PeerChange::Update { endpoint: Some(e), .. }] if *e == "192.0.2.1:51820".parse::<SocketAddr>().expect("addr")));
+    assert!(
+        matches!(&diff.changes[..], [PeerChange::Update { endpoint: Some(e), .. }] if *e == "192.0.2.1:51820".parse::<SocketAddr>().expect("addr"))
+    );
     // Our desired endpoint changed: set it even though the session is live.
     let d2 = desired_with(&[(1, "192.0.2.99:51820", &["10.133.1.0/24"])]);
     let diff = PeerDiff::compute(&cur, &d2, &last, SystemTime::now());
-    assert!(matches!(&diff.changes[..], [PeerChange::Update { endpoint: Some(_), allowed_ips: None, keepalive: None, .. }]), "{diff}");
+    assert!(
+        matches!(
+            &diff.changes[..],
+            [PeerChange::Update {
+                endpoint: Some(_),
+                allowed_ips: None,
+                keepalive: None,
+                ..
+            }]
+        ),
+        "{diff}"
+    );
 }
 
 #[test]
@@ -228,12 +334,18 @@ fn diff_prints_a_plan() {
     let diff = PeerDiff::compute(&BTreeMap::new(), &d, &BTreeMap::new(), SystemTime::now());
     let text = diff.to_string();
     assert!(text.starts_with("add peer AQEB"), "{text}");
-    assert!(text.contains("(west/n1) endpoint=192.0.2.1:1 allowed_ips=10.133.1.0/24 keepalive=25"), "{text}");
+    assert!(
+        text.contains("(west/n1) endpoint=192.0.2.1:1 allowed_ips=10.133.1.0/24 keepalive=25"),
+        "{text}"
+    );
 }
 
 #[test]
 fn skipped_peers_never_appear_in_routes() {
-    let s = snaps(&[("west", vec![node("noep", Some(key(4)), None, &["10.133.2.0/24"])])]);
+    let s = snaps(&[(
+        "west",
+        vec![node("noep", Some(key(4)), None, &["10.133.2.0/24"])],
+    )]);
     let d = desired_peers(&cfg(), &s);
     assert!(!d.routes().contains(&"10.133.2.0/24".parse().expect("net")));
 }
