@@ -343,7 +343,17 @@ impl Tunnel {
                             });
                         }
                     }
-                    Backend::Userspace => self.ensure_userspace_process().await?,
+                    Backend::Userspace => {
+                        if socket_answers(&self.iface)
+                            && find_link(&hh, &self.iface).await?.is_none()
+                        {
+                            // Its link was deleted out of band and it has not exited yet: a
+                            // wireguard-go without a TUN is useless, start a fresh one.
+                            stop_userspace(&self.iface, &self.userspace_binary).await;
+                            self.reap_child();
+                        }
+                        self.ensure_userspace_process().await?
+                    }
                 }
                 let Some((hidx, _)) = find_link(&hh, &self.iface).await? else {
                     return Err(TunnelError::Netlink {
@@ -563,7 +573,8 @@ impl Tunnel {
     /// Applies the difference between the device and `desired`, one peer per message (never
     /// replace-peers, which drops every session). Incremental (`full = false`): diffs against
     /// the last committed state without reading the device. Full: re-creates a device deleted
-    /// out of band, re-reads the peers and repairs drift.
+    /// out of band, re-reads the peers and repairs drift. Skipped peers are logged once. After an
+    /// error (the device vanished, a namespace is gone) the next sync must be a full one.
     pub async fn sync(
         &mut self,
         desired: &DesiredPeers,
@@ -577,6 +588,11 @@ impl Tunnel {
             .iter()
             .map(|(k, p)| (*k, (p.cluster.clone(), p.node.clone())))
             .collect();
+        for s in &desired.skipped {
+            if !self.skipped.contains(s) {
+                tracing::warn!(cluster = %s.cluster, node = %s.node, "{s}");
+            }
+        }
         self.skipped = desired.skipped.clone();
         if full {
             report.recreated = self.ensure_device().await?;
@@ -776,6 +792,38 @@ impl Tunnel {
     }
 }
 
+/// Stops the wireguard-go serving `iface`, found through its control socket's peer credentials
+/// (no pid file to go stale), and only if that process runs `binary`: never signal a process
+/// sdnlinkd did not start. SIGTERM, then SIGKILL after 5 s.
+async fn stop_userspace(iface: &str, binary: &Path) {
+    let Ok(stream) = UnixStream::connect(socket_path(iface)) else {
+        return;
+    };
+    let Ok(cred) =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+    else {
+        return;
+    };
+    drop(stream);
+    let exe = std::fs::read_link(format!("/proc/{}/exe", cred.pid())).ok();
+    let expected = std::fs::canonicalize(binary).ok();
+    if exe.is_none() || exe != expected {
+        tracing::warn!(interface = %iface, pid = cred.pid(), "control socket is served by another program; not stopping it");
+        return;
+    }
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(cred.pid());
+    let _ = kill(pid, Signal::SIGTERM);
+    let start = Instant::now();
+    while running(cred.pid()) {
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = kill(pid, Signal::SIGKILL);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether `pid` exists and is not a zombie (a zombie child of this process has exited; it is
 /// reaped with its `Child`).
 fn running(pid: i32) -> bool {
@@ -794,28 +842,7 @@ fn running(pid: i32) -> bool {
 pub async fn cleanup(cfg: &Config, host: &NetNs, ns: Option<&NetNs>) -> Result<(), TunnelError> {
     let iface = cfg.tunnel.interface.as_str();
     let sock = socket_path(iface);
-    if let Ok(stream) = UnixStream::connect(&sock) {
-        if let Ok(cred) =
-            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-        {
-            let pid = nix::unistd::Pid::from_raw(cred.pid());
-            let exe = std::fs::read_link(format!("/proc/{}/exe", cred.pid())).ok();
-            let expected = std::fs::canonicalize(&cfg.tunnel.userspace_binary).ok();
-            // Only signal the process if it is the configured WireGuard binary.
-            if exe.is_some() && exe == expected {
-                use nix::sys::signal::{kill, Signal};
-                let _ = kill(pid, Signal::SIGTERM);
-                let start = Instant::now();
-                while running(cred.pid()) {
-                    if start.elapsed() > Duration::from_secs(5) {
-                        let _ = kill(pid, Signal::SIGKILL);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    }
+    stop_userspace(iface, &cfg.tunnel.userspace_binary).await;
     let mut spaces = vec![host];
     spaces.extend(ns);
     for space in spaces {
