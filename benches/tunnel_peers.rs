@@ -77,6 +77,9 @@ async fn main() {
 name = "east"
 pod_cidrs = ["10.128.0.0/14"]
 service_cidrs = ["172.30.0.0/16"]
+# Explicit upstreams: a VM or container may have no /etc/resolv.conf.
+[dns]
+upstreams = ["192.0.2.53:53"]
 [tunnel]
 interface = "{IFACE}"
 mode = "{mode}"

@@ -53,6 +53,17 @@ impl std::fmt::Display for Backend {
 }
 
 impl Backend {
+    /// Netlink or UAPI requests one device update costs. wireguard-control's kernel backend
+    /// sends RTM_NEWLINK (to create the link, EEXIST ignored), CTRL_CMD_GETFAMILY (the
+    /// family id is not cached) and WG_CMD_SET_DEVICE for every update; the userspace backend
+    /// sends one UAPI `set` request.
+    pub fn messages_per_update(self) -> u64 {
+        match self {
+            Backend::Kernel => 3,
+            Backend::Userspace => 1,
+        }
+    }
+
     fn wg(self) -> wireguard_control::Backend {
         match self {
             Backend::Kernel => wireguard_control::Backend::Kernel,
@@ -531,12 +542,7 @@ impl Tunnel {
                 update.apply(&name, backend.wg())
             })
             .await?;
-        // The kernel backend of wireguard-control sends RTM_NEWLINK (EEXIST ignored) before
-        // every WG_CMD_SET_DEVICE: two messages per call, one request for userspace.
-        self.messages += match self.backend {
-            Backend::Kernel => 2,
-            Backend::Userspace => 1,
-        };
+        self.messages += self.backend.messages_per_update();
         res.map_err(|source| TunnelError::Device {
             op,
             iface: self.iface.clone(),

@@ -13,6 +13,9 @@ fn cfg() -> Config {
 name = "east"
 pod_cidrs = ["10.128.0.0/14"]
 service_cidrs = ["172.30.0.0/16"]
+# Explicit upstreams: a VM or container may have no /etc/resolv.conf.
+[dns]
+upstreams = ["192.0.2.53:53"]
 [[remote]]
 name = "west"
 pod_cidrs = ["10.132.0.0/14"]
