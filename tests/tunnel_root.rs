@@ -67,6 +67,7 @@ impl Lab {
     /// Node n: host namespace hn with underlay 192.168.250.n/24, sdnlinkd namespace sn with the
     /// pod address on lo.
     fn new(tag: &str, mode: &'static str) -> Lab {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let lab = Lab {
             tag: tag.into(),
             mode,

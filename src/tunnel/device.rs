@@ -423,11 +423,66 @@ impl Tunnel {
         if needed {
             self.apply(update, "set key and listen port").await?;
         }
+        if self.backend == Backend::Userspace {
+            self.ensure_userspace_up(&nsh, index).await?;
+        }
         if created {
             self.committed.clear();
             self.last_set.clear();
         }
         Ok(created)
+    }
+
+    /// wireguard-go follows its link's up/down state from two sources: rtnetlink events in its
+    /// own (host) namespace, and once a second a zero-length write to the TUN (its
+    /// cross-namespace "hack listener", which only reports changes). Moving the link out of the
+    /// host namespace emits a "down" event there; if wireguard-go reads that event after the
+    /// hack listener already reported "up", it stays down for good. A device that is up has its
+    /// UDP socket bound on the listen port, so that is checked, and the link bounced (down long
+    /// enough for the hack listener to see it) when it is not.
+    async fn ensure_userspace_up(
+        &self,
+        nsh: &rtnetlink::Handle,
+        index: u32,
+    ) -> Result<(), TunnelError> {
+        if self.wait_userspace_bound(Duration::from_secs(3)).await {
+            return Ok(());
+        }
+        tracing::warn!(interface = %self.iface, "wireguard-go missed its link coming up; bouncing the link");
+        for up in [false, true] {
+            let msg = LinkUnspec::new_with_index(index);
+            let msg = if up { msg.up() } else { msg.down() };
+            nsh.link()
+                .set(msg.build())
+                .execute()
+                .await
+                .map_err(|e| TunnelError::Netlink {
+                    op: "bounce link",
+                    iface: self.iface.clone(),
+                    source: nl_io(e),
+                })?;
+            if !up {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        }
+        if !self.wait_userspace_bound(Duration::from_secs(3)).await {
+            tracing::warn!(interface = %self.iface, port = self.listen_port,
+                "wireguard-go still has no UDP socket on its listen port");
+        }
+        Ok(())
+    }
+
+    async fn wait_userspace_bound(&self, within: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if udp_port_bound(&self.iface, self.listen_port) {
+                return true;
+            }
+            if start.elapsed() > within {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Userspace backend: adopt a running wireguard-go whose socket answers, or start one in the
@@ -828,6 +883,30 @@ async fn stop_userspace(iface: &str, binary: &Path) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Whether the wireguard-go serving `iface` has a UDP socket bound on `port`, read from
+/// `/proc/<pid>/net/udp{,6}` (the tables of that process's namespace).
+fn udp_port_bound(iface: &str, port: u16) -> bool {
+    let Ok(stream) = UnixStream::connect(socket_path(iface)) else {
+        return false;
+    };
+    let Ok(cred) =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+    else {
+        return false;
+    };
+    let needle = format!(":{port:04X}");
+    ["udp", "udp6"].iter().any(|t| {
+        std::fs::read_to_string(format!("/proc/{}/net/{t}", cred.pid()))
+            .map(|text| {
+                text.lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().nth(1))
+                    .any(|local| local.ends_with(&needle))
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// Whether `pid` exists and is not a zombie (a zombie child of this process has exited; it is
