@@ -386,6 +386,12 @@ async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
     );
     let json = serde_json::to_string(&st).expect("status serializes");
     assert!(json.contains(&lab.key(1).public_key().to_base64()));
+    let private = std::fs::read_to_string(lab.tmp.path().join("key1")).expect("key file");
+    assert!(
+        !json.contains(private.trim()),
+        "status must never carry the private key"
+    );
+    assert!(!format!("{t1:?}").contains(private.trim()));
 
     // Nothing changed: an incremental and a full sync send nothing.
     let again = t1.sync(&d1, false).await.expect("sync");
@@ -419,7 +425,16 @@ async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_userspace_restart_keeps_tcp_stream() {
     assert!(has_wireguard_go(), "install the wireguard-go package");
-    let lab = Lab::new("b", "userspace");
+    restart_keeps_tcp_stream(Lab::new("b", "userspace")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kernel WireGuard: runs in the QEMU VM harness"]
+async fn root_kernel_restart_keeps_tcp_stream() {
+    restart_keeps_tcp_stream(Lab::new("r", "kernel")).await;
+}
+
+async fn restart_keeps_tcp_stream(lab: Lab) {
     let (mut t1, d1) = lab.start(1, 2).await;
     let (mut t2, d2) = lab.start(2, 1).await;
     t1.sync(&d1, true).await.expect("sync 1");
