@@ -137,7 +137,7 @@ service_cidrs = ["172.31.0.0/16"]
         full.messages
     );
 
-    tunnel::cleanup(&cfg, &host, Some(&ns))
+    tunnel::cleanup_in(&cfg, &host, Some(&ns))
         .await
         .expect("cleanup");
 }

@@ -513,7 +513,10 @@ async fn root_userspace_cleanup_is_idempotent() {
     drop(t1);
     let cfg = lab.config(1, None);
     let (h, s) = (lab.netns("h1"), lab.netns("s1"));
-    tunnel::cleanup(&cfg, &h, Some(&s)).await.expect("cleanup");
+    let rep = tunnel::cleanup_in(&cfg, &h, Some(&s))
+        .await
+        .expect("cleanup");
+    assert_eq!(rep.stopped_pid, Some(pid), "{rep}");
     assert_eq!(wg_go_pid(&lab.wg(1)), None);
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists() || {
@@ -528,7 +531,8 @@ async fn root_userspace_cleanup_is_idempotent() {
         .output()
         .expect("ip");
     assert!(!links.status.success(), "link must be gone");
-    tunnel::cleanup(&cfg, &h, Some(&s))
+    let again = tunnel::cleanup_in(&cfg, &h, Some(&s))
         .await
         .expect("cleanup again");
+    assert_eq!(again.to_string(), "nothing to remove");
 }

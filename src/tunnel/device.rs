@@ -89,6 +89,38 @@ pub struct TunnelReport {
     pub failed: Vec<String>,
 }
 
+impl TunnelReport {
+    /// Configuration messages sent to the device (the figure that must stay O(1) per change).
+    pub fn operations(&self) -> usize {
+        usize::try_from(self.messages).unwrap_or(usize::MAX)
+    }
+}
+
+/// What [`cleanup`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// The wireguard-go process stopped, if one served the interface.
+    pub stopped_pid: Option<i32>,
+    /// `namespace/interface` of each link deleted.
+    pub deleted_links: Vec<String>,
+}
+
+impl std::fmt::Display for CleanupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.stopped_pid.is_none() && self.deleted_links.is_empty() {
+            return f.write_str("nothing to remove");
+        }
+        let mut parts = Vec::new();
+        if let Some(pid) = self.stopped_pid {
+            parts.push(format!("stopped wireguard-go (pid {pid})"));
+        }
+        if !self.deleted_links.is_empty() {
+            parts.push(format!("deleted {}", self.deleted_links.join(", ")));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 /// One peer in `sdnlinkd status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeerStatus {
@@ -360,7 +392,7 @@ impl Tunnel {
                         {
                             // Its link was deleted out of band and it has not exited yet: a
                             // wireguard-go without a TUN is useless, start a fresh one.
-                            stop_userspace(&self.iface, &self.userspace_binary).await;
+                            let _ = stop_userspace(&self.iface, &self.userspace_binary).await;
                             self.reap_child();
                         }
                         self.ensure_userspace_process().await?
@@ -856,21 +888,16 @@ impl Tunnel {
 /// Stops the wireguard-go serving `iface`, found through its control socket's peer credentials
 /// (no pid file to go stale), and only if that process runs `binary`: never signal a process
 /// sdnlinkd did not start. SIGTERM, then SIGKILL after 5 s.
-async fn stop_userspace(iface: &str, binary: &Path) {
-    let Ok(stream) = UnixStream::connect(socket_path(iface)) else {
-        return;
-    };
-    let Ok(cred) =
-        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-    else {
-        return;
-    };
+async fn stop_userspace(iface: &str, binary: &Path) -> Option<i32> {
+    let stream = UnixStream::connect(socket_path(iface)).ok()?;
+    let cred =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
     drop(stream);
     let exe = std::fs::read_link(format!("/proc/{}/exe", cred.pid())).ok();
     let expected = std::fs::canonicalize(binary).ok();
     if exe.is_none() || exe != expected {
         tracing::warn!(interface = %iface, pid = cred.pid(), "control socket is served by another program; not stopping it");
-        return;
+        return None;
     }
     use nix::sys::signal::{kill, Signal};
     let pid = nix::unistd::Pid::from_raw(cred.pid());
@@ -883,6 +910,7 @@ async fn stop_userspace(iface: &str, binary: &Path) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Some(cred.pid())
 }
 
 /// Whether the wireguard-go serving `iface` has a UDP socket bound on `port`, read from
@@ -921,13 +949,26 @@ fn running(pid: i32) -> bool {
     }
 }
 
+/// `sdnlinkd cleanup`: removes the device of `cfg.tunnel.interface` from the host namespace and
+/// from sdnlinkd's namespace (when it still exists), and stops the wireguard-go serving it.
+pub async fn cleanup(cfg: &Config) -> Result<CleanupReport, TunnelError> {
+    let host = NetNs::current()?;
+    let ns = NetNs::open(&cfg.namespace.name).ok();
+    cleanup_in(cfg, &host, ns.as_ref()).await
+}
+
 /// Removes the device: stops the wireguard-go process serving `cfg.tunnel.interface` (found
 /// through its control socket's peer credentials, so no pid file is needed) and deletes the link
 /// from `ns` and the host namespace. Idempotent: "already gone" is success.
-pub async fn cleanup(cfg: &Config, host: &NetNs, ns: Option<&NetNs>) -> Result<(), TunnelError> {
+pub async fn cleanup_in(
+    cfg: &Config,
+    host: &NetNs,
+    ns: Option<&NetNs>,
+) -> Result<CleanupReport, TunnelError> {
+    let mut report = CleanupReport::default();
     let iface = cfg.tunnel.interface.as_str();
     let sock = socket_path(iface);
-    stop_userspace(iface, &cfg.tunnel.userspace_binary).await;
+    report.stopped_pid = stop_userspace(iface, &cfg.tunnel.userspace_binary).await;
     let mut spaces = vec![host];
     spaces.extend(ns);
     for space in spaces {
@@ -935,7 +976,9 @@ pub async fn cleanup(cfg: &Config, host: &NetNs, ns: Option<&NetNs>) -> Result<(
         if let Some((idx, kind)) = find_link(&h, iface).await? {
             if matches!(kind, Some(InfoKind::Wireguard) | Some(InfoKind::Tun)) {
                 match h.link().del(idx).execute().await {
-                    Ok(()) => {}
+                    Ok(()) => report
+                        .deleted_links
+                        .push(format!("{}/{iface}", space.name())),
                     Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => {}
                     Err(e) => {
                         return Err(TunnelError::Netlink {
@@ -951,5 +994,5 @@ pub async fn cleanup(cfg: &Config, host: &NetNs, ns: Option<&NetNs>) -> Result<(
     if !socket_answers(iface) {
         let _ = std::fs::remove_file(&sock);
     }
-    Ok(())
+    Ok(report)
 }

@@ -84,6 +84,12 @@ impl PrivateKey {
         PublicKey(self.to_wg().get_public().0)
     }
 
+    /// The matching public key, base64 (what `sdnlinkd pubkey` prints and the Node annotation
+    /// carries).
+    pub fn public_key_b64(&self) -> String {
+        self.public_key().to_base64()
+    }
+
     /// The wireguard-control form, for handing to the device only: its `Debug` prints the key.
     pub(crate) fn to_wg(&self) -> wireguard_control::Key {
         wireguard_control::Key(self.0)

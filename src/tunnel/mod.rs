@@ -8,7 +8,9 @@ pub mod device;
 pub mod diff;
 pub mod keys;
 
-pub use device::{cleanup, Backend, PeerStatus, Tunnel, TunnelReport, TunnelStatus};
+pub use device::{
+    cleanup, cleanup_in, Backend, CleanupReport, PeerStatus, Tunnel, TunnelReport, TunnelStatus,
+};
 pub use diff::{CurrentPeer, PeerChange, PeerDiff};
 pub use keys::{load_or_create, public_key_b64, KeyError, PrivateKey, PublicKey};
 
