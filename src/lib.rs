@@ -9,9 +9,12 @@
 
 pub mod clusters;
 pub mod config;
+pub mod control;
 pub mod dns;
+pub mod logging;
 pub mod model;
 pub mod netns;
 pub mod node;
+pub mod notify;
 pub mod proxy;
 pub mod tunnel;

@@ -58,7 +58,9 @@ pub struct NetNs {
 
 impl std::fmt::Debug for NetNs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetNs").field("name", &self.inner.name).finish()
+        f.debug_struct("NetNs")
+            .field("name", &self.inner.name)
+            .finish()
     }
 }
 
@@ -93,7 +95,8 @@ impl NetNs {
             .spawn(move || {
                 // Only this thread changes namespace; CLONE_NEWNET is passed explicitly so a
                 // `RestrictNamespaces=net` seccomp filter allows the call.
-                let entered = nix::sched::setns(thread_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+                let entered =
+                    nix::sched::setns(thread_file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
                 let ok = entered.is_ok();
                 let _ = ready_tx.send(entered);
                 if !ok {
@@ -198,7 +201,10 @@ impl NetNs {
     }
 
     /// A TCP listener bound inside this namespace.
-    pub async fn bind_tcp(&self, addr: std::net::SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    pub async fn bind_tcp(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> io::Result<tokio::net::TcpListener> {
         let sock = self
             .run_async(move || std::net::TcpListener::bind(addr))
             .await
