@@ -37,7 +37,10 @@ pub enum ForwardError {
     #[error("upstream {0}: no answer in time")]
     Timeout(SocketAddr),
     #[error("upstream {upstream}: bad answer: {reason}")]
-    BadAnswer { upstream: SocketAddr, reason: String },
+    BadAnswer {
+        upstream: SocketAddr,
+        reason: String,
+    },
     #[error("forwarding deadline passed")]
     Deadline,
 }
@@ -102,13 +105,12 @@ impl Cache {
                 .chain(message.authorities.iter())
                 .map(|r| r.ttl)
                 .min(),
-            ResponseCode::NoError | ResponseCode::NXDomain => message
-                .authorities
-                .iter()
-                .find_map(|r| match &r.data {
+            ResponseCode::NoError | ResponseCode::NXDomain => {
+                message.authorities.iter().find_map(|r| match &r.data {
                     hickory_proto::rr::RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
                     _ => None,
-                }),
+                })
+            }
             _ => None,
         };
         let Some(ttl) = ttl.filter(|t| *t > 0) else {

@@ -4,7 +4,9 @@
 use super::forward::{self, Cache, ForwardError};
 use super::zone::{Lookup, ZoneData};
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_proto::rr::{DNSClass, LowerName, Record};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::Time;
@@ -184,7 +186,13 @@ pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
             let mut md = response_metadata(&request, rcode);
             md.authoritative = true;
             builder
-                .build(md, answers.iter(), std::iter::empty(), soa, std::iter::empty())
+                .build(
+                    md,
+                    answers.iter(),
+                    std::iter::empty(),
+                    soa,
+                    std::iter::empty(),
+                )
                 .destructive_emit(&mut enc)
                 .ok()?;
             return Some(out);
@@ -259,8 +267,16 @@ impl DnsHandler {
         }
     }
 
-    async fn forwarded(&self, query: &Query, rd: bool) -> Result<hickory_proto::op::Message, ForwardError> {
-        let key = (LowerName::new(&query.name), query.query_type, query.query_class);
+    async fn forwarded(
+        &self,
+        query: &Query,
+        rd: bool,
+    ) -> Result<hickory_proto::op::Message, ForwardError> {
+        let key = (
+            LowerName::new(&query.name),
+            query.query_type,
+            query.query_class,
+        );
         let now = Instant::now();
         if let Some(hit) = self.shared.cache.get(&key, now) {
             self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -280,8 +296,15 @@ impl DnsHandler {
         let zones = self.shared.zones.load();
         let sent = match decide(&zones, request) {
             Decision::Drop => return info_for(request, ResponseCode::FormErr),
-            Decision::Error(rc) => rh.send_response(builder.error_msg(&request.metadata, rc)).await,
-            Decision::Local { rcode, answers, soa } => {
+            Decision::Error(rc) => {
+                rh.send_response(builder.error_msg(&request.metadata, rc))
+                    .await
+            }
+            Decision::Local {
+                rcode,
+                answers,
+                soa,
+            } => {
                 let mut md = response_metadata(request, rcode);
                 md.authoritative = true;
                 rh.send_response(builder.build(
@@ -295,7 +318,10 @@ impl DnsHandler {
             }
             Decision::Forward(query) => {
                 drop(zones);
-                match self.forwarded(&query, request.metadata.recursion_desired).await {
+                match self
+                    .forwarded(&query, request.metadata.recursion_desired)
+                    .await
+                {
                     Ok(msg) => {
                         let mut md = response_metadata(request, msg.metadata.response_code);
                         md.recursion_available = msg.metadata.recursion_available;
@@ -310,14 +336,21 @@ impl DnsHandler {
                     }
                     Err(e) => {
                         let rc = if matches!(e, ForwardError::Loop) {
-                            self.shared.stats.loops_refused.fetch_add(1, Ordering::Relaxed);
+                            self.shared
+                                .stats
+                                .loops_refused
+                                .fetch_add(1, Ordering::Relaxed);
                             ResponseCode::Refused
                         } else {
-                            self.shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                            self.shared
+                                .stats
+                                .upstream_errors
+                                .fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(error = %e, name = %query.name, "forwarding failed");
                             ResponseCode::ServFail
                         };
-                        rh.send_response(builder.error_msg(&request.metadata, rc)).await
+                        rh.send_response(builder.error_msg(&request.metadata, rc))
+                            .await
                     }
                 }
             }

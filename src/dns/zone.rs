@@ -124,7 +124,11 @@ fn undashed(label: &str) -> Option<IpAddr> {
     if let Ok(v4) = label.replace('-', ".").parse::<Ipv4Addr>() {
         return Some(IpAddr::V4(v4));
     }
-    label.replace('-', ":").parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    label
+        .replace('-', ":")
+        .parse::<Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
 }
 
 fn addr_record(owner: &Name, ttl: u32, ip: IpAddr) -> Record {
@@ -163,7 +167,15 @@ impl Builder {
         Record::from_rdata(
             apex.clone(),
             self.ttl,
-            RData::SOA(SOA::new(mname, rname, 1, ttl.max(60), ttl.max(60), 86400, self.ttl)),
+            RData::SOA(SOA::new(
+                mname,
+                rname,
+                1,
+                ttl.max(60),
+                ttl.max(60),
+                86400,
+                self.ttl,
+            )),
         )
     }
 
@@ -180,7 +192,11 @@ impl Builder {
         }
         let soa = self.soa(&apex);
         self.data.max_apex_labels = self.data.max_apex_labels.max(apex.num_labels());
-        self.data.names.entry(key.clone()).or_default().push(soa.clone());
+        self.data
+            .names
+            .entry(key.clone())
+            .or_default()
+            .push(soa.clone());
         self.data.zones.insert(key, Zone { soa, kind });
     }
 
@@ -232,7 +248,11 @@ impl ZoneData {
         // Clusters with a zone, in config order (local first).
         let mut clusters: Vec<(&str, &[IpNet], &[IpNet])> = Vec::new();
         if cfg.local.kubeconfig.is_some() {
-            clusters.push((&cfg.local.name, &cfg.local.pod_cidrs, &cfg.local.service_cidrs));
+            clusters.push((
+                &cfg.local.name,
+                &cfg.local.pod_cidrs,
+                &cfg.local.service_cidrs,
+            ));
         }
         for r in &cfg.remote {
             clusters.push((&r.name, &r.pod_cidrs, &r.service_cidrs));
@@ -254,7 +274,10 @@ impl ZoneData {
                     pod_cidrs: pod_cidrs.to_vec(),
                 },
             );
-            let snap = snapshots.get(*cluster).map(|s| s.as_ref()).unwrap_or(&empty);
+            let snap = snapshots
+                .get(*cluster)
+                .map(|s| s.as_ref())
+                .unwrap_or(&empty);
             add_cluster(&mut b, &apex, snap);
         }
 
@@ -307,7 +330,11 @@ impl ZoneData {
                 return Lookup::NotOurs;
             };
             if qtype == RecordType::ANY {
-                let all: Vec<Record> = node.rrsets.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
+                let all: Vec<Record> = node
+                    .rrsets
+                    .iter()
+                    .flat_map(|(_, s)| s.iter().cloned())
+                    .collect();
                 return if all.is_empty() {
                     Lookup::NoData(&zone.soa)
                 } else {
