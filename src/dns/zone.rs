@@ -326,29 +326,26 @@ impl ZoneData {
     /// Looks a name up. Case-insensitive: `LowerName` is already lower-cased.
     pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Lookup<'_> {
         if let Some(node) = self.names.get(qname) {
-            let Some((_, zone)) = self.zone_of(qname) else {
-                return Lookup::NotOurs;
-            };
+            // Hits never walk to the apex: only a negative answer needs the zone's SOA.
             if qtype == RecordType::ANY {
                 let all: Vec<Record> = node
                     .rrsets
                     .iter()
                     .flat_map(|(_, s)| s.iter().cloned())
                     .collect();
-                return if all.is_empty() {
-                    Lookup::NoData(&zone.soa)
-                } else {
-                    Lookup::Answer(Cow::Owned(all))
-                };
-            }
-            if let Some(set) = node.get(qtype) {
+                if !all.is_empty() {
+                    return Lookup::Answer(Cow::Owned(all));
+                }
+            } else if let Some(set) = node.get(qtype) {
+                return Lookup::Answer(Cow::Borrowed(set));
+            } else if let Some(set) = node.get(RecordType::CNAME) {
+                // A CNAME answers every type (RFC 1034 3.6.2); the client follows it.
                 return Lookup::Answer(Cow::Borrowed(set));
             }
-            // A CNAME answers every type (RFC 1034 3.6.2); the client follows it.
-            if let Some(set) = node.get(RecordType::CNAME) {
-                return Lookup::Answer(Cow::Borrowed(set));
-            }
-            return Lookup::NoData(&zone.soa);
+            return match self.zone_of(qname) {
+                Some((_, zone)) => Lookup::NoData(&zone.soa),
+                None => Lookup::NotOurs,
+            };
         }
         let Some((apex, zone)) = self.zone_of(qname) else {
             return Lookup::NotOurs;
