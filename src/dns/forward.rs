@@ -292,3 +292,116 @@ pub async fn forward(
         .await
         .map_err(|_| ForwardError::Deadline)?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::SOA;
+    use hickory_proto::rr::{Name, RData, Record};
+    use std::net::Ipv4Addr;
+
+    fn key(n: &str) -> CacheKey {
+        (
+            LowerName::new(&Name::from_ascii(n).expect("name")),
+            RecordType::A,
+            DNSClass::IN,
+        )
+    }
+
+    fn answer(ttl: u32) -> Message {
+        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+        m.answers.push(Record::from_rdata(
+            Name::from_ascii("a.example.").expect("name"),
+            ttl,
+            RData::A(Ipv4Addr::new(192, 0, 2, 1).into()),
+        ));
+        m
+    }
+
+    fn nxdomain(soa_ttl: u32, minimum: u32) -> Message {
+        let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+        m.metadata.response_code = ResponseCode::NXDomain;
+        let apex = Name::from_ascii("example.").expect("name");
+        m.authorities.push(Record::from_rdata(
+            apex.clone(),
+            soa_ttl,
+            RData::SOA(SOA::new(apex.clone(), apex, 1, 1, 1, 1, minimum)),
+        ));
+        m
+    }
+
+    #[test]
+    fn cache_ages_ttls_and_expires() {
+        let c = Cache::new(4);
+        let t0 = Instant::now();
+        c.put(key("a.example."), &answer(30), t0);
+        let hit = c
+            .get(&key("A.EXAMPLE."), t0 + Duration::from_secs(10))
+            .expect("hit");
+        assert_eq!(hit.answers[0].ttl, 20);
+        assert!(c
+            .get(&key("a.example."), t0 + Duration::from_secs(30))
+            .is_none());
+    }
+
+    #[test]
+    fn negative_answers_cached_for_soa_minimum() {
+        let c = Cache::new(4);
+        let t0 = Instant::now();
+        c.put(key("n.example."), &nxdomain(300, 5), t0);
+        assert!(c
+            .get(&key("n.example."), t0 + Duration::from_secs(4))
+            .is_some());
+        assert!(c
+            .get(&key("n.example."), t0 + Duration::from_secs(5))
+            .is_none());
+    }
+
+    #[test]
+    fn failures_truncation_and_zero_ttl_are_not_cached() {
+        let c = Cache::new(4);
+        let t0 = Instant::now();
+        let mut servfail = answer(30);
+        servfail.metadata.response_code = ResponseCode::ServFail;
+        c.put(key("s.example."), &servfail, t0);
+        let mut tc = answer(30);
+        tc.metadata.truncation = true;
+        c.put(key("t.example."), &tc, t0);
+        c.put(key("z.example."), &answer(0), t0);
+        assert_eq!(c.len(), 0);
+        let off = Cache::new(0);
+        off.put(key("a.example."), &answer(30), t0);
+        assert!(off.get(&key("a.example."), t0).is_none());
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        let c = Cache::new(3);
+        let t0 = Instant::now();
+        for i in 0..10 {
+            c.put(key(&format!("h{i}.example.")), &answer(30), t0);
+        }
+        assert_eq!(c.len(), 3);
+        // The newest entry is always kept.
+        assert!(c.get(&key("h9.example."), t0).is_some());
+    }
+
+    #[test]
+    fn own_address_is_never_an_upstream() {
+        let us: SocketAddr = "169.254.20.53:53".parse().expect("literal");
+        let other: SocketAddr = "192.0.2.53:53".parse().expect("literal");
+        let same_ip_other_port: SocketAddr = "169.254.20.53:5353".parse().expect("literal");
+        assert!(matches!(
+            usable_upstreams(&[us], us),
+            Err(ForwardError::Loop)
+        ));
+        assert!(matches!(
+            usable_upstreams(&[], us),
+            Err(ForwardError::NoUpstreams)
+        ));
+        assert_eq!(
+            usable_upstreams(&[us, other, same_ip_other_port], us).expect("usable"),
+            vec![other, same_ip_other_port]
+        );
+    }
+}
