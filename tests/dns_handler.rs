@@ -145,6 +145,13 @@ fn snapshots() -> Snapshots {
             ),
             svc(
                 "default",
+                "alias",
+                ServiceKind::ExternalName("web.default.svc.cluster.west".into()),
+                vec![],
+                vec![],
+            ),
+            svc(
+                "default",
                 "empty",
                 ServiceKind::Headless,
                 vec![],
@@ -489,6 +496,13 @@ async fn externalname_cname() {
         panic!("not CNAME: {m:?}")
     };
     assert_eq!(c.0.to_string(), "example.org.");
+    // A target in our own zones is followed one step, as CoreDNS does, because stub resolvers
+    // do not chase a bare CNAME.
+    let m = ask(&h, q("alias.default.svc.cluster.east.", RecordType::A)).await;
+    assert!(matches!(m.answers[0].data, RData::CNAME(_)));
+    assert_eq!(addrs(&m), vec![ip("172.31.0.10")]);
+    let m = ask(&h, q("alias.default.svc.cluster.east.", RecordType::TXT)).await;
+    assert_eq!(m.answers.len(), 1, "only the CNAME for other types");
 }
 
 #[tokio::test]

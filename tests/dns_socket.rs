@@ -126,6 +126,19 @@ fn snapshots() -> Snapshots {
             endpoints: eps,
         },
     ];
+    let svcs: Vec<Service> = svcs
+        .into_iter()
+        .chain([Service {
+            key: ServiceKey {
+                namespace: "default".into(),
+                name: "ext".into(),
+            },
+            kind: ServiceKind::ExternalName("www.example.org".into()),
+            ports: vec![],
+            client_ip_affinity: None,
+            endpoints: vec![],
+        }])
+        .collect();
     let mut s = Snapshots::new();
     s.insert(
         "west".into(),
@@ -455,6 +468,19 @@ async fn root_forwards_to_upstream_with_cache_and_tcp_retry() {
     assert_eq!(up.tcp_queries.load(Ordering::Relaxed), 1);
     let r = decode(&tcp(&ns, query("many.example.org.", RecordType::A, None)).await);
     assert_eq!(r.answers.len(), 60);
+    // ExternalName: the CNAME, and its target's address from the upstream (here cached).
+    server.update(Arc::new(ZoneData::build(&cfg, &snapshots())));
+    let r = decode(
+        &udp(
+            &ns,
+            query("ext.default.svc.cluster.west.", RecordType::A, None),
+        )
+        .await
+        .expect("udp"),
+    );
+    assert!(r.metadata.authoritative);
+    assert!(matches!(r.answers[0].data, RData::CNAME(_)));
+    assert!(matches!(r.answers[1].data, RData::A(a) if a.0 == Ipv4Addr::new(192, 0, 2, 7)));
     // NXDOMAIN passes through.
     let r = decode(
         &udp(&ns, query("nothing.invalid.", RecordType::A, None))
@@ -464,7 +490,7 @@ async fn root_forwards_to_upstream_with_cache_and_tcp_retry() {
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
 
     let st = server.status();
-    assert_eq!(st.cache_hits, 2, "{st:?}");
+    assert_eq!(st.cache_hits, 3, "{st:?}");
     assert!(st.forwarded >= 3);
     assert_eq!(st.upstream_errors, 0);
     server.shutdown().await.expect("shutdown");

@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
 };
-use hickory_proto::rr::{DNSClass, LowerName, Record};
+use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -205,6 +205,24 @@ pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The question to ask next when a local answer is a lone CNAME for an address query.
+fn cname_to_chase(request: &MessageRequest, answers: &[Record]) -> Option<Query> {
+    let [q] = request.queries.queries() else {
+        return None;
+    };
+    let qtype = q.query_type();
+    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
+        return None;
+    }
+    match answers {
+        [Record {
+            data: RData::CNAME(target),
+            ..
+        }] => Some(Query::query(target.0.clone(), qtype)),
+        _ => None,
+    }
+}
+
 fn info_for(request: &Request, rcode: ResponseCode) -> ResponseInfo {
     ResponseInfo::from(Header {
         metadata: response_metadata(request, rcode),
@@ -290,6 +308,36 @@ impl DnsHandler {
         Ok(msg)
     }
 
+    /// The records of an ExternalName's target, one step: from our zones, or from the
+    /// upstreams. Stub resolvers (glibc, musl) do not follow a bare CNAME themselves, and
+    /// CoreDNS answers ExternalName the same way; failures leave the CNAME alone.
+    async fn chase(&self, target: Query) -> Vec<Record> {
+        let local = {
+            let zones = self.shared.zones.load();
+            match zones.lookup(&LowerName::new(&target.name), target.query_type) {
+                Lookup::Answer(r) => Some(
+                    r.iter()
+                        .filter(|r| r.record_type() == target.query_type)
+                        .cloned()
+                        .collect(),
+                ),
+                Lookup::NoData(_) | Lookup::NxDomain(_) => Some(Vec::new()),
+                Lookup::NotOurs => None,
+            }
+        };
+        if let Some(records) = local {
+            return records;
+        }
+        match self.forwarded(&target, true).await {
+            Ok(msg) if msg.metadata.response_code == ResponseCode::NoError => msg.answers,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, name = %target.name, "ExternalName target not resolved");
+                Vec::new()
+            }
+        }
+    }
+
     async fn respond<R: ResponseHandler>(&self, request: &Request, mut rh: R) -> ResponseInfo {
         let edns = response_edns(request);
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
@@ -307,14 +355,31 @@ impl DnsHandler {
             } => {
                 let mut md = response_metadata(request, rcode);
                 md.authoritative = true;
-                rh.send_response(builder.build(
-                    md,
-                    answers.iter(),
-                    std::iter::empty(),
-                    soa,
-                    std::iter::empty(),
-                ))
-                .await
+                match cname_to_chase(request, &answers) {
+                    None => {
+                        rh.send_response(builder.build(
+                            md,
+                            answers.iter(),
+                            std::iter::empty(),
+                            soa,
+                            std::iter::empty(),
+                        ))
+                        .await
+                    }
+                    Some(target) => {
+                        let mut all = answers.into_owned();
+                        drop(zones);
+                        all.extend(self.chase(target).await);
+                        rh.send_response(builder.build(
+                            md,
+                            all.iter(),
+                            std::iter::empty(),
+                            std::iter::empty(),
+                            std::iter::empty(),
+                        ))
+                        .await
+                    }
+                }
             }
             Decision::Forward(query) => {
                 drop(zones);
