@@ -353,6 +353,9 @@ async fn nodata_and_nxdomain_carry_soa() {
         "default.svc.cluster.east.",
         "svc.cluster.east.",
         "_tcp.web.default.svc.cluster.east.",
+        "pod.cluster.east.",
+        "pod.cluster.north.",
+        "pod.cluster.all.",
     ] {
         let m = ask(&h, q(ent, RecordType::A)).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{ent}");

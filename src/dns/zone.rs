@@ -274,6 +274,10 @@ impl ZoneData {
                     pod_cidrs: pod_cidrs.to_vec(),
                 },
             );
+            // `pod.<zone>` holds the pod form below it: an empty non-terminal, so NODATA.
+            if let Some(pod) = child("pod", &apex) {
+                b.data.names.entry(LowerName::new(&pod)).or_default();
+            }
             let snap = snapshots
                 .get(*cluster)
                 .map(|s| s.as_ref())
@@ -285,6 +289,9 @@ impl ZoneData {
             if let Some(all) = name(ALL_ZONE) {
                 let pods = clusters.iter().flat_map(|c| c.1.iter().copied()).collect();
                 b.add_zone(all.clone(), ZoneKind::Forward { pod_cidrs: pods });
+                if let Some(pod) = child("pod", &all) {
+                    b.data.names.entry(LowerName::new(&pod)).or_default();
+                }
                 let snaps: Vec<(&str, &ClusterSnapshot)> = clusters
                     .iter()
                     .filter_map(|(c, _, _)| snapshots.get(*c).map(|s| (*c, s.as_ref())))
