@@ -82,7 +82,8 @@ data:
 YAML
 fi
 
-apt-get install -y -qq /tmp/sdnlink-lab/sdnlinkd.deb >/dev/null
+# --force-confold: on re-provisioning (an upgrade), keep the config join.sh wrote.
+apt-get install -y -qq -o Dpkg::Options::=--force-confold /tmp/sdnlink-lab/sdnlinkd.deb >/dev/null
 install -m 0755 /tmp/sdnlink-lab/join.sh /usr/local/sbin/sdnlink-lab-join
 cat >/etc/systemd/system/sdnlink-lab-join.service <<'UNIT'
 [Unit]
@@ -98,5 +99,6 @@ TimeoutStartSec=45min
 UNIT
 systemctl daemon-reload
 # In the background: with sequential provisioning the other cluster's server may not exist yet.
-systemctl start --no-block sdnlink-lab-join.service
+# restart, not start: on re-provisioning it rewrites the config and reloads sdnlinkd.
+systemctl restart --no-block sdnlink-lab-join.service
 echo "node $(lab .node): k3s up, sdnlinkd installed, join step started"
