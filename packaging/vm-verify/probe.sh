@@ -35,6 +35,8 @@ try "WireGuard link moved into the namespace" bash -c \
     "inns_has() { nsenter --net=/run/netns/$NS ip link show shiptwg; }; inns_has || ip link set shiptwg netns $NS"
 try "UDP :53 inside the namespace (CAP_NET_BIND_SERVICE)" bash -c \
     "timeout 1 nsenter --net=/run/netns/$NS nc -u -l -s 169.254.100.2 -p 53; [ \$? -eq 124 ]"
+try "per-namespace sysctl (forwarding) inside the namespace" \
+    inns sh -c 'echo 1 >/proc/sys/net/ipv4/conf/all/forwarding'
 try "private key written 0600 under StateDirectory" bash -c \
     "echo secret >/var/lib/sdnlink/private.key && [ \"\$(stat -c %a /var/lib/sdnlink/private.key)\" = 600 ]"
 try "reading /etc/sdnlink (ConfigurationDirectory)" test -r /etc/sdnlink/sdnlink.toml
@@ -42,7 +44,7 @@ try "reading /etc/sdnlink (ConfigurationDirectory)" test -r /etc/sdnlink/sdnlink
 deny "mount(2)" mount -t tmpfs none /tmp
 deny "new mount namespace (RestrictNamespaces=net)" unshare -m true
 deny "writing /usr (ProtectSystem=strict)" touch /usr/bin/sdnlink-probe
-deny "writing /proc/sys (ProtectKernelTunables)" bash -c 'echo 1 >/proc/sys/net/ipv4/ip_forward'
+deny "writing /proc/sys outside net (ProtectKernelTunables)" bash -c 'echo 60 >/proc/sys/vm/swappiness'
 deny "loading kernel modules" modprobe dummy
 deny "reading /root (ProtectHome)" ls /root
 echo DONE >>"$out"
