@@ -52,7 +52,7 @@ timeout 1200 qemu-system-x86_64 -accel tcg,thread=multi -smp 2 -cpu max -m 1024 
     -no-reboot -kernel "$kernel" -initrd "$initrd" \
     -drive "file=$work/root.img,format=raw,if=virtio" \
     -append "root=/dev/vda rw console=ttyS0 quiet panic=-1 systemd.show_status=false" \
-    </dev/null | tee "$work/console.log" | grep --line-buffered -E '^(PASS|FAIL|    |SHIP-VERIFY)' || true
+    </dev/null | tee "$work/console.log" | grep --line-buffered -E '^(PASS|FAIL|INFO|    |SHIP-VERIFY)' || true
 line="$(grep -a 'SHIP-VERIFY: [0-9]* passed' "$work/console.log" | tail -n1 | tr -d '\r')"
 [ -n "$line" ] || { echo "vm-verify: no result line; console:" >&2; tail -n 40 "$work/console.log" >&2; exit 1; }
 echo "${line#SHIP-VERIFY: }"

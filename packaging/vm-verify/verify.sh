@@ -13,6 +13,7 @@ probe_results() {
     while read -r status rest; do
         case "$status" in PASS | FAIL) res "$status" "$1: $rest" ;; esac
     done </run/sdnlink/probe.result
+    grep -q '^FAIL' /run/sdnlink/probe.result && sed 's/^/    probe.log: /' /run/sdnlink/probe.log >/dev/ttyS0
 }
 
 say "SHIP-VERIFY: systemd $(systemctl --version | head -n1 | cut -d' ' -f2), kernel $(uname -r)"
@@ -31,7 +32,9 @@ cp /usr/local/lib/sdnlink-verify/probe.conf /etc/systemd/system/sdnlinkd.service
 systemctl daemon-reload
 check "systemctl start sdnlinkd (probe under the unit's sandbox)" systemctl start sdnlinkd
 probe_results "first start"
-wg_pid="$(pgrep -x wireguard-go | head -n1)"
+# Diagnostic: does an ExecStartPre=+ command run in PID 1's mount namespace?
+say "INFO ExecStartPre=+ mount namespace vs PID 1's: $(tr '\n' ' ' </run/sdnlink-verify-mntns)"
+wg_pid="$(pidof -s wireguard-go)"
 check "systemctl stop sdnlinkd" systemctl stop sdnlinkd
 check "after stop: namespace pin still there for the host" bash -c \
     'ip netns list | grep -qw shipt && ip netns exec shipt ip link show shiptwg'
@@ -39,7 +42,7 @@ check "after stop: wireguard-go survived (KillMode=process)" kill -0 "$wg_pid"
 check "after stop: /run/sdnlink kept" test -d /run/sdnlink
 check "restart: adopts what the first run left" systemctl start sdnlinkd
 probe_results "restart"
-check "restart: the same wireguard-go" test "$(pgrep -x wireguard-go | head -n1)" = "$wg_pid"
+check "restart: the same wireguard-go" test "$(pidof -s wireguard-go)" = "$wg_pid"
 
 systemctl stop sdnlinkd
 rm -rf /etc/systemd/system/sdnlinkd.service.d
