@@ -28,7 +28,7 @@ try "address + route inside the namespace" bash -c \
 try "route with proto 245 in the host namespace" bash -c \
     "ip link set shipt0 up && ip route replace 10.53.0.0/16 dev shipt0 proto 245"
 try "nftables ruleset inside the namespace (/usr/sbin/nft)" \
-    inns nft -f - <<<'table inet sdnlink_probe { chain out { type nat hook output priority -100; } }'
+    inns nft -f - <<<$'table inet sdnlink_probe {\n  chain out {\n    type nat hook output priority -100;\n  }\n}'
 try "wireguard-go child: /dev/net/tun and /run/wireguard" bash -c \
     "test -S /run/wireguard/shiptwg.sock || wireguard-go shiptwg"
 try "WireGuard link moved into the namespace" bash -c \
@@ -45,7 +45,7 @@ deny "mount(2)" mount -t tmpfs none /tmp
 deny "new mount namespace (RestrictNamespaces=net)" unshare -m true
 deny "writing /usr (ProtectSystem=strict)" touch /usr/bin/sdnlink-probe
 deny "writing /proc/sys outside net (ProtectKernelTunables)" bash -c 'echo 60 >/proc/sys/vm/swappiness'
-deny "loading kernel modules" modprobe dummy
+deny "loading kernel modules" bash -c 'modprobe ip_vs_dh; lsmod | grep -q "^ip_vs_dh "'
 deny "reading /root (ProtectHome)" ls /root
 echo DONE >>"$out"
 exec sleep infinity
