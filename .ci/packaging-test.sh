@@ -235,8 +235,8 @@ rpm_files_ok() {
     ! grep -q sdnlink-lab "$work/rpm-files"
 }
 check "rpm: files and modes, no lab binary" rpm_files_ok
-check "rpm: Requires iproute, nftables, /bin/sh" bash -c \
-    "r=\$(rpm -qp --requires '$rpm'); for d in iproute nftables /bin/sh; do grep -qw -- \"\$d\" <<<\"\$r\" || exit 1; done"
+check "rpm: Requires iproute, nftables, util-linux, /bin/sh" bash -c \
+    "r=\$(rpm -qp --requires '$rpm'); for d in iproute nftables util-linux /bin/sh; do grep -qw -- \"\$d\" <<<\"\$r\" || exit 1; done"
 check "rpm: Recommends wireguard-tools, ipvsadm" bash -c \
     "r=\$(rpm -qp --recommends '$rpm'); grep -qw wireguard-tools <<<\"\$r\" && grep -qw ipvsadm <<<\"\$r\""
 check "rpm: --scripts lists all three scriptlets" bash -c \
