@@ -7,6 +7,7 @@
 #
 # Needs root (dpkg -i). Installs its own tools. SDNLINK_PKG_BINARY=PATH packages an already
 # built binary instead of running `cargo build --release` (packaging/build.sh --binary).
+# SDNLINK_PKG_VM=1 also runs packaging/vm-verify.sh (the unit under systemd as PID 1, in QEMU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -289,5 +290,11 @@ for n in 1 2; do
         SDNLINK_LAB_NODES="$n" VAGRANT_HOME="$work/vagrant-home" VAGRANT_DOTFILE_PATH="$work/vagrant-dot" \
         vagrant validate --ignore-provider
 done
+
+# ---- systemd as PID 1 (opt-in: about 4 minutes, and the Debian mirror on the first run) ---------
+if [ "${SDNLINK_PKG_VM:-0}" = 1 ]; then
+    check "vm-verify: DEB and unit sandbox under systemd 252 in a VM" bash packaging/vm-verify.sh "$deb"
+    tail -n1 "$log" | sed 's/^/    /'
+fi
 
 finish
