@@ -555,7 +555,8 @@ impl Daemon {
             "namespace": self.cfg.namespace.name,
             "clusters": per_cluster,
             "node": serde_json::to_value(self.plumbing.status()).unwrap_or_default(),
-            "tunnel": serde_json::to_value(self.tunnel.status()).unwrap_or_default(),
+            // Reading the device is a short blocking call (UAPI socket or generic netlink).
+            "tunnel": tokio::task::block_in_place(|| serde_json::to_value(self.tunnel.status()).unwrap_or_default()),
             "proxy": { "backend": self.proxy.name() },
             "dns": self.dns.as_ref().map(|d| serde_json::to_value(d.status()).unwrap_or_default()),
             "last_sync": serde_json::to_value(&self.last).unwrap_or_default(),
@@ -567,13 +568,10 @@ impl Daemon {
 /// `sdnlinkd cleanup`: removes everything sdnlinkd owns and nothing else; safe to repeat.
 pub async fn cleanup(cfg: &Config) -> anyhow::Result<String> {
     let mut lines = Vec::new();
-    let host = NetNs::current()?;
-    let ns = NetNs::open(&cfg.namespace.name).ok();
-    match tunnel::cleanup(cfg, &host, ns.as_ref()).await {
-        Ok(()) => lines.push(format!("tunnel: {} removed", cfg.tunnel.interface)),
+    match tunnel::cleanup(cfg).await {
+        Ok(r) => lines.push(format!("tunnel: {r}")),
         Err(e) => lines.push(format!("tunnel: {e}")),
     }
-    drop(ns);
     let r = node::cleanup(cfg).await.context("removing the namespace, veth and routes")?;
     lines.push(format!("node: {r}"));
     let _ = std::fs::remove_file(&cfg.control_socket);
