@@ -15,3 +15,4 @@ pub mod netns;
 pub mod node;
 pub mod proxy;
 pub mod tunnel;
+pub mod vm;
