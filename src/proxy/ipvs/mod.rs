@@ -140,15 +140,14 @@ pub fn execute(
     Ok((base, failed.into_iter().collect(), msgs.len()))
 }
 
-/// VIPs a starting daemon adopts as its own: IPv4/IPv6 addresses of `cfg.namespace.interface`
-/// in the namespace that lie in some remote cluster's service CIDRs.
-pub fn adoptable_vips(ns: &NetNs, cfg: &Config) -> Result<BTreeSet<IpAddr>, IpvsError> {
-    let iface = cfg.namespace.interface.clone();
-    let cidrs: Vec<ipnet::IpNet> = cfg
-        .remote
-        .iter()
-        .flat_map(|r| r.service_cidrs.iter().copied())
-        .collect();
+/// VIPs a starting daemon adopts as its own: addresses of `interface` in the namespace that
+/// lie in one of `service_cidrs` (every remote cluster's service CIDRs).
+pub fn adoptable_vips(
+    ns: &NetNs,
+    interface: &str,
+    service_cidrs: &[ipnet::IpNet],
+) -> Result<BTreeSet<IpAddr>, IpvsError> {
+    let iface = interface.to_string();
     let addrs = ns.run(move || -> Result<Vec<IpAddr>, io::Error> {
         let mut out = Vec::new();
         for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
@@ -170,7 +169,7 @@ pub fn adoptable_vips(ns: &NetNs, cfg: &Config) -> Result<BTreeSet<IpAddr>, Ipvs
     })?;
     Ok(addrs
         .into_iter()
-        .filter(|a| cidrs.iter().any(|c| c.contains(a)))
+        .filter(|a| service_cidrs.iter().any(|c| c.contains(a)))
         .collect())
 }
 
@@ -265,7 +264,12 @@ impl IpvsBackend {
 
     /// `new` with the adoption rule and drain grace of `cfg`.
     pub fn from_config(ns: NetNs, cfg: &Config) -> Result<Self, IpvsError> {
-        let adopted = adoptable_vips(&ns, cfg)?;
+        let cidrs: Vec<ipnet::IpNet> = cfg
+            .remote
+            .iter()
+            .flat_map(|r| r.service_cidrs.iter().copied())
+            .collect();
+        let adopted = adoptable_vips(&ns, &cfg.namespace.interface, &cidrs)?;
         Self::new(ns, cfg.proxy.drain_grace, adopted)
     }
 

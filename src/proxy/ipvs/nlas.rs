@@ -23,6 +23,7 @@ pub const IPVS_CMD_NEW_DEST: u8 = 5;
 pub const IPVS_CMD_SET_DEST: u8 = 6;
 pub const IPVS_CMD_DEL_DEST: u8 = 7;
 pub const IPVS_CMD_GET_DEST: u8 = 8;
+pub const IPVS_CMD_SET_INFO: u8 = 14;
 pub const IPVS_CMD_GET_INFO: u8 = 15;
 pub const IPVS_CMD_FLUSH: u8 = 17;
 
@@ -523,7 +524,8 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for DestAttr {
     }
 }
 
-/// `IPVS_INFO_ATTR_*`: the top level of a `IPVS_CMD_GET_INFO` reply.
+/// `IPVS_INFO_ATTR_*`: the top level of the reply to `IPVS_CMD_GET_INFO` (which the kernel
+/// sends as `IPVS_CMD_SET_INFO`, as it answers GET_SERVICE with NEW_SERVICE).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InfoAttr {
     /// `IP_VS_VERSION_CODE`, e.g. 0x010201 for 1.2.1.
@@ -570,7 +572,8 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for InfoAttr {
 }
 
 /// `IPVS_CMD_ATTR_*`: the top level of every IPVS message except `GET_INFO` replies, whose
-/// top level is [`InfoAttr`] (the two numberings overlap, so the command decides).
+/// top level is [`InfoAttr`] (the two numberings overlap, so the command decides: GET_INFO
+/// and SET_INFO carry info attributes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IpvsAttr {
     Service(Vec<SvcAttr>),
@@ -614,7 +617,7 @@ impl IpvsAttr {
         buf: &NlaBuffer<&T>,
         cmd: u8,
     ) -> Result<Self, DecodeError> {
-        if cmd == IPVS_CMD_GET_INFO {
+        if cmd == IPVS_CMD_GET_INFO || cmd == IPVS_CMD_SET_INFO {
             return Ok(IpvsAttr::Info(InfoAttr::parse(buf)?));
         }
         let p = buf.value();
