@@ -71,7 +71,10 @@ fn lab(endpoints: usize) -> Lab {
     let mut names = Vec::new();
     add_ns(&mut names, "sdnt-iv-r");
     add_ns(&mut names, "sdnt-iv-c");
-    ip("sdnt-iv-r", "link add toc type veth peer name eth0 netns sdnt-iv-c");
+    ip(
+        "sdnt-iv-r",
+        "link add toc type veth peer name eth0 netns sdnt-iv-c",
+    );
     ip("sdnt-iv-r", "addr add 10.250.0.254/24 dev toc");
     ip("sdnt-iv-r", "link set toc up");
     ip("sdnt-iv-c", "addr add 10.250.0.1/24 dev eth0");
@@ -80,7 +83,10 @@ fn lab(endpoints: usize) -> Lab {
     for i in 1..=endpoints {
         let e = format!("sdnt-iv-e{i}");
         add_ns(&mut names, &e);
-        ip("sdnt-iv-r", &format!("link add toe{i} type veth peer name eth0 netns {e}"));
+        ip(
+            "sdnt-iv-r",
+            &format!("link add toe{i} type veth peer name eth0 netns {e}"),
+        );
         ip("sdnt-iv-r", &format!("addr add 10.251.{i}.1/24 dev toe{i}"));
         ip("sdnt-iv-r", &format!("link set toe{i} up"));
         ip(&e, &format!("addr add 10.251.{i}.2/24 dev eth0"));
@@ -168,7 +174,8 @@ fn place_vip(v: IpAddr) {
 fn ask(l: &Lab, v: IpAddr, port: u16) -> std::io::Result<String> {
     l.client
         .run(move || {
-            let mut s = TcpStream::connect_timeout(&SocketAddr::new(v, port), Duration::from_secs(3))?;
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::new(v, port), Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             let mut out = String::new();
             s.read_to_string(&mut out)?;
@@ -215,16 +222,51 @@ fn root_ipvs_family_info_and_ipvsadm_agree_with_our_encoding() {
     // ipvsadm decodes what we encoded: scheduler, persistence with its timeout, masquerade.
     assert!(save.contains("-A -t 10.96.0.10:80 -s rr"), "{save}");
     assert!(save.contains("-A -t 10.96.0.10:443 -s rr -p 600"), "{save}");
-    assert!(save.contains("-a -t 10.96.0.10:80 -r 10.251.1.2:8080 -m -w 1"), "{save}");
+    assert!(
+        save.contains("-a -t 10.96.0.10:80 -r 10.251.1.2:8080 -m -w 1"),
+        "{save}"
+    );
     // And we decode what ipvsadm encodes.
-    sh(&["ip", "netns", "exec", "sdnt-iv-r", "ipvsadm", "-A", "-u", "10.99.0.1:53", "-s", "wrr"]);
-    sh(&["ip", "netns", "exec", "sdnt-iv-r", "ipvsadm", "-a", "-u", "10.99.0.1:53", "-r", "10.251.1.2:53", "-m", "-w", "7"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        "sdnt-iv-r",
+        "ipvsadm",
+        "-A",
+        "-u",
+        "10.99.0.1:53",
+        "-s",
+        "wrr",
+    ]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        "sdnt-iv-r",
+        "ipvsadm",
+        "-a",
+        "-u",
+        "10.99.0.1:53",
+        "-r",
+        "10.251.1.2:53",
+        "-m",
+        "-w",
+        "7",
+    ]);
     let svcs = sock.services().expect("dump");
     let foreign = svcs
         .iter()
         .find(|s| s.id.addr == IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1)))
         .expect("ipvsadm's service in our dump");
-    assert_eq!((foreign.id.port, foreign.id.protocol, foreign.scheduler.as_str()), (53, 17, "wrr"));
+    assert_eq!(
+        (
+            foreign.id.port,
+            foreign.id.protocol,
+            foreign.scheduler.as_str()
+        ),
+        (53, 17, "wrr")
+    );
     let dests = sock.dests(&foreign.id).expect("dest dump");
     assert_eq!(dests.len(), 1);
     assert_eq!((dests[0].weight, dests[0].port), (7, 53));
@@ -245,7 +287,11 @@ fn root_ipvs_traffic_reaches_every_endpoint_and_affinity_pins_one() {
     let spread = answers(&l, vip(10), 80, 10);
     assert_eq!(spread.len(), 2, "both endpoints answer: {spread:?}");
     let pinned = answers(&l, vip(10), 81, 10);
-    assert_eq!(pinned.len(), 1, "ClientIP affinity keeps one endpoint: {pinned:?}");
+    assert_eq!(
+        pinned.len(),
+        1,
+        "ClientIP affinity keeps one endpoint: {pinned:?}"
+    );
 }
 
 #[test]
@@ -255,7 +301,12 @@ fn root_ipvs_removed_endpoint_drains_at_weight_zero_then_is_deleted() {
     place_vip(vip(10));
     let grace = Duration::from_secs(2);
     let mut b = backend(&l, grace);
-    let both = desired(vec![service(vip(10), 80, &[ep(1, 8080), ep(2, 8080)], None)]);
+    let both = desired(vec![service(
+        vip(10),
+        80,
+        &[ep(1, 8080), ep(2, 8080)],
+        None,
+    )]);
     b.sync_blocking(&both, false).expect("sync");
     let one = desired(vec![service(vip(10), 80, &[ep(1, 8080)], None)]);
     let r = b.sync_blocking(&one, false).expect("incremental sync");
@@ -264,15 +315,24 @@ fn root_ipvs_removed_endpoint_drains_at_weight_zero_then_is_deleted() {
     let save = ipvsadm_save();
     assert!(save.contains("-r 10.251.2.2:8080 -m -w 0"), "{save}");
     let only = answers(&l, vip(10), 80, 6);
-    assert_eq!(only.keys().collect::<Vec<_>>(), vec!["sdnt-iv-e1"], "{only:?}");
+    assert_eq!(
+        only.keys().collect::<Vec<_>>(),
+        vec!["sdnt-iv-e1"],
+        "{only:?}"
+    );
     // Within the grace period nothing more happens.
     let r = b.sync_blocking(&one, false).expect("sync");
     assert_eq!(r.operations, 0, "plan:\n{}", b.last_plan());
     let deadline = b.next_deadline().expect("a drain is pending");
-    std::thread::sleep(deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(50));
+    std::thread::sleep(
+        deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(50),
+    );
     let r = b.sync_blocking(&one, false).expect("sync");
     assert_eq!(r.operations, 1, "plan:\n{}", b.last_plan());
-    assert!(!ipvsadm_save().contains("10.251.2.2"), "deleted after the grace");
+    assert!(
+        !ipvsadm_save().contains("10.251.2.2"),
+        "deleted after the grace"
+    );
     assert!(b.next_deadline().is_none());
 }
 
@@ -292,11 +352,23 @@ fn root_ipvs_foreign_services_are_untouched_and_adoption_follows_the_rule() {
     }
     // A leftover of a previous run: on an interface address inside the service CIDR.
     place_vip(vip(20));
-    sh(&["ip", "netns", "exec", "sdnt-iv-r", "ipvsadm", "-A", "-t", "10.96.0.20:80", "-s", "rr"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        "sdnt-iv-r",
+        "ipvsadm",
+        "-A",
+        "-t",
+        "10.96.0.20:80",
+        "-s",
+        "rr",
+    ]);
     let cidrs: Vec<ipnet::IpNet> = vec!["10.96.0.0/16".parse().expect("literal")];
     let adopted = ipvs::adoptable_vips(&l.router, "toc", &cidrs).expect("addresses");
     assert_eq!(adopted, BTreeSet::from([vip(20)]));
-    let mut b = IpvsBackend::new(l.router.clone(), Duration::from_secs(30), adopted).expect("backend");
+    let mut b =
+        IpvsBackend::new(l.router.clone(), Duration::from_secs(30), adopted).expect("backend");
     place_vip(vip(10));
     let d = desired(vec![service(vip(10), 80, &[ep(1, 8080)], None)]);
     let r = b.sync_blocking(&d, true).expect("sync");
@@ -304,12 +376,18 @@ fn root_ipvs_foreign_services_are_untouched_and_adoption_follows_the_rule() {
     let save = ipvsadm_save();
     assert!(save.contains("10.99.0.1:80"), "foreign kept: {save}");
     assert!(save.contains("10.96.5.5:80"), "foreign kept: {save}");
-    assert!(!save.contains("10.96.0.20:80"), "our leftover removed: {save}");
+    assert!(
+        !save.contains("10.96.0.20:80"),
+        "our leftover removed: {save}"
+    );
     assert!(save.contains("10.96.0.10:80"), "{save}");
     b.cleanup_blocking().expect("cleanup");
     let save = ipvsadm_save();
     assert!(!save.contains("10.96.0.10"), "{save}");
-    assert!(save.contains("10.99.0.1:80") && save.contains("10.96.5.5:80"), "{save}");
+    assert!(
+        save.contains("10.99.0.1:80") && save.contains("10.96.5.5:80"),
+        "{save}"
+    );
 }
 
 #[test]
@@ -320,8 +398,20 @@ fn root_ipvs_out_of_band_deletion_is_repaired_by_a_full_sync() {
     let mut b = backend(&l, Duration::from_secs(30));
     let d = desired(vec![service(vip(10), 80, &[ep(1, 8080)], None)]);
     b.sync_blocking(&d, false).expect("sync");
-    sh(&["ip", "netns", "exec", "sdnt-iv-r", "ipvsadm", "-D", "-t", "10.96.0.10:80"]);
-    assert!(ask(&l, vip(10), 80).is_err(), "service gone: nothing answers");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        "sdnt-iv-r",
+        "ipvsadm",
+        "-D",
+        "-t",
+        "10.96.0.10:80",
+    ]);
+    assert!(
+        ask(&l, vip(10), 80).is_err(),
+        "service gone: nothing answers"
+    );
     // Incremental trusts the committed state: no kernel message.
     let r = b.sync_blocking(&d, false).expect("sync");
     assert_eq!(r.operations, 0);
@@ -378,7 +468,12 @@ fn bench_ipvs_10k_services_x_10_endpoints() {
         let v = IpAddr::V4(Ipv4Addr::new(10, 96, (i >> 8) as u8, (i & 0xff) as u8));
         let dests: Vec<Destination> = (0..eps)
             .map(|j| Destination {
-                addr: IpAddr::V4(Ipv4Addr::new(10, 244, (i >> 8) as u8, ((i + j) & 0xff) as u8)),
+                addr: IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    244,
+                    (i >> 8) as u8,
+                    ((i + j) & 0xff) as u8,
+                )),
                 port: 8000 + j as u16,
             })
             .collect();
@@ -389,7 +484,8 @@ fn bench_ipvs_10k_services_x_10_endpoints() {
         services.push(service(v, 80, &dests, None));
     }
     let d = desired(services);
-    let mut b = IpvsBackend::new(ns.clone(), Duration::from_secs(30), BTreeSet::new()).expect("backend");
+    let mut b =
+        IpvsBackend::new(ns.clone(), Duration::from_secs(30), BTreeSet::new()).expect("backend");
     let t = Instant::now();
     let full = b.sync_blocking(&d, true).expect("full sync");
     let ours = t.elapsed();
@@ -426,7 +522,10 @@ fn bench_ipvs_10k_services_x_10_endpoints() {
     let t = Instant::now();
     let st = Command::new("sh")
         .arg("-c")
-        .arg(format!("ip netns exec sdnt-iv-b ipvsadm -R < {}", path.display()))
+        .arg(format!(
+            "ip netns exec sdnt-iv-b ipvsadm -R < {}",
+            path.display()
+        ))
         .status()
         .expect("ipvsadm -R");
     let theirs = t.elapsed();
@@ -434,7 +533,11 @@ fn bench_ipvs_10k_services_x_10_endpoints() {
     let count = sh(&["ip", "netns", "exec", "sdnt-iv-b", "ipvsadm", "-S", "-n"])
         .lines()
         .count();
-    assert_eq!(count as u32, svcs * (1 + eps), "ipvsadm -R loaded the same rule set");
+    assert_eq!(
+        count as u32,
+        svcs * (1 + eps),
+        "ipvsadm -R loaded the same rule set"
+    );
     println!(
         "BENCH ipvs full sync {svcs}x{eps}: sdnlinkd {:.2}s ({} msgs), ipvsadm -R {:.2}s, ratio ipvsadm/sdnlinkd {:.2}",
         ours.as_secs_f64(),

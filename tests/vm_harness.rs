@@ -16,9 +16,17 @@ fn root_vm_runs_a_command_and_reports_its_exit_code_and_output() {
     };
     let out = vm::run(&spec).expect("the VM boots and prints the result marker");
     assert_eq!(out.exit_code, 7, "console:\n{}", out.console);
-    assert!(out.output.contains("payload-says-hi"), "output: {}", out.output);
+    assert!(
+        out.output.contains("payload-says-hi"),
+        "output: {}",
+        out.output
+    );
     // /proc/net/ip_vs exists only when ip_vs.ko loaded: proves the module tree and depmod.
-    assert!(out.output.contains("IP Virtual Server"), "output: {}", out.output);
+    assert!(
+        out.output.contains("IP Virtual Server"),
+        "output: {}",
+        out.output
+    );
     assert!(out.output.contains("wg-loaded"), "output: {}", out.output);
 }
 

@@ -6,7 +6,8 @@ use sdnlinkd::vm::{self, VmSpec};
 use std::time::Duration;
 
 fn run(filter: &str, timeout: Duration) -> vm::VmOutcome {
-    let bin = vm::find_test_binary("ipvs_vm").expect("tests/ipvs_vm.rs is built by the same cargo test");
+    let bin =
+        vm::find_test_binary("ipvs_vm").expect("tests/ipvs_vm.rs is built by the same cargo test");
     let spec = VmSpec {
         timeout,
         memory_mb: 1536,
@@ -19,9 +20,17 @@ fn run(filter: &str, timeout: Duration) -> vm::VmOutcome {
 fn root_vm_ipvs_backend_tests() {
     let out = run("root_ipvs", Duration::from_secs(600));
     println!("{}", out.output);
-    assert_eq!(out.exit_code, 0, "IPVS tests in the VM failed:\n{}", out.output);
+    assert_eq!(
+        out.exit_code, 0,
+        "IPVS tests in the VM failed:\n{}",
+        out.output
+    );
     // The ignored tests really ran (a filter typo would run zero tests and pass).
-    assert!(out.output.contains("test result: ok. 7 passed"), "{}", out.output);
+    assert!(
+        out.output.contains("test result: ok. 7 passed"),
+        "{}",
+        out.output
+    );
 }
 
 #[test]
@@ -30,5 +39,9 @@ fn vm_ipvs_bench() {
     let out = run("bench_ipvs", Duration::from_secs(1800));
     println!("{}", out.output);
     assert_eq!(out.exit_code, 0, "{}", out.output);
-    assert!(out.output.contains("BENCH ipvs full sync"), "{}", out.output);
+    assert!(
+        out.output.contains("BENCH ipvs full sync"),
+        "{}",
+        out.output
+    );
 }

@@ -86,7 +86,10 @@ impl Kernel {
     /// The `--kernel PATH --modules DIR` override (DIR = `lib/modules/<version>`).
     pub fn from_paths(vmlinuz: &Path, modules_dir: &Path) -> Result<Kernel, VmError> {
         if !vmlinuz.is_file() {
-            return Err(VmError::Kernel(format!("{} is not a file", vmlinuz.display())));
+            return Err(VmError::Kernel(format!(
+                "{} is not a file",
+                vmlinuz.display()
+            )));
         }
         let version = modules_dir
             .file_name()
@@ -120,7 +123,11 @@ fn run_cmd(cmd: &mut Command) -> Result<String, VmError> {
     if !out.status.success() {
         return Err(VmError::Command {
             command: shown,
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -152,7 +159,12 @@ pub fn fetch_kernel() -> Result<Kernel, VmError> {
         let deb = match deb {
             Some(d) => d,
             None => {
-                run_cmd(Command::new("apt-get").arg("download").arg(&pkg).current_dir(&cache))?;
+                run_cmd(
+                    Command::new("apt-get")
+                        .arg("download")
+                        .arg(&pkg)
+                        .current_dir(&cache),
+                )?;
                 find_deb(&cache, &pkg)?.ok_or_else(|| {
                     VmError::Kernel(format!("apt-get download {pkg} left no .deb"))
                 })?
@@ -169,14 +181,11 @@ pub fn fetch_kernel() -> Result<Kernel, VmError> {
 
 fn find_deb(dir: &Path, pkg: &str) -> Result<Option<PathBuf>, VmError> {
     let rd = std::fs::read_dir(dir).map_err(io_ctx(format!("reading {}", dir.display())))?;
-    Ok(rd
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-        }))
+    Ok(rd.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+    }))
 }
 
 static SCRATCH: AtomicU32 = AtomicU32::new(0);
@@ -216,7 +225,8 @@ fn copy_into(root: &Path, host: &Path, guest: &Path) -> Result<(), VmError> {
     let rel = guest.strip_prefix("/").unwrap_or(guest);
     let dst = root.join(rel);
     if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).map_err(io_ctx(format!("creating {}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(io_ctx(format!("creating {}", parent.display())))?;
     }
     // `cp -aL` keeps modes and resolves symlinks (library names are often symlinks).
     run_cmd(Command::new("cp").arg("-aL").arg(host).arg(&dst)).map(|_| ())
@@ -260,14 +270,28 @@ pub fn base_initramfs(kernel: &Kernel) -> Result<PathBuf, VmError> {
     }
     let s = Scratch::new("base")?;
     let root = &s.0;
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "etc", "lib/modules"] {
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "etc",
+        "lib/modules",
+    ] {
         std::fs::create_dir_all(root.join(d)).map_err(io_ctx("initramfs layout"))?;
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
-        .ok_or_else(|| VmError::Kernel("busybox not found (apt-get install busybox-static)".into()))?;
+        .ok_or_else(|| {
+            VmError::Kernel("busybox not found (apt-get install busybox-static)".into())
+        })?;
     copy_into(root, &busybox, Path::new("/bin/busybox"))?;
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(io_ctx("bin/sh link"))?;
     std::os::unix::fs::symlink("/run", root.join("var_run_tmp")).map_err(io_ctx("var/run link"))?;
@@ -281,7 +305,12 @@ pub fn base_initramfs(kernel: &Kernel) -> Result<PathBuf, VmError> {
             .arg(&kernel.modules_dir)
             .arg(root.join("lib/modules").join(&kernel.version)),
     )?;
-    run_cmd(Command::new("depmod").arg("-b").arg(root).arg(&kernel.version))?;
+    run_cmd(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(&kernel.version),
+    )?;
     let tmp = out.with_extension("partial");
     pack(root, &tmp)?;
     std::fs::rename(&tmp, &out).map_err(io_ctx("placing the base initramfs"))?;
@@ -407,8 +436,20 @@ pub fn run(spec: &VmSpec) -> Result<VmOutcome, VmError> {
 fn boot(spec: &VmSpec, kernel: &Kernel, initrd: &Path) -> Result<VmOutcome, VmError> {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-nographic", "-no-reboot"])
-        .args(["-smp", &spec.cpus.to_string(), "-m", &spec.memory_mb.to_string()])
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args([
+            "-smp",
+            &spec.cpus.to_string(),
+            "-m",
+            &spec.memory_mb.to_string(),
+        ])
         .args(["-nic", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
@@ -419,8 +460,13 @@ fn boot(spec: &VmSpec, kernel: &Kernel, initrd: &Path) -> Result<VmOutcome, VmEr
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(io_ctx("starting qemu-system-x86_64 (apt-get install qemu-system-x86)"))?;
-    let stdout = child.stdout.take().ok_or_else(|| VmError::Kernel("qemu stdout".into()))?;
+        .map_err(io_ctx(
+            "starting qemu-system-x86_64 (apt-get install qemu-system-x86)",
+        ))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| VmError::Kernel("qemu stdout".into()))?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let echo = spec.echo;
     let reader = std::thread::spawn(move || {
@@ -492,7 +538,10 @@ pub fn parse_outcome(console: &str, elapsed: Duration) -> Result<VmOutcome, VmEr
             inside = true;
             continue;
         }
-        if let Some(rc) = line.find(RESULT_MARKER).map(|i| &line[i + RESULT_MARKER.len()..]) {
+        if let Some(rc) = line
+            .find(RESULT_MARKER)
+            .map(|i| &line[i + RESULT_MARKER.len()..])
+        {
             let exit_code = rc.trim().parse().unwrap_or(-1);
             return Ok(VmOutcome {
                 exit_code,
@@ -528,7 +577,12 @@ pub fn run_test_binaries(
         spec.binaries.push(b);
     }
     cmd.push_str("exit $rc\n");
-    for tool in ["/usr/sbin/ip", "/usr/sbin/ipvsadm", "/usr/bin/ip", "/sbin/ipvsadm"] {
+    for tool in [
+        "/usr/sbin/ip",
+        "/usr/sbin/ipvsadm",
+        "/usr/bin/ip",
+        "/sbin/ipvsadm",
+    ] {
         let p = PathBuf::from(tool);
         if p.is_file() && !spec.binaries.contains(&p) {
             spec.binaries.push(p);
@@ -552,7 +606,8 @@ pub fn find_test_binary(name: &str) -> Option<PathBuf> {
             let n = p.file_name()?.to_str()?.to_string();
             let md = e.metadata().ok()?;
             use std::os::unix::fs::PermissionsExt;
-            if !(n.starts_with(&prefix) && !n.contains('.') && md.permissions().mode() & 0o111 != 0) {
+            if !(n.starts_with(&prefix) && !n.contains('.') && md.permissions().mode() & 0o111 != 0)
+            {
                 return None;
             }
             Some((md.modified().ok()?, p))

@@ -5,7 +5,7 @@
 //! receive buffer never overflows (an overflow would lose acks with `ENOBUFS`).
 
 use super::message::{Dest, IpvsMessage, Service, ServiceId};
-use super::nlas::{af_of, IpvsAttr, InfoAttr, IPVS_GENL_NAME};
+use super::nlas::{af_of, InfoAttr, IpvsAttr, IPVS_GENL_NAME};
 use super::IpvsError;
 use crate::netns::NetNs;
 use netlink_packet_core::{
@@ -173,8 +173,12 @@ impl IpvsSocket {
 
     /// Sends every message (each expecting an ack) pipelined, and returns one result per
     /// message in order. A failing message does not stop the others.
-    pub fn execute(&mut self, msgs: &[IpvsMessage]) -> Result<Vec<Result<(), io::Error>>, IpvsError> {
-        let mut results: Vec<Option<Result<(), io::Error>>> = (0..msgs.len()).map(|_| None).collect();
+    pub fn execute(
+        &mut self,
+        msgs: &[IpvsMessage],
+    ) -> Result<Vec<Result<(), io::Error>>, IpvsError> {
+        let mut results: Vec<Option<Result<(), io::Error>>> =
+            (0..msgs.len()).map(|_| None).collect();
         let mut first_seq_of_batch: Vec<(u32, usize)> = Vec::new();
         let mut next = 0usize;
         let mut outstanding = 0usize;
@@ -261,13 +265,11 @@ impl IpvsSocket {
                         if code == 0 {
                             return Ok(out);
                         }
-                        return Err(io_err(
-                            "IPVS dump",
-                            io::Error::from_raw_os_error(-code),
-                        ));
+                        return Err(io_err("IPVS dump", io::Error::from_raw_os_error(-code)));
                     }
                     _ => {
-                        let parsed = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(chunk)?;
+                        let parsed =
+                            NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(chunk)?;
                         if let NetlinkPayload::InnerMessage(g) = parsed.payload {
                             out.push(g.payload);
                         }
@@ -312,7 +314,8 @@ impl IpvsSocket {
                 let code = error_code(&self.recv[..len]);
                 return Err(io_err("IPVS GET_INFO", io::Error::from_raw_os_error(-code)));
             }
-            let parsed = NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(&self.recv[..len])?;
+            let parsed =
+                NetlinkMessage::<GenlMessage<IpvsMessage>>::deserialize(&self.recv[..len])?;
             let (mut v, mut t) = (0, 0);
             if let NetlinkPayload::InnerMessage(g) = parsed.payload {
                 for a in g.payload.attrs {

@@ -105,14 +105,13 @@ pub fn observe(sock: &mut IpvsSocket, owned: &BTreeSet<IpAddr>) -> Result<Table,
     Ok(t)
 }
 
+/// The committed table after a plan, the failures per service, and the messages sent.
+pub type Executed = (Table, Vec<(VirtualKey, String)>, usize);
+
 /// Sends a plan pipelined; returns the committed table after it (successful ops applied to
 /// `base`), the failures per service, and the number of messages sent. "Already exists" on
 /// creation and "already gone" on deletion count as success.
-pub fn execute(
-    sock: &mut IpvsSocket,
-    plan: &Plan,
-    mut base: Table,
-) -> Result<(Table, Vec<(VirtualKey, String)>, usize), IpvsError> {
+pub fn execute(sock: &mut IpvsSocket, plan: &Plan, mut base: Table) -> Result<Executed, IpvsError> {
     let msgs: Vec<_> = plan.ops.iter().map(Op::message).collect();
     let results = sock.execute(&msgs)?;
     let mut failed: BTreeMap<VirtualKey, String> = BTreeMap::new();
@@ -148,25 +147,26 @@ pub fn adoptable_vips(
     service_cidrs: &[ipnet::IpNet],
 ) -> Result<BTreeSet<IpAddr>, IpvsError> {
     let iface = interface.to_string();
-    let addrs = ns.run(move || -> Result<Vec<IpAddr>, io::Error> {
-        let mut out = Vec::new();
-        for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
-            if ifa.interface_name != iface {
-                continue;
+    let addrs = ns
+        .run(move || -> Result<Vec<IpAddr>, io::Error> {
+            let mut out = Vec::new();
+            for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+                if ifa.interface_name != iface {
+                    continue;
+                }
+                let Some(a) = ifa.address else { continue };
+                if let Some(v4) = a.as_sockaddr_in() {
+                    out.push(IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = a.as_sockaddr_in6() {
+                    out.push(IpAddr::V6(v6.ip()));
+                }
             }
-            let Some(a) = ifa.address else { continue };
-            if let Some(v4) = a.as_sockaddr_in() {
-                out.push(IpAddr::V4(v4.ip()));
-            } else if let Some(v6) = a.as_sockaddr_in6() {
-                out.push(IpAddr::V6(v6.ip()));
-            }
-        }
-        Ok(out)
-    })?
-    .map_err(|source| IpvsError::Io {
-        context: "listing namespace addresses".into(),
-        source,
-    })?;
+            Ok(out)
+        })?
+        .map_err(|source| IpvsError::Io {
+            context: "listing namespace addresses".into(),
+            source,
+        })?;
     Ok(addrs
         .into_iter()
         .filter(|a| service_cidrs.iter().any(|c| c.contains(a)))
@@ -192,7 +192,11 @@ pub fn apply_sysctls(ns: &NetNs) -> Result<(), IpvsError> {
             .release()
             .to_string_lossy()
             .into_owned();
-        let reuse = if kernel_at_least(&release, 5, 9) { "1" } else { "0" };
+        let reuse = if kernel_at_least(&release, 5, 9) {
+            "1"
+        } else {
+            "0"
+        };
         for (k, v) in [
             ("conntrack", "1"),
             ("expire_nodest_conn", "1"),
@@ -406,13 +410,16 @@ impl ProxyBackend for IpvsBackend {
 }
 
 impl IpvsBackend {
+    /// What stays behind while the real state is away on the blocking thread: if the sync
+    /// future is dropped mid-way, the next sync is a full one that still knows every VIP it
+    /// owns and every drain in progress.
     fn placeholder(&self) -> IpvsBackend {
         IpvsBackend {
             ns: self.ns.clone(),
             sock: None,
-            owned_vips: BTreeSet::new(),
+            owned_vips: self.owned_vips.clone(),
             committed: None,
-            drains: Drains::new(),
+            drains: self.drains.clone(),
             grace: self.grace,
             last_plan: Plan::default(),
         }

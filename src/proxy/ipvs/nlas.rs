@@ -167,7 +167,9 @@ impl Counter {
         match payload.len() {
             4 => Ok(Counter::U32(parse_u32(payload)?)),
             8 => Ok(Counter::U64(parse_u64(payload)?)),
-            n => Err(DecodeError::from(format!("IPVS stats counter of {n} bytes"))),
+            n => Err(DecodeError::from(format!(
+                "IPVS stats counter of {n} bytes"
+            ))),
         }
     }
 }
@@ -375,19 +377,17 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for SvcAttr {
             }
             IPVS_SVC_ATTR_FLAGS => {
                 if p.len() < 8 {
-                    return Err(DecodeError::from("IPVS_SVC_ATTR_FLAGS shorter than 8 bytes"));
+                    return Err(DecodeError::from(
+                        "IPVS_SVC_ATTR_FLAGS shorter than 8 bytes",
+                    ));
                 }
                 Self::Flags(IpvsFlags {
                     flags: parse_u32(&p[..4])?,
                     mask: parse_u32(&p[4..8])?,
                 })
             }
-            IPVS_SVC_ATTR_TIMEOUT => {
-                Self::Timeout(parse_u32(p).context("IPVS_SVC_ATTR_TIMEOUT")?)
-            }
-            IPVS_SVC_ATTR_NETMASK => {
-                Self::Netmask(parse_u32(p).context("IPVS_SVC_ATTR_NETMASK")?)
-            }
+            IPVS_SVC_ATTR_TIMEOUT => Self::Timeout(parse_u32(p).context("IPVS_SVC_ATTR_TIMEOUT")?),
+            IPVS_SVC_ATTR_NETMASK => Self::Netmask(parse_u32(p).context("IPVS_SVC_ATTR_NETMASK")?),
             IPVS_SVC_ATTR_STATS => Self::Stats(parse_nested(
                 p,
                 |n| StatsAttr::parse(n),
@@ -436,8 +436,8 @@ impl Nla for DestAttr {
         match self {
             Address(_) => 16,
             Port(_) | AddressFamily(_) | TunPort(_) | TunFlags(_) => 2,
-            FwdMethod(_) | Weight(_) | UThresh(_) | LThresh(_) | ActiveConns(_)
-            | InactConns(_) | PersistConns(_) => 4,
+            FwdMethod(_) | Weight(_) | UThresh(_) | LThresh(_) | ActiveConns(_) | InactConns(_)
+            | PersistConns(_) => 4,
             TunType(_) => 1,
             Stats(v) | Stats64(v) => v.as_slice().buffer_len(),
             Other(n) => n.value_len(),
@@ -470,8 +470,8 @@ impl Nla for DestAttr {
             Address(a) => buf.copy_from_slice(&a.0),
             Port(v) | TunPort(v) => emit_u16_be(buf, *v).expect("2 bytes reserved"),
             AddressFamily(v) | TunFlags(v) => emit_u16(buf, *v).expect("2 bytes reserved"),
-            FwdMethod(v) | Weight(v) | UThresh(v) | LThresh(v) | ActiveConns(v)
-            | InactConns(v) | PersistConns(v) => emit_u32(buf, *v).expect("4 bytes reserved"),
+            FwdMethod(v) | Weight(v) | UThresh(v) | LThresh(v) | ActiveConns(v) | InactConns(v)
+            | PersistConns(v) => emit_u32(buf, *v).expect("4 bytes reserved"),
             TunType(v) => buf[0] = *v,
             Stats(v) | Stats64(v) => v.as_slice().emit(buf),
             Other(n) => n.emit_value(buf),
@@ -562,7 +562,9 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for InfoAttr {
     fn parse(buf: &NlaBuffer<&'a T>) -> Result<Self, DecodeError> {
         let p = buf.value();
         Ok(match buf.kind() {
-            IPVS_INFO_ATTR_VERSION => Self::Version(parse_u32(p).context("IPVS_INFO_ATTR_VERSION")?),
+            IPVS_INFO_ATTR_VERSION => {
+                Self::Version(parse_u32(p).context("IPVS_INFO_ATTR_VERSION")?)
+            }
             IPVS_INFO_ATTR_CONN_TAB_SIZE => {
                 Self::ConnTabSize(parse_u32(p).context("IPVS_INFO_ATTR_CONN_TAB_SIZE")?)
             }

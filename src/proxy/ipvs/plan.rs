@@ -268,10 +268,22 @@ impl fmt::Display for Op {
             }
             OpKind::DelService => write!(f, "del-service {}", self.key),
             OpKind::AddDest(d, s) => {
-                write!(f, "add-dest {} -> {} weight={}", self.key, fmt_dest(d), s.weight)
+                write!(
+                    f,
+                    "add-dest {} -> {} weight={}",
+                    self.key,
+                    fmt_dest(d),
+                    s.weight
+                )
             }
             OpKind::EditDest(d, s) => {
-                write!(f, "edit-dest {} -> {} weight={}", self.key, fmt_dest(d), s.weight)
+                write!(
+                    f,
+                    "edit-dest {} -> {} weight={}",
+                    self.key,
+                    fmt_dest(d),
+                    s.weight
+                )
             }
             OpKind::DelDest(d) => write!(f, "del-dest {} -> {}", self.key, fmt_dest(d)),
         }

@@ -102,7 +102,9 @@ fn set_service_v6_udp_persistent_golden() {
         &[0x54, 0x00, 0x01, 0x80],
         &[0x06, 0x00, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x00], // AF_INET6 (10)
         &[0x06, 0x00, 0x02, 0x00, 0x11, 0x00, 0x00, 0x00], // IPPROTO_UDP (17)
-        &[0x14, 0x00, 0x03, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        &[
+            0x14, 0x00, 0x03, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+        ],
         &[0x06, 0x00, 0x04, 0x00, 0x00, 0x35, 0x00, 0x00], // 53
         &[0x07, 0x00, 0x06, 0x00, b's', b'h', 0x00, 0x00],
         &[0x0c, 0x00, 0x07, 0x00, 1, 0, 0, 0, 0x05, 0, 0, 0], // PERSISTENT
@@ -152,10 +154,10 @@ fn new_set_del_dest_golden() {
             &svc_nest,
             &[0x48, 0x00, 0x02, 0x80], // IPVS_CMD_ATTR_DEST | NLA_F_NESTED, len 72
             dest_id,
-            &[0x08, 0x00, 0x03, 0x00, fwd, 0, 0, 0],    // FWD_METHOD
+            &[0x08, 0x00, 0x03, 0x00, fwd, 0, 0, 0], // FWD_METHOD
             &[0x08, 0x00, 0x04, 0x00, weight, 0, 0, 0], // WEIGHT
-            &[0x08, 0x00, 0x05, 0x00, 0, 0, 0, 0],      // U_THRESH
-            &[0x08, 0x00, 0x06, 0x00, 0, 0, 0, 0],      // L_THRESH
+            &[0x08, 0x00, 0x05, 0x00, 0, 0, 0, 0],   // U_THRESH
+            &[0x08, 0x00, 0x06, 0x00, 0, 0, 0, 0],   // L_THRESH
         ])
     };
     round_trip(&IpvsMessage::new_dest(&id_v4(), &d), &full(0, 1));
@@ -171,7 +173,10 @@ fn new_set_del_dest_golden() {
         fwd: FwdMethod::Route,
         ..d.clone()
     };
-    assert_eq!(&emit(&IpvsMessage::new_dest(&id_v4(), &r))[48 + 4 + 36 + 4..48 + 4 + 36 + 5], &[3]);
+    assert_eq!(
+        &emit(&IpvsMessage::new_dest(&id_v4(), &r))[48 + 4 + 36 + 4..48 + 4 + 36 + 5],
+        &[3]
+    );
     // ipvsadm -d -t 10.96.0.10:80 -r 10.251.1.2:8080
     let del = cat(&[&svc_nest, &[0x28, 0x00, 0x02, 0x80], dest_id]);
     round_trip(&IpvsMessage::del_dest(&id_v4(), d.addr, d.port), &del);
@@ -218,8 +223,10 @@ fn kernel_service_dump_entry_with_stats_and_unknown_attrs() {
     let inner = cat(&[
         SVC_ID_V4_TCP_80,
         &[0x08, 0x00, 0x06, 0x00, b'w', b'l', b'c', 0x00],
-        &[0x0c, 0x00, 0x07, 0x00, 0x03, 0, 0, 0, 0xff, 0xff, 0xff, 0xff], // PERSISTENT|HASHED
-        &[0x08, 0x00, 0x08, 0x00, 0x2c, 0x01, 0, 0],                      // 300
+        &[
+            0x0c, 0x00, 0x07, 0x00, 0x03, 0, 0, 0, 0xff, 0xff, 0xff, 0xff,
+        ], // PERSISTENT|HASHED
+        &[0x08, 0x00, 0x08, 0x00, 0x2c, 0x01, 0, 0], // 300
         &[0x08, 0x00, 0x09, 0x00, 0xff, 0xff, 0xff, 0xff],
         &[0x18, 0x00, 0x0a, 0x00],
         stats,
@@ -254,7 +261,9 @@ fn kernel_service_dump_entry_with_stats_and_unknown_attrs() {
 #[test]
 fn kernel_dest_dump_entry_parses_counters() {
     let inner = cat(&[
-        &[0x14, 0x00, 0x01, 0x00, 10, 244, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[
+            0x14, 0x00, 0x01, 0x00, 10, 244, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
         &[0x06, 0x00, 0x02, 0x00, 0x1f, 0x90, 0x00, 0x00],
         &[0x08, 0x00, 0x03, 0x00, 0, 0, 0, 0],
         &[0x08, 0x00, 0x04, 0x00, 0, 0, 0, 0],
@@ -274,7 +283,14 @@ fn kernel_dest_dump_entry_parses_counters() {
     assert!(attrs.contains(&DestAttr::TunType(1)));
     let d = Dest::from_attrs(attrs, AF_INET).expect("dest");
     assert_eq!(
-        (d.addr, d.port, d.weight, d.active_conns, d.inactive_conns, d.fwd),
+        (
+            d.addr,
+            d.port,
+            d.weight,
+            d.active_conns,
+            d.inactive_conns,
+            d.fwd
+        ),
         (ip("10.244.1.1"), 8080, 0, 3, 9, FwdMethod::Masq)
     );
 }
@@ -309,8 +325,10 @@ fn netlink_framing_of_a_pipelined_request() {
     let mut b = vec![0u8; msg.buffer_len()];
     msg.serialize(&mut b);
     let golden = cat(&[
-        &[0x44, 0, 0, 0, 0x23, 0x00, 0x05, 0x00, 7, 0, 0, 0, 0, 0, 0, 0], // nlmsghdr
-        &[IPVS_CMD_DEL_SERVICE, IPVS_GENL_VERSION, 0, 0],                 // genlmsghdr
+        &[
+            0x44, 0, 0, 0, 0x23, 0x00, 0x05, 0x00, 7, 0, 0, 0, 0, 0, 0, 0,
+        ], // nlmsghdr
+        &[IPVS_CMD_DEL_SERVICE, IPVS_GENL_VERSION, 0, 0], // genlmsghdr
         &[0x30, 0x00, 0x01, 0x80],
         SVC_ID_V4_TCP_80,
     ]);
@@ -495,7 +513,10 @@ fn plan_table() {
             desired: DesiredProxy::default(),
             observed: {
                 let mut t = table_of(&two, &[]);
-                t.extend(table_of(&desired(vec![vs(key("10.99.0.1", 80), &[1], None)]), &[]));
+                t.extend(table_of(
+                    &desired(vec![vs(key("10.99.0.1", 80), &[1], None)]),
+                    &[],
+                ));
                 t
             },
             drains: Drains::new(),
@@ -518,7 +539,14 @@ fn kernel_hashed_flag_does_not_cause_an_edit() {
     if let Some(s) = t.get_mut(&k) {
         s.service.flags |= IP_VS_SVC_F_HASHED;
     }
-    let p = plan(&d, &t, &BTreeSet::new(), &Drains::new(), Instant::now(), Duration::ZERO);
+    let p = plan(
+        &d,
+        &t,
+        &BTreeSet::new(),
+        &Drains::new(),
+        Instant::now(),
+        Duration::ZERO,
+    );
     assert!(p.ops.is_empty(), "{p}");
 }
 
@@ -549,7 +577,17 @@ fn one_endpoint_change_is_one_message_at_scale() {
     let d = desired(
         owned
             .iter()
-            .map(|v| vs(VirtualKey { vip: *v, protocol: Protocol::Tcp, port: 80 }, &[1, 2, 3], None))
+            .map(|v| {
+                vs(
+                    VirtualKey {
+                        vip: *v,
+                        protocol: Protocol::Tcp,
+                        port: 80,
+                    },
+                    &[1, 2, 3],
+                    None,
+                )
+            })
             .collect(),
     );
     let t = table_of(&d, &[]);
@@ -558,7 +596,14 @@ fn one_endpoint_change_is_one_message_at_scale() {
     if let Some(v) = changed.services.get_mut(&first) {
         v.destinations.insert(dst(9));
     }
-    let p = plan(&changed, &t, &owned, &Drains::new(), Instant::now(), Duration::ZERO);
+    let p = plan(
+        &changed,
+        &t,
+        &owned,
+        &Drains::new(),
+        Instant::now(),
+        Duration::ZERO,
+    );
     assert_eq!(p.ops.len(), 1, "{p}");
 }
 
