@@ -27,7 +27,7 @@ fn root_vm_ipvs_backend_tests() {
     );
     // The ignored tests really ran (a filter typo would run zero tests and pass).
     assert!(
-        out.output.contains("test result: ok. 7 passed"),
+        out.output.contains("test result: ok. 8 passed"),
         "{}",
         out.output
     );
