@@ -476,7 +476,8 @@ fn root_ipvs_ipv6_udp_and_sctp_services_program_and_read_back() {
     assert!(
         // ipvsadm prints `-M` only for a netmask other than the family's whole-host default,
         // so the exact line also checks that the IPv6 netmask went out as prefix length 128.
-        save.lines().any(|l| l == "-A -t [fd00:96::10]:80 -s rr -p 120"),
+        save.lines()
+            .any(|l| l == "-A -t [fd00:96::10]:80 -s rr -p 120"),
         "{save}"
     );
     assert!(
