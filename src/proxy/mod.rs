@@ -8,6 +8,7 @@
 
 pub mod desired;
 pub mod nft;
+pub mod ipvs;
 
 use crate::model::{Protocol, ServiceKey};
 use serde::Serialize;
