@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "sdnlinkd", version, about = "Joins the pod networks of several Kubernetes clusters")]
+#[command(
+    name = "sdnlinkd",
+    version,
+    about = "Joins the pod networks of several Kubernetes clusters"
+)]
 pub struct Cli {
     /// Main configuration file (drop-ins: sdnlink.d/*.toml next to it).
     #[arg(long, global = true, env = "SDNLINK_CONFIG", default_value = DEFAULT_CONFIG)]
@@ -150,7 +154,9 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Reload => {
             // The path must stay the daemon's: the running daemon re-reads its own file.
-            let cfg = config::load(path).context("the new configuration is invalid; the daemon keeps running the old one")?;
+            let cfg = config::load(path).context(
+                "the new configuration is invalid; the daemon keeps running the old one",
+            )?;
             let resp = runtime()?.block_on(control::request(
                 &cfg.control_socket,
                 Ctl::Reload,

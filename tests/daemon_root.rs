@@ -12,10 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const HOST: &str = "sdnt-dm-host";
-const NS: &str = "sdnt-dm-ns";
-const VETH: &str = "sdnt-dm0";
-const WG: &str = "sdnt-dm-wg";
+// Names carry the test process id so runs from several checkouts never collide (interface
+// names stay within the kernel's 15 bytes: "dm" + at most 7 digits + suffix).
+static HOST: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("sdnt-dm{}-host", std::process::id()));
+static NS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("sdnt-dm{}-ns", std::process::id()));
+static VETH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("dm{}v", std::process::id()));
+static WG: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("dm{}wg", std::process::id()));
 const PROTO: &str = "245";
 
 /// Both tests use the same namespace names; run them one at a time.
@@ -30,7 +36,7 @@ fn sh(args: &[&str]) -> String {
 }
 
 fn in_host(args: &[&str]) -> String {
-    let mut v = vec!["ip", "netns", "exec", HOST];
+    let mut v = vec!["ip", "netns", "exec", HOST.as_str()];
     v.extend_from_slice(args);
     sh(&v)
 }
@@ -40,7 +46,7 @@ fn in_host(args: &[&str]) -> String {
 fn host_state() -> String {
     let netns = sh(&["ip", "netns", "list"])
         .lines()
-        .filter(|l| l.starts_with(NS))
+        .filter(|l| l.starts_with(NS.as_str()))
         .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
         .collect::<Vec<_>>()
         .join(",");
@@ -53,9 +59,9 @@ fn host_state() -> String {
 }
 
 /// `state` without what a re-created veth legitimately changes: the peer's ifindex (`@ifN`),
-/// the MAC address and the derived IPv6 link-local address.
+/// the MAC address, the derived IPv6 link-local address, and the listing order (by ifindex).
 fn normalized(state: &str) -> String {
-    state
+    let mut lines: Vec<String> = state
         .lines()
         .map(|l| {
             l.split_whitespace()
@@ -65,12 +71,13 @@ fn normalized(state: &str) -> String {
                 .collect::<Vec<_>>()
                 .join(" ")
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    lines.sort();
+    lines.join("\n")
 }
 
 fn ns_state() -> String {
-    let mut v = vec!["ip", "netns", "exec", NS];
+    let mut v = vec!["ip", "netns", "exec", NS.as_str()];
     let mut out = String::new();
     for cmd in [
         &["ip", "-br", "addr"][..],
@@ -85,19 +92,25 @@ fn ns_state() -> String {
 
 struct Lab {
     dir: tempfile::TempDir,
+    /// Daemons started, killed on drop: a live daemon would re-pin its namespace after the
+    /// cleanup removed it.
+    pids: std::cell::RefCell<Vec<u32>>,
 }
 
 impl Lab {
     fn new() -> Lab {
-        let _ = Command::new("ip").args(["netns", "del", HOST]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", HOST.as_str()])
+            .status();
         let ok = Command::new("ip")
-            .args(["netns", "add", HOST])
+            .args(["netns", "add", HOST.as_str()])
             .status()
             .expect("ip netns add");
         assert!(ok.success());
         in_host(&["ip", "link", "set", "lo", "up"]);
         Lab {
             dir: tempfile::tempdir().expect("tempdir"),
+            pids: Default::default(),
         }
     }
 
@@ -114,12 +127,12 @@ node_name = "node-1"
 pod_cidrs = ["10.128.0.0/14"]
 service_cidrs = ["172.30.0.0/16"]
 [namespace]
-name = "{NS}"
-host_interface = "{VETH}"
+name = "{ns}"
+host_interface = "{veth}"
 transit_cidr = "169.254.100.0/30"
 route_protocol = {PROTO}
 [tunnel]
-interface = "{WG}"
+interface = "{wg}"
 listen_port = 51999
 private_key_file = "{d}/key/private.key"
 mode = "userspace"
@@ -139,7 +152,10 @@ public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 endpoint = "198.51.100.7:51820"
 allowed_ips = ["10.132.0.0/23"]
 "#,
-            d = d.display()
+            d = d.display(),
+            ns = *NS,
+            veth = *VETH,
+            wg = *WG,
         );
         let p = d.join("sdnlink.toml");
         std::fs::write(&p, cfg).expect("write config");
@@ -159,7 +175,7 @@ allowed_ips = ["10.132.0.0/23"]
     }
 
     fn spawn(&self, cfg: &Path, notify: &Path) -> Child {
-        let host = std::fs::File::open(format!("/run/netns/{HOST}")).expect("host ns");
+        let host = std::fs::File::open(format!("/run/netns/{}", *HOST)).expect("host ns");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdnlinkd"));
         cmd.arg("--config")
             .arg(cfg)
@@ -184,14 +200,16 @@ allowed_ips = ["10.132.0.0/23"]
                 Ok(())
             });
         }
-        cmd.spawn().expect("spawn sdnlinkd")
+        let child = cmd.spawn().expect("spawn sdnlinkd");
+        self.pids.borrow_mut().push(child.id());
+        child
     }
 
     /// Runs `sdnlinkd --config cfg ARGS` in the host namespace. Not through `ip netns exec`:
     /// that gives the child a private mount namespace, where unmounting our /run/netns pin
     /// would not reach the real one.
     fn tool(&self, cfg: &Path, args: &[&str]) -> std::process::Output {
-        let host = std::fs::File::open(format!("/run/netns/{HOST}")).expect("host ns");
+        let host = std::fs::File::open(format!("/run/netns/{}", *HOST)).expect("host ns");
         let fd = host.as_raw_fd();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdnlinkd"));
         cmd.arg("--config").arg(cfg).args(args);
@@ -214,12 +232,22 @@ allowed_ips = ["10.132.0.0/23"]
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for pid in self.pids.borrow().iter() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let cfg = self.dir.path().join("sdnlink.toml");
         if cfg.exists() {
             let _ = self.tool(&cfg, &["cleanup"]);
         }
-        let _ = Command::new("ip").args(["netns", "del", NS]).status();
-        let _ = Command::new("ip").args(["netns", "del", HOST]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", NS.as_str()])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", HOST.as_str()])
+            .status();
     }
 }
 
@@ -267,10 +295,13 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
         lab.log()
     );
     // STATUS= lines came before READY, and READY only once the namespace is in place.
-    assert!(seen.iter().any(|m| m.contains("STATUS=starting")), "{seen:?}");
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=starting")),
+        "{seen:?}"
+    );
     let up = host_state();
-    assert!(up.contains(&format!("netns: {NS}")), "{up}");
-    assert!(up.contains(VETH), "{up}");
+    assert!(up.contains(&format!("netns: {}", *NS)), "{up}");
+    assert!(up.contains(VETH.as_str()), "{up}");
     for want in ["10.132.0.0/14", "172.31.0.0/16", "169.254.20.53"] {
         assert!(up.contains(want), "host route to {want} missing:\n{up}");
     }
@@ -278,7 +309,10 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     assert!(inside.contains("169.254.100.2/30"), "{inside}");
     assert!(inside.contains("169.254.20.53/32"), "{inside}");
     assert!(inside.contains("10.128.0.0/14"), "{inside}");
-    assert!(inside.contains("10.132.0.0/23"), "route via tunnel missing:\n{inside}");
+    assert!(
+        inside.contains("10.132.0.0/23"),
+        "route via tunnel missing:\n{inside}"
+    );
     // The watchdog is petted from the loop.
     assert!(
         wait_for(&ns, "WATCHDOG=1", Duration::from_secs(10), &mut seen),
@@ -287,7 +321,11 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
 
     // status over the control socket.
     let st = lab.tool(&cfg, &["status", "--json"]);
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
     assert_eq!(v["phase"], "ready", "{v}");
 
@@ -295,7 +333,10 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     daemon.kill().expect("kill -9");
     let _ = daemon.wait();
     let after_kill = host_state();
-    assert_eq!(up, after_kill, "a killed daemon must leave the dataplane in place");
+    assert_eq!(
+        up, after_kill,
+        "a killed daemon must leave the dataplane in place"
+    );
     let (np2, ns2) = lab.notify_socket();
     let mut daemon = lab.spawn(&cfg, &np2);
     let mut seen2 = Vec::new();
@@ -308,18 +349,21 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     assert_eq!(inside, ns_state(), "restart must adopt without changes");
 
     // Out-of-band deletion of the veth comes back (netlink event or resync, 2 s here).
-    in_host(&["ip", "link", "del", VETH]);
-    assert!(!host_state().contains(VETH));
+    in_host(&["ip", "link", "del", VETH.as_str()]);
+    assert!(!host_state().contains(VETH.as_str()));
     assert!(
-        wait_until(Duration::from_secs(15), || normalized(&host_state()) == normalized(&up)),
+        wait_until(Duration::from_secs(15), || normalized(&host_state())
+            == normalized(&up)),
         "veth not restored:\n{}\nlog:\n{}",
         host_state(),
         lab.log()
     );
     assert!(
-        wait_until(Duration::from_secs(15), || normalized(&ns_state()) == normalized(&inside)),
-        "{}",
-        ns_state()
+        wait_until(Duration::from_secs(15), || normalized(&ns_state())
+            == normalized(&inside)),
+        "namespace not restored:\n{}\nexpected:\n{}",
+        normalized(&ns_state()),
+        normalized(&inside)
     );
 
     // An invalid reload keeps the running config and says why.
@@ -349,7 +393,11 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
         "{seen2:?}"
     );
     let status = daemon.wait().expect("wait");
-    assert!(status.success(), "exit after SIGTERM: {status:?}\n{}", lab.log());
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status:?}\n{}",
+        lab.log()
+    );
     assert_eq!(
         before_term,
         host_state(),
@@ -361,7 +409,11 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     assert_eq!(before, host_state());
     let c = lab.tool(&cfg, &["cleanup"]);
-    assert!(c.status.success(), "second cleanup: {}", String::from_utf8_lossy(&c.stderr));
+    assert!(
+        c.status.success(),
+        "second cleanup: {}",
+        String::from_utf8_lossy(&c.stderr)
+    );
     assert_eq!(before, host_state());
 }
 
@@ -377,12 +429,17 @@ fn root_invalid_config_exits_before_ready() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(2));
     let mut seen = Vec::new();
-    assert!(!wait_for(&ns, "READY=1", Duration::from_millis(500), &mut seen));
+    assert!(!wait_for(
+        &ns,
+        "READY=1",
+        Duration::from_millis(500),
+        &mut seen
+    ));
     assert!(
         lab.log().contains("overlaps"),
         "the reason must be logged: {}",
         lab.log()
     );
     // Nothing was created.
-    assert!(!sh(&["ip", "netns", "list"]).contains(NS));
+    assert!(!sh(&["ip", "netns", "list"]).contains(NS.as_str()));
 }

@@ -61,7 +61,11 @@ impl AnyProxy {
                 tracing::info!(
                     backend = if ok { "ipvs" } else { "nftables" },
                     "proxy.backend = auto: IPVS {}",
-                    if ok { "is available" } else { "is not in this kernel" }
+                    if ok {
+                        "is available"
+                    } else {
+                        "is not in this kernel"
+                    }
                 );
                 ok
             }
@@ -96,7 +100,11 @@ mod unix_secs_opt {
     use std::time::{SystemTime, UNIX_EPOCH};
     pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t {
-            Some(t) => s.serialize_u64(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
+            Some(t) => s.serialize_u64(
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            ),
             None => s.serialize_none(),
         }
     }
@@ -133,10 +141,11 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     let public_key = key.public_key().to_base64();
 
     let mut plumbing = node::Plumbing::new(&cfg, host.clone(), ns.clone());
-    // The veth and transit addresses first, so the tunnel and DNS have somewhere to live.
+    // The veth and transit addresses first, so the tunnel and DNS have somewhere to live;
+    // additive, so a restart withdraws nothing the previous run installed.
     let base = node::NodeDesired::from_config(&cfg, &node::NodeExtras::default());
     plumbing
-        .sync(&base, true)
+        .sync_additive(&base)
         .await
         .context("setting up the namespace, veth, addresses and routes")?;
 
@@ -445,13 +454,16 @@ impl Daemon {
             None
         };
         let proxy = if new.proxy != old.proxy {
-            Some(AnyProxy::choose(&new, &self.ns).await.map_err(|e| format!("{e:#}"))?)
+            Some(
+                AnyProxy::choose(&new, &self.ns)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?,
+            )
         } else {
             None
         };
-        let clusters_changed = new.local != old.local
-            || new.remote != old.remote
-            || new.sync != old.sync;
+        let clusters_changed =
+            new.local != old.local || new.remote != old.remote || new.sync != old.sync;
         let clusters = if clusters_changed {
             Some(ClusterSet::start(&new).map_err(|e| format!("clusters: {e}"))?)
         } else {
@@ -466,7 +478,9 @@ impl Daemon {
             if new.dns.enabled {
                 match dns::DnsServer::start(&new, &self.ns).await {
                     Ok(s) => self.dns = Some(s),
-                    Err(e) => tracing::error!(error = %e, "DNS stub did not restart; retrying on the next reload"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "DNS stub did not restart; retrying on the next reload")
+                    }
                 }
             }
         }
@@ -476,7 +490,11 @@ impl Daemon {
         }
         if let Some(p) = proxy {
             if p.name() != self.proxy.name() {
-                tracing::info!(from = self.proxy.name(), to = p.name(), "proxy backend changed");
+                tracing::info!(
+                    from = self.proxy.name(),
+                    to = p.name(),
+                    "proxy backend changed"
+                );
             }
             self.proxy = p;
         }
@@ -534,7 +552,10 @@ impl Daemon {
                     .map(|s| {
                         (
                             s.services.len(),
-                            s.services.values().map(|v| v.endpoints.len()).sum::<usize>(),
+                            s.services
+                                .values()
+                                .map(|v| v.endpoints.len())
+                                .sum::<usize>(),
                         )
                     })
                     .unwrap_or((0, 0));
@@ -572,7 +593,9 @@ pub async fn cleanup(cfg: &Config) -> anyhow::Result<String> {
         Ok(r) => lines.push(format!("tunnel: {r}")),
         Err(e) => lines.push(format!("tunnel: {e}")),
     }
-    let r = node::cleanup(cfg).await.context("removing the namespace, veth and routes")?;
+    let r = node::cleanup(cfg)
+        .await
+        .context("removing the namespace, veth and routes")?;
     lines.push(format!("node: {r}"));
     let _ = std::fs::remove_file(&cfg.control_socket);
     Ok(lines.join("\n"))

@@ -96,6 +96,13 @@ pub enum NodeOp {
     },
 }
 
+impl NodeOp {
+    /// Whether the operation takes something away (an address or a route).
+    pub fn is_removal(&self) -> bool {
+        matches!(self, NodeOp::DelAddr { .. } | NodeOp::DelRoute { .. })
+    }
+}
+
 fn pfx(side: &Side) -> &'static str {
     match side {
         Side::Host => "host",

@@ -100,8 +100,24 @@ impl Plumbing {
         desired: &NodeDesired,
         full: bool,
     ) -> Result<NodeReport, NodeError> {
-        let r = self.sync_inner(desired, full).await;
-        match &r {
+        let r = self.sync_inner(desired, full, false).await;
+        self.record(&r);
+        r
+    }
+
+    /// A full sync that only adds and repairs, never removes. For start-up, before the
+    /// tunnel peers and VIPs are known: a restart must not withdraw the routes and VIPs the
+    /// previous run installed (connections through them would break until the first real
+    /// sync puts them back). The next sync is full and removes what is really stale.
+    pub async fn sync_additive(&mut self, desired: &NodeDesired) -> Result<NodeReport, NodeError> {
+        let r = self.sync_inner(desired, true, true).await;
+        self.record(&r);
+        self.committed = None;
+        r
+    }
+
+    fn record(&mut self, r: &Result<NodeReport, NodeError>) {
+        match r {
             Ok(rep) => {
                 self.last_ops = rep.operations();
                 self.skipped = rep.skipped_routes.clone();
@@ -113,13 +129,13 @@ impl Plumbing {
                 self.last_error = Some(e.to_string());
             }
         }
-        r
     }
 
     async fn sync_inner(
         &mut self,
         desired: &NodeDesired,
         full: bool,
+        additive: bool,
     ) -> Result<NodeReport, NodeError> {
         let (host, ns) = self.handles().await?;
         let full = full || self.committed.is_none();
@@ -146,7 +162,10 @@ impl Plumbing {
                 .is_some();
             o
         };
-        let ops = plan(desired, &obs);
+        let mut ops = plan(desired, &obs);
+        if additive {
+            ops.retain(|op| !op.is_removal());
+        }
         report.skipped_routes = skipped_routes(desired, &obs);
         let mut idx = Indexes::default();
         let mut failed = Vec::new();

@@ -7,8 +7,8 @@
 //! the node plumbing's address code when [`ProxyBackend::needs_vips`] says so.
 
 pub mod desired;
-pub mod nft;
 pub mod ipvs;
+pub mod nft;
 
 use crate::model::{Protocol, ServiceKey};
 use serde::Serialize;
