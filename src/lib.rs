@@ -10,6 +10,7 @@
 pub mod clusters;
 pub mod config;
 pub mod dns;
+pub mod lab;
 pub mod model;
 pub mod netns;
 pub mod node;
