@@ -9,10 +9,13 @@
 
 pub mod clusters;
 pub mod config;
+pub mod control;
 pub mod dns;
 pub mod lab;
+pub mod logging;
 pub mod model;
 pub mod netns;
 pub mod node;
+pub mod notify;
 pub mod proxy;
 pub mod tunnel;

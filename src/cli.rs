@@ -1,0 +1,223 @@
+//! The `sdnlinkd` command line.
+
+use crate::config::{self, DEFAULT_CONFIG};
+use crate::control::{self, Command as Ctl};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "sdnlinkd", version, about = "Joins the pod networks of several Kubernetes clusters")]
+pub struct Cli {
+    /// Main configuration file (drop-ins: sdnlink.d/*.toml next to it).
+    #[arg(long, global = true, env = "SDNLINK_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration; --print shows the effective merged config.
+    CheckConfig {
+        #[arg(long)]
+        print: bool,
+    },
+    /// Show what the running daemon is doing.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon to re-read its configuration; waits for the result.
+    Reload,
+    /// Remove everything sdnlinkd owns: namespace, veth, marked routes, tunnel process.
+    Cleanup,
+    /// Print this node's WireGuard public key (creating the private key if needed).
+    Pubkey,
+    /// Manage the network namespace (for the unsandboxed ExecStartPre step).
+    Netns {
+        #[command(subcommand)]
+        action: NetnsCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetnsCmd {
+    /// Create or adopt /run/netns/<namespace.name>.
+    Ensure,
+}
+
+/// Entry point of the `sdnlinkd` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Cmd::Run);
+    match command {
+        Cmd::Run => {
+            // Captured before any thread exists: removing variables from the environment is
+            // only sound while single-threaded.
+            let notifier = crate::notify::Notifier::from_env();
+            let cfg = match config::load(&cli.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    crate::logging::init("info", true);
+                    tracing::error!("{e}");
+                    eprintln!("sdnlinkd: {e}");
+                    notifier.status(&format!("invalid configuration: {e}"));
+                    return ExitCode::from(2);
+                }
+            };
+            crate::logging::init(&cfg.log_level, true);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("sdnlinkd")
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("sdnlinkd: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(crate::daemon::run(cli.config.clone(), cfg, notifier)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("sdnlinkd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        other => {
+            crate::logging::init("warn", false);
+            match run_tool(&cli.config, other) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("sdnlinkd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Run => unreachable!("handled by main"),
+        Cmd::CheckConfig { print } => match config::load(path) {
+            Ok(cfg) => {
+                if print {
+                    print!("{}", config::to_toml(&cfg));
+                } else {
+                    println!("{}: configuration is valid", path.display());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                Ok(ExitCode::from(2))
+            }
+        },
+        Cmd::Status { json } => {
+            let cfg = config::load(path)?;
+            let resp = runtime()?.block_on(control::request(
+                &cfg.control_socket,
+                Ctl::Status,
+                Duration::from_secs(10),
+            ))?;
+            let Some(status) = resp.status.filter(|_| resp.ok) else {
+                anyhow::bail!(
+                    "daemon answered an error: {}",
+                    resp.error.unwrap_or_default()
+                );
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", crate::daemon::status::render(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Reload => {
+            // The path must stay the daemon's: the running daemon re-reads its own file.
+            let cfg = config::load(path).context("the new configuration is invalid; the daemon keeps running the old one")?;
+            let resp = runtime()?.block_on(control::request(
+                &cfg.control_socket,
+                Ctl::Reload,
+                Duration::from_secs(120),
+            ))?;
+            if resp.ok {
+                println!("reloaded");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "reload refused, the daemon keeps its running configuration: {}",
+                    resp.error.unwrap_or_default()
+                );
+                Ok(ExitCode::from(2))
+            }
+        }
+        Cmd::Cleanup => {
+            let cfg = config::load(path)?;
+            let report = runtime()?.block_on(crate::daemon::cleanup(&cfg))?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Pubkey => {
+            let cfg = config::load(path)?;
+            let key = crate::tunnel::keys::load_or_create(&cfg.tunnel.private_key_file)?;
+            println!("{}", key.public_key_b64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Netns {
+            action: NetnsCmd::Ensure,
+        } => {
+            let cfg = config::load(path)?;
+            let created = crate::node::ensure_namespace(&cfg.namespace.name)?;
+            println!(
+                "/run/netns/{} {}",
+                cfg.namespace.name,
+                if created { "created" } else { "adopted" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default_and_config_is_global() {
+        let c = Cli::try_parse_from(["sdnlinkd"]).expect("parse");
+        assert!(c.command.is_none());
+        let c = Cli::try_parse_from(["sdnlinkd", "status", "--json", "--config", "/x.toml"])
+            .expect("parse");
+        assert_eq!(c.config, PathBuf::from("/x.toml"));
+        assert!(matches!(c.command, Some(Cmd::Status { json: true })));
+        let c = Cli::try_parse_from(["sdnlinkd", "netns", "ensure"]).expect("parse");
+        assert!(matches!(
+            c.command,
+            Some(Cmd::Netns {
+                action: NetnsCmd::Ensure
+            })
+        ));
+    }
+}

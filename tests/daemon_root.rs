@@ -1,0 +1,350 @@
+//! The daemon end to end on the host kernel (root): lifecycle, adoption, repair, cleanup,
+//! systemd notifications. Everything happens inside a throwaway "host" namespace so the
+//! machine's real network is never touched; the daemon is started with `setns` into it only
+//! (no private mount namespace), exactly as the lab starts it.
+//!
+//! Needs root, iproute2 and wireguard-go (the userspace tunnel) and nft.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HOST: &str = "sdnt-dm-host";
+const NS: &str = "sdnt-dm-ns";
+const VETH: &str = "sdnt-dm0";
+const WG: &str = "sdnt-dm-wg";
+const PROTO: &str = "245";
+
+/// Both tests use the same namespace names; run them one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn in_host(args: &[&str]) -> String {
+    let mut v = vec!["ip", "netns", "exec", HOST];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+/// What the host namespace looks like (links without counters, addresses, our routes) and
+/// whether our namespace exists.
+fn host_state() -> String {
+    let netns = sh(&["ip", "netns", "list"])
+        .lines()
+        .filter(|l| l.starts_with(NS))
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "netns: {netns}\nlinks:\n{}\naddrs:\n{}\nroutes:\n{}",
+        in_host(&["ip", "-br", "link"]),
+        in_host(&["ip", "-br", "addr"]),
+        in_host(&["ip", "route", "show", "proto", PROTO])
+    )
+}
+
+fn ns_state() -> String {
+    let mut v = vec!["ip", "netns", "exec", NS];
+    let mut out = String::new();
+    for cmd in [
+        &["ip", "-br", "addr"][..],
+        &["ip", "route", "show", "proto", PROTO][..],
+    ] {
+        v.truncate(4);
+        v.extend_from_slice(cmd);
+        out.push_str(&sh(&v));
+    }
+    out
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let _ = Command::new("ip").args(["netns", "del", HOST]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", HOST])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success());
+        in_host(&["ip", "link", "set", "lo", "up"]);
+        Lab {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        let d = self.dir.path();
+        let cfg = format!(
+            r#"
+log_level = "debug"
+resync_interval = 2
+control_socket = "{d}/control.sock"
+[local]
+name = "east"
+node_name = "node-1"
+pod_cidrs = ["10.128.0.0/14"]
+service_cidrs = ["172.30.0.0/16"]
+[namespace]
+name = "{NS}"
+host_interface = "{VETH}"
+transit_cidr = "169.254.100.0/30"
+route_protocol = {PROTO}
+[tunnel]
+interface = "{WG}"
+listen_port = 51999
+private_key_file = "{d}/key/private.key"
+mode = "userspace"
+[proxy]
+backend = "nftables"
+[dns]
+address = "169.254.20.53"
+upstreams = ["192.0.2.53"]
+[sync]
+startup_grace = 1
+[[remote]]
+name = "west"
+pod_cidrs = ["10.132.0.0/14"]
+service_cidrs = ["172.31.0.0/16"]
+[[remote.peers]]
+public_key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+endpoint = "198.51.100.7:51820"
+allowed_ips = ["10.132.0.0/23"]
+"#,
+            d = d.display()
+        );
+        let p = d.join("sdnlink.toml");
+        std::fs::write(&p, cfg).expect("write config");
+        p
+    }
+
+    fn notify_socket(&self) -> (PathBuf, UnixDatagram) {
+        let p = self.dir.path().join(format!(
+            "notify-{}.sock",
+            Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
+        ));
+        let _ = std::fs::remove_file(&p);
+        let s = UnixDatagram::bind(&p).expect("bind notify socket");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        (p, s)
+    }
+
+    fn spawn(&self, cfg: &Path, notify: &Path) -> Child {
+        let host = std::fs::File::open(format!("/run/netns/{HOST}")).expect("host ns");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdnlinkd"));
+        cmd.arg("--config")
+            .arg(cfg)
+            .arg("run")
+            .env("NOTIFY_SOCKET", notify)
+            .env("WATCHDOG_USEC", "4000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("daemon.log"))
+                    .expect("log file"),
+            ));
+        let fd = host.as_raw_fd();
+        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn sdnlinkd")
+    }
+
+    fn tool(&self, cfg: &Path, args: &[&str]) -> std::process::Output {
+        let mut v = vec!["ip", "netns", "exec", HOST, env!("CARGO_BIN_EXE_sdnlinkd"), "--config"];
+        let c = cfg.display().to_string();
+        v.push(&c);
+        v.extend_from_slice(args);
+        Command::new(v[0]).args(&v[1..]).output().expect("run tool")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let cfg = self.dir.path().join("sdnlink.toml");
+        if cfg.exists() {
+            let _ = self.tool(&cfg, &["cleanup"]);
+        }
+        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+        let _ = Command::new("ip").args(["netns", "del", HOST]).status();
+    }
+}
+
+/// Reads notifications until one contains `want` or the deadline passes.
+fn wait_for(sock: &UnixDatagram, want: &str, within: Duration, seen: &mut Vec<String>) -> bool {
+    let end = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = m.contains(want);
+            seen.push(m);
+            if hit {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn root_daemon_lifecycle_adopt_repair_cleanup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = Lab::new();
+    let cfg = lab.config();
+    let before = host_state();
+
+    let (np, ns) = lab.notify_socket();
+    let mut daemon = lab.spawn(&cfg, &np);
+    let mut seen = Vec::new();
+    assert!(
+        wait_for(&ns, "READY=1", Duration::from_secs(60), &mut seen),
+        "no READY=1; got {seen:?}\nlog:\n{}",
+        lab.log()
+    );
+    // STATUS= lines came before READY, and READY only once the namespace is in place.
+    assert!(seen.iter().any(|m| m.contains("STATUS=starting")), "{seen:?}");
+    let up = host_state();
+    assert!(up.contains(&format!("netns: {NS}")), "{up}");
+    assert!(up.contains(VETH), "{up}");
+    for want in ["10.132.0.0/14", "172.31.0.0/16", "169.254.20.53"] {
+        assert!(up.contains(want), "host route to {want} missing:\n{up}");
+    }
+    let inside = ns_state();
+    assert!(inside.contains("169.254.100.2/30"), "{inside}");
+    assert!(inside.contains("169.254.20.53/32"), "{inside}");
+    assert!(inside.contains("10.128.0.0/14"), "{inside}");
+    assert!(inside.contains("10.132.0.0/23"), "route via tunnel missing:\n{inside}");
+    // The watchdog is petted from the loop.
+    assert!(
+        wait_for(&ns, "WATCHDOG=1", Duration::from_secs(10), &mut seen),
+        "{seen:?}"
+    );
+
+    // status over the control socket.
+    let st = lab.tool(&cfg, &["status", "--json"]);
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
+    assert_eq!(v["phase"], "ready", "{v}");
+
+    // kill -9 and restart: nothing changes.
+    daemon.kill().expect("kill -9");
+    let _ = daemon.wait();
+    let after_kill = host_state();
+    assert_eq!(up, after_kill, "a killed daemon must leave the dataplane in place");
+    let (np2, ns2) = lab.notify_socket();
+    let mut daemon = lab.spawn(&cfg, &np2);
+    let mut seen2 = Vec::new();
+    assert!(
+        wait_for(&ns2, "READY=1", Duration::from_secs(60), &mut seen2),
+        "{seen2:?}\n{}",
+        lab.log()
+    );
+    assert_eq!(up, host_state(), "restart must adopt without changes");
+    assert_eq!(inside, ns_state(), "restart must adopt without changes");
+
+    // Out-of-band deletion of the veth comes back (netlink event or resync, 2 s here).
+    in_host(&["ip", "link", "del", VETH]);
+    assert!(!host_state().contains(VETH));
+    assert!(
+        wait_until(Duration::from_secs(15), || host_state() == up),
+        "veth not restored:\n{}\nlog:\n{}",
+        host_state(),
+        lab.log()
+    );
+    assert!(wait_until(Duration::from_secs(15), || ns_state() == inside));
+
+    // An invalid reload keeps the running config and says why.
+    let good = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(&cfg, good.replace("name = \"west\"", "name = \"all\"")).expect("write");
+    let r = lab.tool(&cfg, &["reload"]);
+    assert!(!r.status.success(), "an invalid reload must fail");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("reserved for the merged cluster.all zone"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    std::fs::write(&cfg, &good).expect("write");
+    let r = lab.tool(&cfg, &["reload"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        wait_for(&ns2, "RELOADING=1", Duration::from_secs(5), &mut seen2),
+        "{seen2:?}"
+    );
+
+    // SIGTERM: STOPPING=1, dataplane stays.
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert!(
+        wait_for(&ns2, "STOPPING=1", Duration::from_secs(10), &mut seen2),
+        "{seen2:?}"
+    );
+    let status = daemon.wait().expect("wait");
+    assert!(status.success(), "exit after SIGTERM: {status:?}\n{}", lab.log());
+    assert_eq!(up, host_state(), "SIGTERM must leave the dataplane in place");
+
+    // cleanup returns the host to exactly its previous state; twice is fine.
+    let c = lab.tool(&cfg, &["cleanup"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(before, host_state());
+    let c = lab.tool(&cfg, &["cleanup"]);
+    assert!(c.status.success(), "second cleanup: {}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(before, host_state());
+}
+
+#[test]
+fn root_invalid_config_exits_before_ready() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let lab = Lab::new();
+    let cfg = lab.config();
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(&cfg, text.replace("10.132.0.0/14", "10.128.0.0/14")).expect("write");
+    let (np, ns) = lab.notify_socket();
+    let mut child = lab.spawn(&cfg, &np);
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(2));
+    let mut seen = Vec::new();
+    assert!(!wait_for(&ns, "READY=1", Duration::from_millis(500), &mut seen));
+    assert!(
+        lab.log().contains("overlaps"),
+        "the reason must be logged: {}",
+        lab.log()
+    );
+    // Nothing was created.
+    assert!(!sh(&["ip", "netns", "list"]).contains(NS));
+}
