@@ -245,16 +245,34 @@ impl Lab {
 
     /// Stops everything and removes every namespace; returns what could not be removed.
     pub fn down(mut self) -> Vec<String> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Vec<String> {
+        let Some(created) = self.created.take() else {
+            return Vec::new();
+        };
         self.servers.stop();
         self.apis.clear();
+        // Daemons first (they need their node namespaces for cleanup), then the namespaces.
         let mut problems = teardown_state(&self.state);
-        if let Some(created) = self.created.take() {
-            created.disarm();
+        for (ns, e) in net::delete_namespaces(&created.disarm()) {
+            problems.push(format!("deleting {ns}: {e}"));
         }
         if let Err(e) = std::fs::remove_dir_all(&self.plan.state_dir) {
             problems.push(format!("removing {}: {e}", self.plan.state_dir.display()));
         }
         problems
+    }
+}
+
+impl Drop for Lab {
+    /// A lab dropped without [`Lab::down`] (an error half-way through `up`, a panic in a
+    /// test) is torn down all the same.
+    fn drop(&mut self) {
+        for p in self.teardown() {
+            eprintln!("sdnlink-lab teardown: {p}");
+        }
     }
 }
 
