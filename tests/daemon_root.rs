@@ -171,7 +171,14 @@ allowed_ips = ["10.132.0.0/23"]
     }
 
     fn tool(&self, cfg: &Path, args: &[&str]) -> std::process::Output {
-        let mut v = vec!["ip", "netns", "exec", HOST, env!("CARGO_BIN_EXE_sdnlinkd"), "--config"];
+        let mut v = vec![
+            "ip",
+            "netns",
+            "exec",
+            HOST,
+            env!("CARGO_BIN_EXE_sdnlinkd"),
+            "--config",
+        ];
         let c = cfg.display().to_string();
         v.push(&c);
         v.extend_from_slice(args);
@@ -238,7 +245,10 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
         lab.log()
     );
     // STATUS= lines came before READY, and READY only once the namespace is in place.
-    assert!(seen.iter().any(|m| m.contains("STATUS=starting")), "{seen:?}");
+    assert!(
+        seen.iter().any(|m| m.contains("STATUS=starting")),
+        "{seen:?}"
+    );
     let up = host_state();
     assert!(up.contains(&format!("netns: {NS}")), "{up}");
     assert!(up.contains(VETH), "{up}");
@@ -249,7 +259,10 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     assert!(inside.contains("169.254.100.2/30"), "{inside}");
     assert!(inside.contains("169.254.20.53/32"), "{inside}");
     assert!(inside.contains("10.128.0.0/14"), "{inside}");
-    assert!(inside.contains("10.132.0.0/23"), "route via tunnel missing:\n{inside}");
+    assert!(
+        inside.contains("10.132.0.0/23"),
+        "route via tunnel missing:\n{inside}"
+    );
     // The watchdog is petted from the loop.
     assert!(
         wait_for(&ns, "WATCHDOG=1", Duration::from_secs(10), &mut seen),
@@ -258,7 +271,11 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
 
     // status over the control socket.
     let st = lab.tool(&cfg, &["status", "--json"]);
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
     assert_eq!(v["phase"], "ready", "{v}");
 
@@ -266,7 +283,10 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     daemon.kill().expect("kill -9");
     let _ = daemon.wait();
     let after_kill = host_state();
-    assert_eq!(up, after_kill, "a killed daemon must leave the dataplane in place");
+    assert_eq!(
+        up, after_kill,
+        "a killed daemon must leave the dataplane in place"
+    );
     let (np2, ns2) = lab.notify_socket();
     let mut daemon = lab.spawn(&cfg, &np2);
     let mut seen2 = Vec::new();
@@ -315,15 +335,27 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
         "{seen2:?}"
     );
     let status = daemon.wait().expect("wait");
-    assert!(status.success(), "exit after SIGTERM: {status:?}\n{}", lab.log());
-    assert_eq!(up, host_state(), "SIGTERM must leave the dataplane in place");
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status:?}\n{}",
+        lab.log()
+    );
+    assert_eq!(
+        up,
+        host_state(),
+        "SIGTERM must leave the dataplane in place"
+    );
 
     // cleanup returns the host to exactly its previous state; twice is fine.
     let c = lab.tool(&cfg, &["cleanup"]);
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     assert_eq!(before, host_state());
     let c = lab.tool(&cfg, &["cleanup"]);
-    assert!(c.status.success(), "second cleanup: {}", String::from_utf8_lossy(&c.stderr));
+    assert!(
+        c.status.success(),
+        "second cleanup: {}",
+        String::from_utf8_lossy(&c.stderr)
+    );
     assert_eq!(before, host_state());
 }
 
@@ -339,7 +371,12 @@ fn root_invalid_config_exits_before_ready() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(2));
     let mut seen = Vec::new();
-    assert!(!wait_for(&ns, "READY=1", Duration::from_millis(500), &mut seen));
+    assert!(!wait_for(
+        &ns,
+        "READY=1",
+        Duration::from_millis(500),
+        &mut seen
+    ));
     assert!(
         lab.log().contains("overlaps"),
         "the reason must be logged: {}",

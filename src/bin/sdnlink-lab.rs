@@ -55,7 +55,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Bring the lab up and leave it running; prints how to enter each namespace.
-    Up,
+    Up {
+        /// Only namespaces, pods and the upstream DNS server: no API servers, no daemons.
+        #[arg(long)]
+        topology_only: bool,
+    },
     /// Remove a lab brought up with `up` (exactly what it created).
     Down,
     /// Run the kernel-feature (#[ignore]d) tests inside the QEMU VM.
@@ -67,7 +71,10 @@ enum Cmd {
     },
     /// Internal: the process that holds a lab brought up with `up`.
     #[command(name = "__hold", hide = true)]
-    Hold,
+    Hold {
+        #[arg(long)]
+        topology_only: bool,
+    },
 }
 
 fn default_manifests() -> PathBuf {
@@ -132,9 +139,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("0 passed, 1 failed");
             Ok(ExitCode::FAILURE)
         }
-        Some(Cmd::Up) => up(&cli, &opts),
+        Some(Cmd::Up { topology_only }) => up(&cli, &opts, *topology_only),
         Some(Cmd::Down) => down(&opts),
-        Some(Cmd::Hold) => hold(&opts),
+        Some(Cmd::Hold { topology_only }) => hold(&opts, *topology_only),
         None => Ok(all(&opts)),
     }
 }
@@ -212,7 +219,7 @@ fn down_outcome(problems: Vec<String>) -> Outcome {
 }
 
 /// `up`: starts a holder process (it owns the servers) and waits until it reports the lab up.
-fn up(cli: &Cli, opts: &Options) -> Result<ExitCode> {
+fn up(cli: &Cli, opts: &Options, topology_only: bool) -> Result<ExitCode> {
     let plan = opts.plan()?;
     if plan.state_file().exists() {
         bail!(LabError::AlreadyUp(plan.state_file()));
@@ -234,8 +241,11 @@ fn up(cli: &Cli, opts: &Options) -> Result<ExitCode> {
     if let Some(d) = &opts.daemon {
         cmd.arg("--daemon").arg(d);
     }
-    cmd.arg("__hold")
-        .stdin(std::process::Stdio::null())
+    cmd.arg("__hold");
+    if topology_only {
+        cmd.arg("--topology-only");
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     // SAFETY: setsid(2) is async-signal-safe; the holder must outlive this process and its
@@ -269,7 +279,7 @@ fn ready_file(plan: &Plan) -> PathBuf {
 }
 
 /// `__hold`: brings the lab up, waits for SIGTERM/SIGINT/SIGHUP, tears it down.
-fn hold(opts: &Options) -> Result<ExitCode> {
+fn hold(opts: &Options, topology_only: bool) -> Result<ExitCode> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -278,7 +288,11 @@ fn hold(opts: &Options) -> Result<ExitCode> {
     // Blocked before any thread exists so every thread inherits the mask and sigwait below
     // is the only receiver.
     set.thread_block()?;
-    let lab = Lab::up(opts)?;
+    let lab = if topology_only {
+        Lab::topology(opts)?
+    } else {
+        Lab::up(opts)?
+    };
     std::fs::write(ready_file(&lab.plan), lab.describe())?;
     let sig = set.wait()?;
     eprintln!("sdnlink-lab holder: {sig}, tearing down");
