@@ -21,7 +21,12 @@ pub struct LabApi {
 impl LabApi {
     /// Binds the listener inside the underlay namespace and serves `manifests` (a directory of
     /// YAML files) with the lab's bearer token.
-    pub fn start(plan: &Plan, cluster: &Cluster, manifests: &Path) -> Result<LabApi, LabError> {
+    pub fn start(
+        plan: &Plan,
+        cluster: &Cluster,
+        manifests: &Path,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<LabApi, LabError> {
         let addr = SocketAddr::V4(cluster.api_addr);
         let ns = NetNs::open(&plan.underlay_netns)?;
         let listener = ns.run(move || TcpListener::bind(addr))?.map_err(|e| {
@@ -30,6 +35,7 @@ impl LabApi {
                 e,
             )
         })?;
+        let _entered = rt.enter();
         simapi_start(listener, manifests, API_TOKEN)?;
         Ok(LabApi {
             cluster: cluster.name.clone(),

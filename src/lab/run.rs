@@ -111,6 +111,8 @@ pub struct Lab {
     pub daemons: Vec<DaemonState>,
     created: Option<Created>,
     servers: Servers,
+    /// Runs the API servers; dropped after them.
+    rt: Option<tokio::runtime::Runtime>,
     state: State,
 }
 
@@ -151,6 +153,7 @@ impl Lab {
             daemons: Vec::new(),
             created: Some(created),
             servers,
+            rt: None,
             state,
         })
     }
@@ -162,10 +165,17 @@ impl Lab {
         let mut lab = Lab::topology(opts)?;
         lab.daemon_bin = Some(daemon_bin.clone());
         lab.state.daemon_bin = Some(daemon_bin.clone());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lab-api")
+            .enable_all()
+            .build()
+            .map_err(|e| LabError::io("starting the API servers' runtime", e))?;
         for c in &lab.plan.clusters {
             let dir = opts.manifests.join(&c.name);
-            lab.apis.push(LabApi::start(&lab.plan, c, &dir)?);
+            lab.apis.push(LabApi::start(&lab.plan, c, &dir, &rt)?);
         }
+        lab.rt = Some(rt);
         let nodes: Vec<_> = lab.plan.nodes().cloned().collect();
         for node in &nodes {
             let dir = lab.plan.node_dir(node);
@@ -254,6 +264,9 @@ impl Lab {
         };
         self.servers.stop();
         self.apis.clear();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
         // Daemons first (they need their node namespaces for cleanup), then the namespaces.
         let mut problems = teardown_state(&self.state);
         for (ns, e) in net::delete_namespaces(&created.disarm()) {
