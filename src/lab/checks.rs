@@ -170,6 +170,7 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
                 .map(move |b| (a, b))
         })
         .collect();
+    emit(api_from_nodes(&plan));
     emit(discovery(lab));
     for (a, b) in &pairs {
         emit(pod_to_pod(&pods, a, b, false));
@@ -187,6 +188,30 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     emit(churn(lab, &pods, a, b));
     emit(hostile(lab, &pods, a, b));
     emit(restart(lab, &pods, a, b));
+}
+
+/// Every node reaches every cluster's API server with the kubeconfig the lab wrote for it.
+fn api_from_nodes(plan: &Plan) -> Outcome {
+    let r = (|| {
+        let mut ok = 0;
+        for node in plan.nodes() {
+            for c in &plan.clusters {
+                let path = plan.kubeconfig_path(node, &c.name);
+                let kc = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let (status, body) = super::kubeprobe::get(&node.netns, &kc, "/api/v1/nodes")
+                    .map_err(|e| format!("{} -> {}: {e}", node.name, c.name))?;
+                if status != 200 {
+                    return Err(format!("{} -> {}: HTTP {status} {body}", node.name, c.name));
+                }
+                ok += 1;
+            }
+        }
+        Ok(format!(
+            "{ok} node->API server requests with the generated kubeconfigs answered 200"
+        ))
+    })();
+    outcome("api-from-nodes", r)
 }
 
 fn discovery(lab: &Lab) -> Outcome {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod checks;
 pub mod daemon;
 pub mod dns;
+pub mod kubeprobe;
 pub mod manifests;
 pub mod net;
 pub mod plan;
