@@ -171,6 +171,14 @@ pub fn status_is_ready(v: &serde_json::Value) -> bool {
     }
 }
 
+/// The last `lines` lines of the daemon's log (next to its config).
+pub fn log_tail(config: &Path, lines: usize) -> String {
+    let log = config.with_file_name("daemon.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Polls `status --json` until it reports ready or `timeout` passes; returns the time taken.
 pub fn wait_ready(
     daemon: &Path,
@@ -185,7 +193,10 @@ pub fn wait_ready(
         if !is_ours(pid, config) {
             return Err(LabError::Daemon {
                 node: config.display().to_string(),
-                reason: format!("exited before it was ready (last status: {last}); see daemon.log next to the config"),
+                reason: format!(
+                    "exited before it was ready (last status: {last}); daemon.log ends:\n{}",
+                    log_tail(config, 15)
+                ),
             });
         }
         match status(daemon, config) {
@@ -197,7 +208,10 @@ pub fn wait_ready(
     }
     Err(LabError::Daemon {
         node: config.display().to_string(),
-        reason: format!("not ready after {timeout:?}; last status: {last}"),
+        reason: format!(
+            "not ready after {timeout:?}; last status: {last}; daemon.log ends:\n{}",
+            log_tail(config, 15)
+        ),
     })
 }
 
