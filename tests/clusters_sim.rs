@@ -1,0 +1,630 @@
+//! ClusterSet against the simulated API server: real TLS, real kube-rs watches.
+
+use sdnlinkd::clusters::simapi::{Fault, SimApi};
+use sdnlinkd::clusters::{ClusterSet, ClustersError, ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY};
+use sdnlinkd::config::{self, Config};
+use sdnlinkd::model::{ClusterSnapshot, ServiceKey, ServiceKind, SyncState, TargetPort};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const TOKEN: &str = "sim-token-7f3a";
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clusters");
+
+fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind a loopback port")
+}
+
+/// Copies fixture sub-directories into one fresh manifests directory.
+fn manifests(tmp: &Path, sets: &[&str]) -> PathBuf {
+    let dir = tmp.join(format!("manifests-{}", sets.join("-")));
+    std::fs::create_dir_all(&dir).expect("create manifests dir");
+    for set in sets {
+        for f in std::fs::read_dir(Path::new(FIXTURES).join(set)).expect("fixture dir") {
+            let f = f.expect("fixture entry").path();
+            let name = format!(
+                "{set}-{}",
+                f.file_name().expect("file name").to_string_lossy()
+            );
+            std::fs::copy(&f, dir.join(name)).expect("copy fixture");
+        }
+    }
+    dir
+}
+
+fn write_kubeconfig(tmp: &Path, name: &str, sim: &SimApi) -> PathBuf {
+    let p = tmp.join(format!("{name}.kubeconfig"));
+    std::fs::write(&p, sim.kubeconfig_yaml(&sim.url())).expect("write kubeconfig");
+    p
+}
+
+/// Remote "east" (pod 10.132.0.0/14, services 172.31.0.0/16) watched through `kubeconfig`;
+/// optionally the local cluster "here" watched too.
+fn config_for(east: &Path, local: Option<&Path>, cap: usize) -> Config {
+    let local_kc = local
+        .map(|p| format!("kubeconfig = {:?}\n", p.display().to_string()))
+        .unwrap_or_default();
+    let toml = format!(
+        r#"
+[local]
+name = "here"
+pod_cidrs = ["10.128.0.0/14"]
+service_cidrs = ["172.30.0.0/16"]
+node_name = "here-1"
+{local_kc}
+[dns]
+upstreams = ["192.0.2.53:53"]
+[sync]
+max_objects_per_cluster = {cap}
+
+[[remote]]
+name = "east"
+kubeconfig = {east:?}
+pod_cidrs = ["10.132.0.0/14"]
+service_cidrs = ["172.31.0.0/16"]
+"#,
+        east = east.display().to_string()
+    );
+    config::parse_str(&toml).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn east(set: &ClusterSet) -> std::sync::Arc<ClusterSnapshot> {
+    set.snapshots()
+        .get("east")
+        .cloned()
+        .expect("east is watched")
+}
+
+fn key(ns: &str, name: &str) -> ServiceKey {
+    ServiceKey {
+        namespace: ns.into(),
+        name: name.into(),
+    }
+}
+
+fn state_of(set: &ClusterSet, name: &str) -> SyncState {
+    set.status()
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(|c| c.state)
+        .expect("cluster in status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_list_converts_the_fixtures() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+
+    let s = east(&set);
+    assert_eq!(s.services.len(), 3);
+    let web = &s.services[&key("shop", "web")];
+    assert_eq!(
+        web.kind,
+        ServiceKind::ClusterIp(vec!["172.31.10.10".parse().unwrap()])
+    );
+    assert_eq!(
+        web.ports[0].target_port,
+        TargetPort::Name("http-alt".into())
+    );
+    assert_eq!(web.endpoints.len(), 2);
+    assert!(web
+        .endpoints
+        .iter()
+        .all(|e| e.ports.iter().any(|p| p.name == "http" && p.port == 8080)));
+    let db = &s.services[&key("shop", "db")];
+    assert_eq!(db.kind, ServiceKind::Headless);
+    assert_eq!(db.endpoints[0].hostname.as_deref(), Some("db-0"));
+    assert_eq!(
+        s.services[&key("shop", "search")].kind,
+        ServiceKind::ExternalName("search.example.com".into())
+    );
+    assert_eq!(s.nodes.len(), 2);
+    assert_eq!(
+        s.nodes["east-1"].wireguard_endpoint.as_deref(),
+        Some("192.0.2.11:51820")
+    );
+    assert_eq!(
+        s.nodes["east-2"].pod_cidrs,
+        vec!["10.132.2.0/24".parse().unwrap()]
+    );
+
+    let st = set.status();
+    let e = st.iter().find(|c| c.name == "east").expect("east status");
+    assert_eq!(e.state, SyncState::Current);
+    assert_eq!(
+        (
+            e.objects.services,
+            e.objects.endpoint_slices,
+            e.objects.nodes
+        ),
+        (3, 2, 2)
+    );
+    assert!(e.skipped.is_empty(), "{:?}", e.skipped);
+    // The local cluster has no kubeconfig here: not watched, and not in the snapshots.
+    assert!(!set.snapshots().contains_key("here"));
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_out_of_cidr_objects_never_reach_the_snapshot() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east", "hostile"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+
+    let check = |s: &ClusterSnapshot| {
+        assert!(!s
+            .services
+            .contains_key(&key("kube-system", "kube-dns-hijack")));
+        assert!(!s.services.contains_key(&key("shop", "broken")));
+        for svc in s.services.values() {
+            for e in &svc.endpoints {
+                for a in &e.addresses {
+                    assert!(
+                        a.to_string().starts_with("10.13"),
+                        "{a} reached the snapshot"
+                    );
+                }
+            }
+        }
+        assert!(s
+            .nodes
+            .values()
+            .all(|n| n.pod_cidrs.iter().all(|c| c.prefix_len() >= 14)));
+    };
+    check(&east(&set));
+    assert_eq!(east(&set).services[&key("shop", "web")].endpoints.len(), 2);
+    assert!(east(&set).nodes["evil-node"].pod_cidrs.is_empty());
+    let st = set.status();
+    let e = st.iter().find(|c| c.name == "east").expect("east status");
+    assert_eq!(
+        e.skipped.get("endpoint_outside_pod_cidrs"),
+        Some(&2),
+        "{:?}",
+        e.skipped
+    );
+
+    // Hostile changes at runtime are filtered the same way.
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 8.8.8.8\n  ports: [{name: http, port: 80}]\n",
+    )
+    .expect("apply");
+    wait_until("hostile web to be dropped", 20, || {
+        !east(&set).services.contains_key(&key("shop", "web"))
+    })
+    .await;
+    check(&east(&set));
+
+    let st = set.status();
+    let e = st.iter().find(|c| c.name == "east").expect("east status");
+    assert_eq!(
+        e.skipped.get("cluster_ip_outside_service_cidrs"),
+        Some(&2),
+        "{:?}",
+        e.skipped
+    );
+    assert_eq!(
+        e.skipped.get("node_subnet_outside_pod_cidrs"),
+        Some(&1),
+        "{:?}",
+        e.skipped
+    );
+    assert_eq!(e.skipped.get("malformed"), Some(&1), "{:?}", e.skipped);
+    assert_eq!(e.state, SyncState::Current);
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openshift_host_subnets_add_node_subnets() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east", "openshift"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    wait_until("the HostSubnet to be merged", 20, || {
+        east(&set).nodes["east-2"].pod_cidrs.len() == 2
+    })
+    .await;
+    assert_eq!(
+        east(&set).nodes["east-2"].pod_cidrs,
+        vec![
+            "10.132.2.0/24".parse().unwrap(),
+            "10.133.0.0/23".parse().unwrap()
+        ]
+    );
+    let st = set.status();
+    assert_eq!(
+        st.iter()
+            .find(|c| c.name == "east")
+            .map(|c| c.objects.host_subnets),
+        Some(1)
+    );
+    sim.delete("HostSubnet", "", "east-2");
+    wait_until("the HostSubnet removal", 20, || {
+        east(&set).nodes["east-2"].pod_cidrs.len() == 1
+    })
+    .await;
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+/// Deterministic pseudo-random sequence (xorshift), so a failure replays identically.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_of_1000_changes_converges_to_a_fresh_list() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let cfg = config_for(&kc, None, 10_000);
+    let follower = ClusterSet::start(&cfg).expect("start");
+    wait_until("east to list", 30, || follower.all_listed()).await;
+
+    let mut rng = Rng(0x5eed_1234_abcd);
+    for i in 0..1000u64 {
+        let n = rng.next(40);
+        match rng.next(6) {
+            0 => {
+                let ip = format!("172.31.2.{}", n + 1);
+                sim.apply_yaml(&format!(
+                    "apiVersion: v1\nkind: Service\nmetadata: {{name: s{n}, namespace: churn}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: p, port: {}, targetPort: p}}]\n",
+                    1000 + i % 50
+                ))
+                .expect("apply service");
+            }
+            1 | 2 => {
+                let eps: Vec<String> = (0..=rng.next(4))
+                    .map(|k| {
+                        format!(
+                            "  - addresses: [10.132.{n}.{}]\n    conditions: {{ready: {}}}\n",
+                            k + 1,
+                            i % 3 != 0
+                        )
+                    })
+                    .collect();
+                sim.apply_yaml(&format!(
+                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s{n}-{}\n  namespace: churn\n  labels: {{kubernetes.io/service-name: s{n}}}\naddressType: IPv4\nports: [{{name: p, port: {}}}]\nendpoints:\n{}",
+                    i % 2,
+                    8000 + i % 7,
+                    eps.concat()
+                ))
+                .expect("apply slice");
+            }
+            3 => {
+                sim.delete("EndpointSlice", "churn", &format!("s{n}-{}", i % 2));
+            }
+            4 => {
+                sim.delete("Service", "churn", &format!("s{n}"));
+            }
+            _ => {
+                sim.apply_yaml(&format!(
+                    "apiVersion: v1\nkind: Node\nmetadata:\n  name: churn-{n}\n  annotations: {{{ANNOTATION_PUBLIC_KEY}: key{i}}}\nspec:\n  podCIDRs: [10.134.{n}.0/24]\n"
+                ))
+                .expect("apply node");
+            }
+        }
+    }
+
+    let fresh = ClusterSet::start(&cfg).expect("start a fresh watcher");
+    wait_until("the fresh list", 30, || fresh.all_listed()).await;
+    let want = east(&fresh);
+    assert!(want.services.len() > 3, "churn produced services");
+    wait_until("the follower to converge on the fresh list", 60, || {
+        *east(&follower) == *want
+    })
+    .await;
+    assert_eq!(state_of(&follower, "east"), SyncState::Current);
+    follower.shutdown();
+    fresh.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_expired_versions_relists_and_drops_objects_deleted_in_the_gap() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let l = listener();
+    let addr = l.local_addr().expect("addr");
+    let sim = SimApi::start(l, Some(&dir), TOKEN).expect("simapi");
+    let ca = sim.ca();
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    assert!(east(&set).services.contains_key(&key("shop", "db")));
+
+    // The API server goes away: the last good snapshot stays, the status says degraded.
+    sim.shutdown().await;
+    wait_until("degraded", 30, || {
+        matches!(state_of(&set, "east"), SyncState::Degraded { .. })
+    })
+    .await;
+    assert!(east(&set).services.contains_key(&key("shop", "db")));
+
+    // While it is down, the headless Service and its slice are deleted.
+    let services = dir.join("east-services.yaml");
+    let text = std::fs::read_to_string(&services).expect("read");
+    let kept: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|d| !d.contains("name: db\n"))
+        .collect();
+    std::fs::write(&services, kept.join("\n---\n")).expect("write");
+    let slices = dir.join("east-endpointslices.yaml");
+    let text = std::fs::read_to_string(&slices).expect("read");
+    let kept: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|d| !d.contains("name: db-xyz34"))
+        .collect();
+    std::fs::write(&slices, kept.join("\n---\n")).expect("write");
+
+    // Same port, same CA: every resourceVersion the client holds is now too old (410).
+    let l = TcpListener::bind(addr).expect("rebind the same port");
+    let sim = SimApi::start_with_ca(l, Some(&dir), TOKEN, ca).expect("restart simapi");
+    wait_until("the relist to drop shop/db", 60, || {
+        !east(&set).services.contains_key(&key("shop", "db"))
+    })
+    .await;
+    wait_until("current again", 60, || {
+        state_of(&set, "east") == SyncState::Current
+    })
+    .await;
+    assert!(east(&set).services.contains_key(&key("shop", "web")));
+
+    // Changes after the restart flow through the new watches.
+    sim.delete("Service", "shop", "search");
+    wait_until("the delete after restart", 30, || {
+        !east(&set).services.contains_key(&key("shop", "search"))
+    })
+    .await;
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_forces_a_410_relist_that_keeps_the_snapshot_right() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let before = east(&set);
+    let changed = set.changed();
+
+    sim.compact();
+    sim.delete("Node", "", "east-2");
+    tokio::time::timeout(Duration::from_secs(30), changed.notified())
+        .await
+        .expect("a change notification");
+    wait_until("east-2 gone", 30, || {
+        !east(&set).nodes.contains_key("east-2")
+    })
+    .await;
+    wait_until("current", 30, || {
+        state_of(&set, "east") == SyncState::Current
+    })
+    .await;
+    assert_eq!(east(&set).services, before.services);
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_shows_degraded_with_the_reason_and_recovers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    sim.set_token("rotated-token");
+    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    wait_until("degraded", 30, || {
+        matches!(state_of(&set, "east"), SyncState::Degraded { .. })
+    })
+    .await;
+    let SyncState::Degraded { reason, .. } = state_of(&set, "east") else {
+        unreachable!("checked just above")
+    };
+    assert!(reason.contains("401"), "reason: {reason}");
+    assert!(!set.all_listed());
+    assert!(east(&set).services.is_empty());
+
+    sim.set_token(TOKEN);
+    wait_until("recovery after the token is accepted again", 90, || {
+        set.all_listed()
+    })
+    .await;
+    assert_eq!(state_of(&set, "east"), SyncState::Current);
+    assert_eq!(east(&set).services.len(), 3);
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_after_a_good_list_keeps_the_snapshot_and_shows_degraded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let good = east(&set);
+
+    // Every new request is now denied; compaction makes the watches reconnect and relist.
+    sim.set_fault(Fault::Forbidden);
+    sim.compact();
+    wait_until("degraded", 30, || {
+        matches!(state_of(&set, "east"), SyncState::Degraded { .. })
+    })
+    .await;
+    let SyncState::Degraded { reason, .. } = state_of(&set, "east") else {
+        unreachable!("checked just above")
+    };
+    assert!(reason.contains("403"), "reason: {reason}");
+    assert_eq!(
+        *east(&set),
+        *good,
+        "nothing withdrawn while the API refuses"
+    );
+    assert!(set.all_listed(), "listed once stays true");
+
+    sim.set_fault(Fault::None);
+    wait_until("current again", 90, || {
+        state_of(&set, "east") == SyncState::Current
+    })
+    .await;
+    assert_eq!(*east(&set), *good);
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_cap_protects_the_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    // 7 objects in the fixtures, cap 5.
+    let set = ClusterSet::start(&config_for(&kc, None, 5)).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let st = set.status();
+    let e = st.iter().find(|c| c.name == "east").expect("east");
+    let held = e.objects.services + e.objects.endpoint_slices + e.objects.nodes;
+    assert_eq!(held, 5);
+    assert_eq!(e.skipped.get("object_cap"), Some(&2), "{:?}", e.skipped);
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_node_patches_the_local_node_only_when_changed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let east_sim = SimApi::start(listener(), Some(&manifests(tmp.path(), &["east"])), TOKEN)
+        .expect("east simapi");
+    let local_dir = tmp.join_local();
+    let local_sim =
+        SimApi::start(listener(), Some(&local_dir), "local-token").expect("local simapi");
+    let east_kc = write_kubeconfig(tmp.path(), "east", &east_sim);
+    let local_kc = write_kubeconfig(tmp.path(), "here", &local_sim);
+    let set = ClusterSet::start(&config_for(&east_kc, Some(&local_kc), 1000)).expect("start");
+    wait_until("both to list", 30, || set.all_listed()).await;
+
+    let key_b64 = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    let ep = "198.51.100.7:51820".parse().expect("endpoint");
+    assert!(set.publish_node(key_b64, Some(ep)).await.expect("publish"));
+    let node = local_sim.get_node("here-1").expect("node");
+    assert_eq!(
+        node["metadata"]["annotations"][ANNOTATION_PUBLIC_KEY],
+        key_b64
+    );
+    assert_eq!(
+        node["metadata"]["annotations"][ANNOTATION_ENDPOINT],
+        "198.51.100.7:51820"
+    );
+    assert_eq!(
+        node["metadata"]["annotations"]["keep"], "me",
+        "other annotations survive"
+    );
+    assert!(
+        !set.publish_node(key_b64, Some(ep))
+            .await
+            .expect("publish again"),
+        "no patch when unchanged"
+    );
+    // The local cluster is watched too: its snapshot sees the published annotations.
+    wait_until("the local snapshot to show the key", 30, || {
+        set.snapshots()["here"].nodes["here-1"]
+            .wireguard_public_key
+            .as_deref()
+            == Some(key_b64)
+    })
+    .await;
+    assert!(set
+        .publish_node(key_b64, None)
+        .await
+        .expect("publish without endpoint"));
+    let node = local_sim.get_node("here-1").expect("node");
+    assert!(node["metadata"]["annotations"]
+        .get(ANNOTATION_ENDPOINT)
+        .is_none());
+    set.shutdown();
+    east_sim.shutdown().await;
+    local_sim.shutdown().await;
+}
+
+trait LocalManifests {
+    fn join_local(&self) -> PathBuf;
+}
+
+impl LocalManifests for tempfile::TempDir {
+    /// The local cluster: one Node `here-1` with an unrelated annotation.
+    fn join_local(&self) -> PathBuf {
+        let d = self.path().join("local");
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(
+            d.join("node.yaml"),
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: here-1\n  annotations: {keep: me}\nspec:\n  podCIDRs: [10.128.4.0/24]\n",
+        )
+        .expect("write");
+        d
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_auth_provider_kubeconfigs_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (mech, user) in [
+        ("exec", "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/sh\n      args: [-c, 'touch /tmp/pwned']\n"),
+        ("auth-provider", "    auth-provider:\n      name: oidc\n      config: {}\n"),
+    ] {
+        // Config validation refuses these too; ClusterSet checks again because the file may
+        // be replaced after the config was loaded (reload reads it anew).
+        let kc = tmp.path().join(format!("{mech}.kubeconfig"));
+        std::fs::write(
+            &kc,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1'}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n",
+        )
+        .expect("write");
+        let cfg = config_for(&kc, None, 1000);
+        std::fs::write(
+            &kc,
+            format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'https://127.0.0.1:1'}}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"),
+        )
+        .expect("write");
+        match ClusterSet::start(&cfg) {
+            Err(ClustersError::RefusedAuth { mechanism, user, .. }) => {
+                assert_eq!(mechanism, mech);
+                assert_eq!(user, "u");
+            }
+            Err(e) => panic!("{mech}: wrong error {e}"),
+            Ok(_) => panic!("{mech}: kubeconfig accepted"),
+        }
+    }
+}
