@@ -19,3 +19,4 @@ pub mod node;
 pub mod notify;
 pub mod proxy;
 pub mod tunnel;
+pub mod vm;

@@ -1,0 +1,432 @@
+//! The IPVS service-proxy backend on our own generic-netlink codec.
+//!
+//! - [`nlas`] / [`message`]: the pure codec of the "IPVS" generic-netlink family
+//!   (`include/uapi/linux/ip_vs.h`).
+//! - [`handle`]: a socket opened inside the namespace, pipelined changes, dumps.
+//! - [`plan`]: the pure diff of desired vs observed state and its printable plan.
+//! - [`IpvsBackend`]: the [`ProxyBackend`] the daemon drives.
+//!
+//! Ownership rule: the backend owns exactly the services whose VIP is in its owned-VIP set.
+//! That set is every VIP of the desired state it has been asked to program (the VIPs the
+//! daemon puts on the namespace interface), plus, at start, the VIPs adopted by
+//! [`adoptable_vips`]: addresses of the namespace interface that lie in a remote cluster's
+//! service CIDRs (a previous run placed them; nobody else has a reason to). Services on any
+//! other address are never read back into the plan, changed or deleted.
+
+pub mod handle;
+pub mod message;
+pub mod nlas;
+pub mod plan;
+
+pub use handle::{ipvs_available, IpvsSocket};
+pub use plan::{Drains, Op, OpKind, Plan, Table, TableService};
+
+use crate::config::Config;
+use crate::netns::NetNs;
+use crate::proxy::{DesiredProxy, Destination, ProxyBackend, ProxyError, SyncReport, VirtualKey};
+use message::protocol_of;
+use plan::DestState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Errors of the IPVS codec, socket and backend.
+#[derive(Debug, thiserror::Error)]
+pub enum IpvsError {
+    #[error("the kernel has no IPVS (generic netlink family \"IPVS\" not found)")]
+    Unavailable,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("decoding an IPVS netlink message: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+}
+
+impl From<netlink_packet_core::DecodeError> for IpvsError {
+    fn from(e: netlink_packet_core::DecodeError) -> Self {
+        IpvsError::Decode(e.to_string())
+    }
+}
+
+impl From<IpvsError> for ProxyError {
+    fn from(e: IpvsError) -> Self {
+        match e {
+            IpvsError::Netns(n) => ProxyError::Netns(n),
+            IpvsError::Io { context, source } => ProxyError::Io { context, source },
+            other => ProxyError::Backend {
+                backend: "ipvs",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Reads our part of the kernel table: every service on `owned` VIPs with its destinations.
+/// One service dump plus one destination dump per owned service (a netlink socket runs one
+/// dump at a time, so these are sequential round trips).
+pub fn observe(sock: &mut IpvsSocket, owned: &BTreeSet<IpAddr>) -> Result<Table, IpvsError> {
+    let mut t = Table::new();
+    for s in sock.services()? {
+        if !owned.contains(&s.id.addr) {
+            continue;
+        }
+        let Some(protocol) = protocol_of(s.id.protocol) else {
+            continue;
+        };
+        let key = VirtualKey {
+            vip: s.id.addr,
+            protocol,
+            port: s.id.port,
+        };
+        let dests = sock
+            .dests(&s.id)?
+            .into_iter()
+            .map(|d| {
+                (
+                    Destination {
+                        addr: d.addr,
+                        port: d.port,
+                    },
+                    DestState {
+                        weight: d.weight,
+                        fwd: d.fwd,
+                    },
+                )
+            })
+            .collect();
+        t.insert(key, TableService { service: s, dests });
+    }
+    Ok(t)
+}
+
+/// The committed table after a plan, the failures per service, and the messages sent.
+pub type Executed = (Table, Vec<(VirtualKey, String)>, usize);
+
+/// Sends a plan pipelined; returns the committed table after it (successful ops applied to
+/// `base`), the failures per service, and the number of messages sent. "Already exists" on
+/// creation and "already gone" on deletion count as success.
+pub fn execute(sock: &mut IpvsSocket, plan: &Plan, mut base: Table) -> Result<Executed, IpvsError> {
+    let msgs: Vec<_> = plan.ops.iter().map(Op::message).collect();
+    let results = sock.execute(&msgs)?;
+    let mut failed: BTreeMap<VirtualKey, String> = BTreeMap::new();
+    for (op, r) in plan.ops.iter().zip(results) {
+        let ok = match &r {
+            Ok(()) => true,
+            Err(e) => {
+                let code = e.raw_os_error().unwrap_or(0);
+                match op.kind {
+                    OpKind::AddService(_) | OpKind::AddDest(..) => code == libc::EEXIST,
+                    // IPVS answers ESRCH for an unknown service, ENOENT for an unknown dest.
+                    OpKind::DelService | OpKind::DelDest(_) => {
+                        code == libc::ESRCH || code == libc::ENOENT
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if ok {
+            op.apply_to(&mut base);
+        } else if let Err(e) = r {
+            failed.entry(op.key).or_insert_with(|| format!("{op}: {e}"));
+        }
+    }
+    Ok((base, failed.into_iter().collect(), msgs.len()))
+}
+
+/// VIPs a starting daemon adopts as its own: addresses of `interface` in the namespace that
+/// lie in one of `service_cidrs` (every remote cluster's service CIDRs).
+pub fn adoptable_vips(
+    ns: &NetNs,
+    interface: &str,
+    service_cidrs: &[ipnet::IpNet],
+) -> Result<BTreeSet<IpAddr>, IpvsError> {
+    let iface = interface.to_string();
+    let addrs = ns
+        .run(move || -> Result<Vec<IpAddr>, io::Error> {
+            let mut out = Vec::new();
+            for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+                if ifa.interface_name != iface {
+                    continue;
+                }
+                let Some(a) = ifa.address else { continue };
+                if let Some(v4) = a.as_sockaddr_in() {
+                    out.push(IpAddr::V4(v4.ip()));
+                } else if let Some(v6) = a.as_sockaddr_in6() {
+                    out.push(IpAddr::V6(v6.ip()));
+                }
+            }
+            Ok(out)
+        })?
+        .map_err(|source| IpvsError::Io {
+            context: "listing namespace addresses".into(),
+            source,
+        })?;
+    Ok(addrs
+        .into_iter()
+        .filter(|a| service_cidrs.iter().any(|c| c.contains(a)))
+        .collect())
+}
+
+/// Sets the IPVS sysctls of the namespace (ip_vs must be loaded: /proc/sys/net/ipv4/vs
+/// appears with it). Call once after enabling the backend.
+///
+/// - `conntrack=1`: masquerade through IPVS keeps netfilter conntrack entries, which the
+///   return path through the tunnel relies on.
+/// - `expire_nodest_conn=1`: connections to a deleted destination are dropped at once
+///   instead of black-holing until they time out.
+/// - `expire_quiescent_template=1`: persistence templates pointing at a weight-0 destination
+///   expire, so ClientIP affinity moves off a draining endpoint.
+/// - `conn_reuse_mode`: kubernetes 81775 — on kernels before 5.9 mode 1 delays reconnects
+///   that reuse a source port by a second, so 0 there; from 5.9 the kernel reschedules such
+///   connections without the delay and 1 (the default) is right.
+pub fn apply_sysctls(ns: &NetNs) -> Result<(), IpvsError> {
+    let r = ns.run(|| -> Result<(), io::Error> {
+        let release = nix::sys::utsname::uname()
+            .map_err(io::Error::from)?
+            .release()
+            .to_string_lossy()
+            .into_owned();
+        let reuse = if kernel_at_least(&release, 5, 9) {
+            "1"
+        } else {
+            "0"
+        };
+        for (k, v) in [
+            ("conntrack", "1"),
+            ("expire_nodest_conn", "1"),
+            ("expire_quiescent_template", "1"),
+            ("conn_reuse_mode", reuse),
+        ] {
+            let path = format!("/proc/sys/net/ipv4/vs/{k}");
+            std::fs::write(&path, v)
+                .map_err(|e| io::Error::new(e.kind(), format!("writing {path}: {e}")))?;
+        }
+        Ok(())
+    })?;
+    r.map_err(|source| IpvsError::Io {
+        context: "IPVS sysctls".into(),
+        source,
+    })
+}
+
+/// `"6.1.0-27-cloud-amd64"` >= (major, minor)?
+pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
+
+/// The IPVS backend: see the module documentation for what it owns.
+pub struct IpvsBackend {
+    ns: NetNs,
+    sock: Option<IpvsSocket>,
+    owned_vips: BTreeSet<IpAddr>,
+    committed: Option<Table>,
+    drains: Drains,
+    grace: Duration,
+    last_plan: Plan,
+}
+
+impl std::fmt::Debug for IpvsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpvsBackend")
+            .field("ns", &self.ns)
+            .field("owned_vips", &self.owned_vips.len())
+            .finish()
+    }
+}
+
+impl IpvsBackend {
+    /// A backend acting in `ns`, deleting drained destinations after `drain_grace`, owning
+    /// `adopted_vips` from the start (see [`adoptable_vips`]). Fails with
+    /// `IpvsError::Unavailable` when the kernel has no IPVS.
+    pub fn new(
+        ns: NetNs,
+        drain_grace: Duration,
+        adopted_vips: BTreeSet<IpAddr>,
+    ) -> Result<Self, IpvsError> {
+        let sock = IpvsSocket::open(&ns)?;
+        Ok(IpvsBackend {
+            ns,
+            sock: Some(sock),
+            owned_vips: adopted_vips,
+            committed: None,
+            drains: Drains::new(),
+            grace: drain_grace,
+            last_plan: Plan::default(),
+        })
+    }
+
+    /// `new` with the adoption rule and drain grace of `cfg`.
+    pub fn from_config(ns: NetNs, cfg: &Config) -> Result<Self, IpvsError> {
+        let cidrs: Vec<ipnet::IpNet> = cfg
+            .remote
+            .iter()
+            .flat_map(|r| r.service_cidrs.iter().copied())
+            .collect();
+        let adopted = adoptable_vips(&ns, &cfg.namespace.interface, &cidrs)?;
+        Self::new(ns, cfg.proxy.drain_grace, adopted)
+    }
+
+    /// The VIPs whose services this backend owns.
+    pub fn owned_vips(&self) -> &BTreeSet<IpAddr> {
+        &self.owned_vips
+    }
+
+    /// When the daemon should sync again so draining destinations get deleted.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        Plan::next_deadline(&self.drains, self.grace)
+    }
+
+    /// The plan of the last sync (printable).
+    pub fn last_plan(&self) -> &Plan {
+        &self.last_plan
+    }
+
+    /// Blocking sync (call from a blocking context; [`ProxyBackend::sync`] wraps it).
+    pub fn sync_blocking(
+        &mut self,
+        desired: &DesiredProxy,
+        full: bool,
+    ) -> Result<SyncReport, IpvsError> {
+        let start = Instant::now();
+        let mut sock = match self.sock.take() {
+            Some(s) => s,
+            None => IpvsSocket::open(&self.ns)?,
+        };
+        let res = self.sync_with(&mut sock, desired, full, start);
+        // A socket that failed at the transport level is reopened next time.
+        if res.is_ok() {
+            self.sock = Some(sock);
+        } else {
+            self.committed = None;
+        }
+        res
+    }
+
+    fn sync_with(
+        &mut self,
+        sock: &mut IpvsSocket,
+        desired: &DesiredProxy,
+        full: bool,
+        start: Instant,
+    ) -> Result<SyncReport, IpvsError> {
+        self.owned_vips.extend(desired.vips());
+        let sent_before = sock.messages_sent;
+        let was_full = full || self.committed.is_none();
+        // The committed table is moved, not copied: at 10k services x 10 endpoints a copy
+        // costs more than the diff itself.
+        let observed = match (self.committed.take(), full) {
+            (Some(c), false) => c,
+            _ => observe(sock, &self.owned_vips)?,
+        };
+        let now = Instant::now();
+        let plan = plan::plan(
+            desired,
+            &observed,
+            &self.owned_vips,
+            &self.drains,
+            now,
+            self.grace,
+        );
+        let (table, failed, _) = execute(sock, &plan, observed)?;
+        // Keep a VIP owned while one of our services still sits on it (a failed delete).
+        let still: BTreeSet<IpAddr> = table.keys().map(|k| k.vip).collect();
+        let wanted = desired.vips();
+        self.owned_vips
+            .retain(|v| wanted.contains(v) || still.contains(v));
+        self.drains = plan.drains.clone();
+        self.committed = Some(table);
+        self.last_plan = plan;
+        Ok(SyncReport {
+            full: was_full,
+            operations: (sock.messages_sent - sent_before) as usize,
+            duration: start.elapsed(),
+            failed,
+        })
+    }
+
+    /// Blocking cleanup: deletes every service on owned VIPs.
+    pub fn cleanup_blocking(&mut self) -> Result<(), IpvsError> {
+        let report = self.sync_blocking(&DesiredProxy::default(), true)?;
+        if let Some((k, e)) = report.failed.first() {
+            return Err(IpvsError::Io {
+                context: format!("cleanup of {k}"),
+                source: io::Error::other(e.clone()),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ProxyBackend for IpvsBackend {
+    fn name(&self) -> &'static str {
+        "ipvs"
+    }
+
+    fn needs_vips(&self) -> bool {
+        true
+    }
+
+    async fn sync(&mut self, desired: &DesiredProxy, full: bool) -> Result<SyncReport, ProxyError> {
+        // The netlink socket and the table can be large: the work runs on a blocking thread
+        // (the socket keeps its namespace, so any thread will do).
+        let desired = desired.clone();
+        let mut me = std::mem::replace(self, self.placeholder());
+        let (me, res) = tokio::task::spawn_blocking(move || {
+            let r = me.sync_blocking(&desired, full);
+            (me, r)
+        })
+        .await
+        .map_err(|e| ProxyError::Backend {
+            backend: "ipvs",
+            message: format!("sync task: {e}"),
+        })?;
+        *self = me;
+        Ok(res?)
+    }
+
+    async fn cleanup(&mut self) -> Result<(), ProxyError> {
+        let mut me = std::mem::replace(self, self.placeholder());
+        let (me, res) = tokio::task::spawn_blocking(move || {
+            let r = me.cleanup_blocking();
+            (me, r)
+        })
+        .await
+        .map_err(|e| ProxyError::Backend {
+            backend: "ipvs",
+            message: format!("cleanup task: {e}"),
+        })?;
+        *self = me;
+        Ok(res?)
+    }
+}
+
+impl IpvsBackend {
+    /// What stays behind while the real state is away on the blocking thread: if the sync
+    /// future is dropped mid-way, the next sync is a full one that still knows every VIP it
+    /// owns and every drain in progress.
+    fn placeholder(&self) -> IpvsBackend {
+        IpvsBackend {
+            ns: self.ns.clone(),
+            sock: None,
+            owned_vips: self.owned_vips.clone(),
+            committed: None,
+            drains: self.drains.clone(),
+            grace: self.grace,
+            last_plan: Plan::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
