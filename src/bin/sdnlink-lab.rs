@@ -8,6 +8,7 @@ use sdnlinkd::lab::checks::{self, Outcome};
 use sdnlinkd::lab::manifests;
 use sdnlinkd::lab::plan::{Plan, Proxy, Tunnel};
 use sdnlinkd::lab::run::{self, Lab, Options, State};
+use sdnlinkd::lab::vm as lab_vm;
 use sdnlinkd::lab::LabError;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -133,11 +134,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Cmd::VmTest) => Err(vm_unavailable().into()),
-        _ if cli.vm => {
-            println!("FAIL vm {}", vm_unavailable());
-            println!("0 passed, 1 failed");
-            Ok(ExitCode::FAILURE)
+        Some(Cmd::VmTest) => vm_test(&cli, &opts),
+        None if cli.vm => vm_lab(&cli, &opts),
+        Some(_) if cli.vm => {
+            bail!("--vm runs the whole lab (no command); `up`/`down` are host-only")
         }
         Some(Cmd::Up { topology_only }) => up(&cli, &opts, *topology_only),
         Some(Cmd::Down) => down(&opts),
@@ -146,9 +146,75 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Placeholder until the VM harness (`sdnlinkd::vm`, branch ipvs) is merged.
-fn vm_unavailable() -> LabError {
-    LabError::Vm("the QEMU VM harness (sdnlinkd::vm, branch ipvs) is not merged yet".into())
+fn vm_kernel(cli: &Cli) -> Result<Option<sdnlinkd::vm::Kernel>> {
+    let paths = match (&cli.kernel, &cli.modules) {
+        (Some(k), Some(m)) => Some((k.as_path(), m.as_path())),
+        (None, None) => None,
+        _ => bail!("--kernel and --modules go together"),
+    };
+    Ok(lab_vm::kernel(paths)?)
+}
+
+/// `--vm`: this executable runs the same lab inside the VM; its lines are printed here.
+fn vm_lab(cli: &Cli, opts: &Options) -> Result<ExitCode> {
+    let daemon = sdnlinkd::lab::daemon::locate(opts.daemon.as_deref())?;
+    let me = std::env::current_exe()?;
+    match lab_vm::run_lab(opts, &me, &daemon, vm_kernel(cli)?) {
+        Ok(out) => {
+            print!("{}", out.output);
+            println!(
+                "(VM: {:?} tunnel, {:?} proxy, {:.0}s, exit {})",
+                opts.tunnel,
+                opts.proxy,
+                out.elapsed.as_secs_f64(),
+                out.exit_code
+            );
+            Ok(if out.exit_code == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e) => {
+            println!("FAIL vm {e}");
+            println!("0 passed, 1 failed");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `vm-test`: the #[ignore]d kernel-feature tests (`root_*`) of every integration test built
+/// next to this executable (`cargo test --release --no-run` builds them), inside the VM.
+fn vm_test(cli: &Cli, opts: &Options) -> Result<ExitCode> {
+    let me = std::env::current_exe()?;
+    let deps = me
+        .parent()
+        .map(|d| d.join("deps"))
+        .context("executable without a directory")?;
+    let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let bins = lab_vm::kernel_test_binaries(&deps, &tests_dir)?;
+    if bins.is_empty() {
+        bail!(
+            "no test binary with ignored root_ tests in {}; run `cargo test --release --no-run` first",
+            deps.display()
+        );
+    }
+    for b in &bins {
+        println!("vm-test: {}", b.display());
+    }
+    let daemon = sdnlinkd::lab::daemon::locate(opts.daemon.as_deref()).ok();
+    let out = lab_vm::run_kernel_tests(&bins, daemon.as_deref(), vm_kernel(cli)?)?;
+    print!("{}", out.output);
+    println!(
+        "(VM: {:.0}s, exit {})",
+        out.elapsed.as_secs_f64(),
+        out.exit_code
+    );
+    Ok(if out.exit_code == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// No command: up, every check, down.

@@ -1,12 +1,11 @@
-//! The lab's per-cluster API servers: `crate::clusters::simapi::SimApi` listening in the
-//! underlay namespace.
-//!
-//! Until the simulated API server lands on main (branch `kube`), [`LabApi::start`] fails with a
-//! clear error instead of faking one; everything that needs an API server then reports FAIL.
+//! The lab's per-cluster API servers: [`SimApi`] listening in the underlay namespace, on the
+//! lab's own tokio runtime.
 
 use super::plan::{Cluster, Plan, API_TOKEN};
 use super::LabError;
+use crate::clusters::simapi::SimApi;
 use crate::netns::NetNs;
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 
@@ -16,17 +15,25 @@ pub struct LabApi {
     pub cluster: String,
     /// `https://192.0.2.1:644k`.
     pub url: String,
+    sim: SimApi,
 }
 
 impl LabApi {
-    /// Binds the listener inside the underlay namespace and serves `manifests` (a directory of
-    /// YAML files) with the lab's bearer token.
+    /// Binds the listener inside the underlay namespace and serves every YAML file of
+    /// `manifests` with the lab's bearer token, on `rt`.
     pub fn start(
         plan: &Plan,
         cluster: &Cluster,
         manifests: &Path,
         rt: &tokio::runtime::Runtime,
     ) -> Result<LabApi, LabError> {
+        if !manifests.is_dir() {
+            return Err(LabError::Api(format!(
+                "manifest directory {} of cluster {} does not exist",
+                manifests.display(),
+                cluster.name
+            )));
+        }
         let addr = SocketAddr::V4(cluster.api_addr);
         let ns = NetNs::open(&plan.underlay_netns)?;
         let listener = ns.run(move || TcpListener::bind(addr))?.map_err(|e| {
@@ -36,42 +43,41 @@ impl LabApi {
             )
         })?;
         let _entered = rt.enter();
-        simapi_start(listener, manifests, API_TOKEN)?;
+        let sim = SimApi::start(listener, Some(manifests), API_TOKEN)
+            .map_err(|e| LabError::Api(format!("{}: {e}", cluster.name)))?;
         Ok(LabApi {
             cluster: cluster.name.clone(),
-            url: format!("https://{addr}"),
+            url: sim.url(),
+            sim,
         })
     }
 
     /// A kubeconfig for this server (token user, the server's CA).
     pub fn kubeconfig_yaml(&self) -> Result<String, LabError> {
-        Err(not_merged())
+        Ok(self.sim.kubeconfig_yaml(&self.url))
     }
 
     /// Creates or replaces the objects of a YAML document stream.
     pub fn apply_yaml(&self, yaml: &str) -> Result<(), LabError> {
-        let _ = yaml;
-        Err(not_merged())
+        self.sim
+            .apply_yaml(yaml)
+            .map(|_| ())
+            .map_err(|e| LabError::Api(format!("{}: {e}", self.cluster)))
     }
 
     /// The annotations of Node `name`.
-    pub fn node_annotations(
-        &self,
-        name: &str,
-    ) -> Result<std::collections::BTreeMap<String, String>, LabError> {
-        let _ = name;
-        Err(not_merged())
+    pub fn node_annotations(&self, name: &str) -> Result<BTreeMap<String, String>, LabError> {
+        let node = self
+            .sim
+            .get_node(name)
+            .ok_or_else(|| LabError::Api(format!("{}: no Node {name}", self.cluster)))?;
+        Ok(node["metadata"]["annotations"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
-}
-
-fn not_merged() -> LabError {
-    LabError::Api(
-        "the simulated API server (clusters::simapi, branch kube) is not merged yet".into(),
-    )
-}
-
-/// Placeholder for `SimApi::start` until branch `kube` is merged; replaced then.
-fn simapi_start(listener: TcpListener, manifests: &Path, token: &str) -> Result<(), LabError> {
-    let _ = (listener, manifests, token);
-    Err(not_merged())
 }

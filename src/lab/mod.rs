@@ -18,6 +18,7 @@ pub mod net;
 pub mod plan;
 pub mod run;
 pub mod servers;
+pub mod vm;
 
 use std::path::PathBuf;
 
