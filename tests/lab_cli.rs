@@ -74,5 +74,6 @@ fn root_lab_cli_up_refuses_twice_and_down_removes_everything() {
         String::from_utf8_lossy(&down.stderr)
     );
     assert_eq!(namespaces(), Vec::<String>::new());
-    assert!(!std::path::Path::new("/run/sdnlink-lab/labc/state.json").exists());
+    assert!(!std::path::Path::new("/run/sdnlink-lab/labc").exists());
+    assert!(!std::path::Path::new("/run/sdnlink-lab/labc-holder.log").exists());
 }

@@ -291,7 +291,7 @@ fn up(cli: &Cli, opts: &Options, topology_only: bool) -> Result<ExitCode> {
         bail!(LabError::AlreadyUp(plan.state_file()));
     }
     std::fs::create_dir_all(&opts.state_root)?;
-    let log_path = opts.state_root.join(format!("{}holder.log", opts.prefix));
+    let log_path = run::holder_log(&opts.state_root, &opts.prefix);
     let log = std::fs::File::create(&log_path).with_context(|| log_path.display().to_string())?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("--clusters")
@@ -384,6 +384,9 @@ fn down(opts: &Options) -> Result<ExitCode> {
     let problems = run::down_from_state(&plan)?;
     for p in &problems {
         println!("down: {p}");
+    }
+    if problems.is_empty() {
+        run::remove_holder_log(&opts.state_root, &opts.prefix);
     }
     println!("lab removed");
     Ok(if problems.is_empty() {

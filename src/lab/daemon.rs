@@ -17,18 +17,81 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `sdnlinkd` binary: `explicit`, else the one next to the running executable.
+/// The `sdnlinkd` binary: `explicit`, else the one next to the running executable. Under
+/// `cargo run` (which builds only the lab binary) it first has cargo bring `sdnlinkd` up to
+/// date in the same profile, so the lab never tests a stale daemon.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, LabError> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .map_err(|e| LabError::io("locating the running executable", e))?
-            .with_file_name("sdnlinkd"),
+        None => {
+            let exe = std::env::current_exe()
+                .map_err(|e| LabError::io("locating the running executable", e))?;
+            if let Some(cargo) = std::env::var_os("CARGO") {
+                build_daemon(Path::new(&cargo), &exe)?;
+            }
+            exe.with_file_name("sdnlinkd")
+        }
     };
     if path.is_file() {
         Ok(path)
     } else {
         Err(LabError::NoDaemon(path))
+    }
+}
+
+fn build_daemon(cargo: &Path, exe: &Path) -> Result<(), LabError> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut cmd = Command::new(cargo);
+    // `cargo run` sets these for the program it runs; a nested build that sees them
+    // fingerprints build scripts differently and rebuilds half the dependency tree each time.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "LD_LIBRARY_PATH"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.args(["build", "--quiet", "--bin", "sdnlinkd", "--manifest-path"])
+        .arg(&manifest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // The profile of the running lab binary is the name of its directory (target/<profile>).
+    match exe
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+    {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| LabError::io(format!("running {}", cargo.display()), e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            cmd: format!(
+                "cargo build --bin sdnlinkd --manifest-path {}",
+                manifest.display()
+            ),
+            status: status.to_string(),
+            stderr: "see cargo's output above".into(),
+        })
     }
 }
 

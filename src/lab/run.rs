@@ -392,6 +392,18 @@ pub fn down_from_state(plan: &Plan) -> Result<Vec<String>, LabError> {
     Ok(problems)
 }
 
+/// Removes the holder's log and the state root when nothing else is in it.
+pub fn remove_holder_log(state_root: &Path, prefix: &str) {
+    let _ = std::fs::remove_file(holder_log(state_root, prefix));
+    // Fails (and keeps the directory) while another lab's files are in it.
+    let _ = std::fs::remove_dir(state_root);
+}
+
+/// The log of the holder process of `sdnlink-lab up`.
+pub fn holder_log(state_root: &Path, prefix: &str) -> PathBuf {
+    state_root.join(format!("{prefix}holder.log"))
+}
+
 /// Whether `pid` is a live `sdnlink-lab` holder process.
 fn is_holder(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
