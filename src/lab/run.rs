@@ -127,35 +127,34 @@ impl Lab {
         std::fs::create_dir_all(&plan.state_dir)
             .map_err(|e| LabError::io(format!("{}", plan.state_dir.display()), e))?;
         let created = net::create(&plan)?;
-        let mut state = State {
-            holder_pid: None,
+        let state = State {
+            holder_pid: Some(std::process::id()),
             namespaces: created.namespaces().to_vec(),
             ..State::default()
         };
-        state.save(&plan.state_file())?;
-        let mut servers = Servers::default();
-        for (_, pod) in plan.pods() {
-            servers.start_pod(&pod.netns, &pod.name, POD_PORT)?;
-        }
-        servers.start_upstream_dns(
-            &plan.underlay_netns,
-            plan.upstream_dns(),
-            FORWARDED_NAME,
-            FORWARDED_ADDR,
-        )?;
-        state.holder_pid = Some(std::process::id());
-        state.save(&plan.state_file())?;
-        Ok(Lab {
+        // From here on a failure drops `lab`, which removes the namespaces and the state.
+        let mut lab = Lab {
             plan,
             opts: opts.clone(),
             daemon_bin: None,
             apis: Vec::new(),
             daemons: Vec::new(),
             created: Some(created),
-            servers,
+            servers: Servers::default(),
             rt: None,
             state,
-        })
+        };
+        lab.state.save(&lab.plan.state_file())?;
+        for (_, pod) in lab.plan.pods() {
+            lab.servers.start_pod(&pod.netns, &pod.name, POD_PORT)?;
+        }
+        lab.servers.start_upstream_dns(
+            &lab.plan.underlay_netns,
+            lab.plan.upstream_dns(),
+            FORWARDED_NAME,
+            FORWARDED_ADDR,
+        )?;
+        Ok(lab)
     }
 
     /// The whole lab: topology, API servers, node configs and one daemon per node, each
