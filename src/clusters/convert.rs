@@ -59,7 +59,9 @@ impl SkipReason {
 /// One dropped piece, with a human-readable detail for the log line.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Skip {
+    /// The counted category.
     pub reason: SkipReason,
+    /// What exactly, naming the object (never credentials).
     pub detail: String,
 }
 
@@ -76,14 +78,18 @@ impl Skip {
 /// dropped on the way.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Converted<T> {
+    /// What is left of the object after the trust rules; `None` when nothing usable is.
     pub value: Option<T>,
+    /// Everything dropped on the way.
     pub skips: Vec<Skip>,
 }
 
 /// The CIDRs a cluster's objects must lie in (from the config).
 #[derive(Clone, Copy, Debug)]
 pub struct Trust<'a> {
+    /// Endpoint addresses and node subnets must lie in one of these.
     pub pod_cidrs: &'a [IpNet],
+    /// ClusterIPs must lie in one of these.
     pub service_cidrs: &'a [IpNet],
 }
 
@@ -95,11 +101,13 @@ fn in_any(nets: &[IpNet], ip: IpAddr) -> bool {
 /// here instead of in `Node.spec.podCIDRs`. Only the fields sdnlinkd reads.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct HostSubnet {
+    /// Standard object metadata (the name is the node name by OpenShift convention).
     #[serde(default)]
     pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     /// Name of the node this subnet belongs to.
     #[serde(default)]
     pub host: String,
+    /// The node's host address (not used: endpoints come from the node annotation).
     #[serde(default, rename = "hostIP")]
     pub host_ip: String,
     /// The node's pod subnet, a CIDR.

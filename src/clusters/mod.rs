@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 /// Errors of the clusters subsystem.
 #[derive(Debug, thiserror::Error)]
 pub enum ClustersError {
+    /// The kubeconfig file is missing or not a kubeconfig.
     #[error("cluster {cluster}: reading kubeconfig {path}: {source}")]
     Kubeconfig {
         cluster: String,
@@ -50,10 +51,13 @@ pub enum ClustersError {
         user: String,
         mechanism: &'static str,
     },
+    /// The kubeconfig is readable but no client can be built from it (bad CA, bad server URL).
     #[error("cluster {cluster}: building the client: {reason}")]
     Client { cluster: String, reason: String },
+    /// A request to the API server failed (publish_node).
     #[error("cluster {cluster}: {reason}")]
     Api { cluster: String, reason: String },
+    /// `ClusterSet::start` was called outside a tokio runtime.
     #[error("the cluster watches need a tokio runtime")]
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
 }
@@ -61,7 +65,9 @@ pub enum ClustersError {
 /// Status of one cluster for `STATUS=` and `sdnlinkd status`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClusterStatus {
+    /// Cluster name from the config.
     pub name: String,
+    /// Starting / current / degraded (reason, since) / static.
     pub state: SyncState,
     /// Objects held (before trust filtering of their contents).
     pub objects: ObjectCounts,

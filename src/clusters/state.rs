@@ -20,9 +20,13 @@ use std::time::{Duration, Instant, SystemTime};
 /// The kinds of object watched per cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Kind {
+    /// core/v1 Service.
     Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
     EndpointSlice,
+    /// core/v1 Node.
     Node,
+    /// network.openshift.io/v1 HostSubnet.
     HostSubnet,
 }
 
@@ -60,9 +64,13 @@ struct KindSync {
 /// Object counts of one cluster, as held (before trust filtering of their contents).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ObjectCounts {
+    /// Services held.
     pub services: usize,
+    /// EndpointSlices held.
     pub endpoint_slices: usize,
+    /// Nodes held.
     pub nodes: usize,
+    /// OpenShift HostSubnets held.
     pub host_subnets: usize,
 }
 
