@@ -176,7 +176,7 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Pubkey => {
             let cfg = config::load(path)?;
             let key = crate::tunnel::keys::load_or_create(&cfg.tunnel.private_key_file)?;
-            println!("{}", key.public_key_b64());
+            println!("{}", key.public_key().to_base64());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Netns {

@@ -7,9 +7,11 @@
 //! and nftables service proxying), `dns` (the stub resolver), `daemon` (the reconcile loop),
 //! `lab` (the one-machine lab).
 
+pub mod cli;
 pub mod clusters;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod dns;
 pub mod lab;
 pub mod logging;

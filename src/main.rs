@@ -1,1 +1,4 @@
-fn main() {}
+//! The `sdnlinkd` binary: everything lives in the library.
+fn main() -> std::process::ExitCode {
+    sdnlinkd::cli::main()
+}

@@ -52,6 +52,23 @@ fn host_state() -> String {
     )
 }
 
+/// `state` without what a re-created veth legitimately changes: the peer's ifindex (`@ifN`),
+/// the MAC address and the derived IPv6 link-local address.
+fn normalized(state: &str) -> String {
+    state
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|t| !(t.len() == 17 && t.matches(':').count() == 5))
+                .filter(|t| !t.starts_with("fe80::"))
+                .map(|t| t.split("@if").next().unwrap_or(t))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn ns_state() -> String {
     let mut v = vec!["ip", "netns", "exec", NS];
     let mut out = String::new();
@@ -170,19 +187,24 @@ allowed_ips = ["10.132.0.0/23"]
         cmd.spawn().expect("spawn sdnlinkd")
     }
 
+    /// Runs `sdnlinkd --config cfg ARGS` in the host namespace. Not through `ip netns exec`:
+    /// that gives the child a private mount namespace, where unmounting our /run/netns pin
+    /// would not reach the real one.
     fn tool(&self, cfg: &Path, args: &[&str]) -> std::process::Output {
-        let mut v = vec![
-            "ip",
-            "netns",
-            "exec",
-            HOST,
-            env!("CARGO_BIN_EXE_sdnlinkd"),
-            "--config",
-        ];
-        let c = cfg.display().to_string();
-        v.push(&c);
-        v.extend_from_slice(args);
-        Command::new(v[0]).args(&v[1..]).output().expect("run tool")
+        let host = std::fs::File::open(format!("/run/netns/{HOST}")).expect("host ns");
+        let fd = host.as_raw_fd();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdnlinkd"));
+        cmd.arg("--config").arg(cfg).args(args);
+        // SAFETY: only async-signal-safe calls (setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().expect("run tool")
     }
 
     fn log(&self) -> String {
@@ -245,10 +267,7 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
         lab.log()
     );
     // STATUS= lines came before READY, and READY only once the namespace is in place.
-    assert!(
-        seen.iter().any(|m| m.contains("STATUS=starting")),
-        "{seen:?}"
-    );
+    assert!(seen.iter().any(|m| m.contains("STATUS=starting")), "{seen:?}");
     let up = host_state();
     assert!(up.contains(&format!("netns: {NS}")), "{up}");
     assert!(up.contains(VETH), "{up}");
@@ -259,10 +278,7 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     assert!(inside.contains("169.254.100.2/30"), "{inside}");
     assert!(inside.contains("169.254.20.53/32"), "{inside}");
     assert!(inside.contains("10.128.0.0/14"), "{inside}");
-    assert!(
-        inside.contains("10.132.0.0/23"),
-        "route via tunnel missing:\n{inside}"
-    );
+    assert!(inside.contains("10.132.0.0/23"), "route via tunnel missing:\n{inside}");
     // The watchdog is petted from the loop.
     assert!(
         wait_for(&ns, "WATCHDOG=1", Duration::from_secs(10), &mut seen),
@@ -271,11 +287,7 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
 
     // status over the control socket.
     let st = lab.tool(&cfg, &["status", "--json"]);
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status json");
     assert_eq!(v["phase"], "ready", "{v}");
 
@@ -283,10 +295,7 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     daemon.kill().expect("kill -9");
     let _ = daemon.wait();
     let after_kill = host_state();
-    assert_eq!(
-        up, after_kill,
-        "a killed daemon must leave the dataplane in place"
-    );
+    assert_eq!(up, after_kill, "a killed daemon must leave the dataplane in place");
     let (np2, ns2) = lab.notify_socket();
     let mut daemon = lab.spawn(&cfg, &np2);
     let mut seen2 = Vec::new();
@@ -302,12 +311,16 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     in_host(&["ip", "link", "del", VETH]);
     assert!(!host_state().contains(VETH));
     assert!(
-        wait_until(Duration::from_secs(15), || host_state() == up),
+        wait_until(Duration::from_secs(15), || normalized(&host_state()) == normalized(&up)),
         "veth not restored:\n{}\nlog:\n{}",
         host_state(),
         lab.log()
     );
-    assert!(wait_until(Duration::from_secs(15), || ns_state() == inside));
+    assert!(
+        wait_until(Duration::from_secs(15), || normalized(&ns_state()) == normalized(&inside)),
+        "{}",
+        ns_state()
+    );
 
     // An invalid reload keeps the running config and says why.
     let good = std::fs::read_to_string(&cfg).expect("read");
@@ -328,6 +341,7 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     );
 
     // SIGTERM: STOPPING=1, dataplane stays.
+    let before_term = host_state();
     let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     assert!(
@@ -335,13 +349,9 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
         "{seen2:?}"
     );
     let status = daemon.wait().expect("wait");
-    assert!(
-        status.success(),
-        "exit after SIGTERM: {status:?}\n{}",
-        lab.log()
-    );
+    assert!(status.success(), "exit after SIGTERM: {status:?}\n{}", lab.log());
     assert_eq!(
-        up,
+        before_term,
         host_state(),
         "SIGTERM must leave the dataplane in place"
     );
@@ -351,11 +361,7 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     assert_eq!(before, host_state());
     let c = lab.tool(&cfg, &["cleanup"]);
-    assert!(
-        c.status.success(),
-        "second cleanup: {}",
-        String::from_utf8_lossy(&c.stderr)
-    );
+    assert!(c.status.success(), "second cleanup: {}", String::from_utf8_lossy(&c.stderr));
     assert_eq!(before, host_state());
 }
 
@@ -371,12 +377,7 @@ fn root_invalid_config_exits_before_ready() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(2));
     let mut seen = Vec::new();
-    assert!(!wait_for(
-        &ns,
-        "READY=1",
-        Duration::from_millis(500),
-        &mut seen
-    ));
+    assert!(!wait_for(&ns, "READY=1", Duration::from_millis(500), &mut seen));
     assert!(
         lab.log().contains("overlaps"),
         "the reason must be logged: {}",

@@ -57,7 +57,7 @@ impl AnyProxy {
             ProxyBackendKind::Ipvs => true,
             ProxyBackendKind::Nftables => false,
             ProxyBackendKind::Auto => {
-                let ok = proxy::ipvs::ipvs_available(ns).await;
+                let ok = proxy::ipvs::ipvs_available(ns);
                 tracing::info!(
                     backend = if ok { "ipvs" } else { "nftables" },
                     "proxy.backend = auto: IPVS {}",
@@ -67,15 +67,12 @@ impl AnyProxy {
             }
         };
         if ipvs {
-            let b = proxy::ipvs::IpvsBackend::new(cfg, ns.clone())
-                .await
+            let b = proxy::ipvs::IpvsBackend::from_config(ns.clone(), cfg)
                 .context("starting the IPVS backend")?;
+            proxy::ipvs::apply_sysctls(ns).context("IPVS sysctls in the namespace")?;
             Ok(AnyProxy::Ipvs(b))
         } else {
-            let b = proxy::nft::NftBackend::new(cfg, ns.clone())
-                .await
-                .context("starting the nftables backend")?;
-            Ok(AnyProxy::Nft(b))
+            Ok(AnyProxy::Nft(proxy::nft::NftBackend::new(ns.clone())))
         }
     }
 }
@@ -133,7 +130,7 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     let ns = NetNs::open(&cfg.namespace.name)?;
     let key = tunnel::keys::load_or_create(&cfg.tunnel.private_key_file)
         .context("WireGuard private key")?;
-    let public_key = key.public_key_b64();
+    let public_key = key.public_key().to_base64();
 
     let mut plumbing = node::Plumbing::new(&cfg, host.clone(), ns.clone());
     // The veth and transit addresses first, so the tunnel and DNS have somewhere to live.
@@ -314,7 +311,9 @@ impl Daemon {
         control_task.abort();
         let _ = std::fs::remove_file(&self.cfg.control_socket);
         if let Some(dns) = self.dns.take() {
-            dns.shutdown().await;
+            if let Err(e) = dns.shutdown().await {
+                tracing::warn!(error = %e, "DNS stub shutdown");
+            }
         }
         Ok(())
     }
@@ -340,7 +339,12 @@ impl Daemon {
         // Tunnel first: the routes through it need the link to exist.
         let mut tunnel_ops = 0;
         match self.tunnel.sync(&peers, full).await {
-            Ok(r) => tunnel_ops = r.operations(),
+            Ok(r) => {
+                tunnel_ops = r.messages as usize;
+                for f in &r.failed {
+                    errors.push(format!("tunnel: {f}"));
+                }
+            }
             Err(e) => errors.push(format!("tunnel: {e}")),
         }
         let mut node_ops = 0;
@@ -430,7 +434,7 @@ impl Daemon {
         let tunnel = if new.tunnel != old.tunnel {
             let key = tunnel::keys::load_or_create(&new.tunnel.private_key_file)
                 .map_err(|e| format!("tunnel: {e}"))?;
-            let pk = key.public_key_b64();
+            let pk = key.public_key().to_base64();
             Some((
                 tunnel::Tunnel::ensure(&new, self.host.clone(), self.ns.clone(), key)
                     .await
@@ -455,7 +459,9 @@ impl Daemon {
         };
         if new.dns != old.dns {
             if let Some(dns) = self.dns.take() {
-                dns.shutdown().await;
+                if let Err(e) = dns.shutdown().await {
+                    tracing::warn!(error = %e, "DNS stub shutdown");
+                }
             }
             if new.dns.enabled {
                 match dns::DnsServer::start(&new, &self.ns).await {
@@ -549,7 +555,8 @@ impl Daemon {
             "namespace": self.cfg.namespace.name,
             "clusters": per_cluster,
             "node": serde_json::to_value(self.plumbing.status()).unwrap_or_default(),
-            "tunnel": serde_json::to_value(self.tunnel.status()).unwrap_or_default(),
+            // Reading the device is a short blocking call (UAPI socket or generic netlink).
+            "tunnel": tokio::task::block_in_place(|| serde_json::to_value(self.tunnel.status()).unwrap_or_default()),
             "proxy": { "backend": self.proxy.name() },
             "dns": self.dns.as_ref().map(|d| serde_json::to_value(d.status()).unwrap_or_default()),
             "last_sync": serde_json::to_value(&self.last).unwrap_or_default(),

@@ -44,6 +44,16 @@ pub enum NetnsError {
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// An rtnetlink connection (to spawn), its handle, and the receiver of unsolicited messages.
+pub type RtnlConnection = (
+    rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
+    rtnetlink::Handle,
+    futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+);
+
 struct Inner {
     name: String,
     file: File,
@@ -180,14 +190,28 @@ impl NetNs {
     /// An rtnetlink handle whose socket lives in this namespace. The connection task is spawned
     /// on the current tokio runtime.
     pub async fn rtnetlink(&self) -> Result<rtnetlink::Handle, NetnsError> {
-        let made = self.run_async(rtnetlink::new_connection).await?;
-        let (conn, handle, _messages) = made.map_err(|source| NetnsError::Open {
+        let (conn, handle, _messages) = self.rtnetlink_connection().await?;
+        tokio::spawn(conn);
+        Ok(handle)
+    }
+
+    /// A raw rtnetlink connection made inside this namespace, not yet spawned: for callers that
+    /// bind multicast groups or read unsolicited messages.
+    pub async fn rtnetlink_connection(&self) -> Result<RtnlConnection, NetnsError> {
+        // The socket registers with the reactor of the caller's runtime; the worker thread
+        // enters that runtime for the call (netlink-sys' TokioSocket panics outside one).
+        let rt = tokio::runtime::Handle::current();
+        let made = self
+            .run_async(move || {
+                let _entered = rt.enter();
+                rtnetlink::new_connection()
+            })
+            .await?;
+        made.map_err(|source| NetnsError::Open {
             name: self.inner.name.clone(),
             path: PathBuf::from("netlink"),
             source,
-        })?;
-        tokio::spawn(conn);
-        Ok(handle)
+        })
     }
 
     /// A UDP socket bound inside this namespace.

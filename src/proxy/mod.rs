@@ -6,6 +6,8 @@
 //! table. The daemon keeps the VIP /32 addresses (IPVS needs them as local addresses) through
 //! the node plumbing's address code when [`ProxyBackend::needs_vips`] says so.
 
+pub mod desired;
+pub mod nft;
 pub mod ipvs;
 
 use crate::model::{Protocol, ServiceKey};

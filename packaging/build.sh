@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the sdnlinkd DEB and RPM: the one documented packaging command.
+#
+#   bash packaging/build.sh                 # cargo build --release, then both packages
+#   bash packaging/build.sh --binary PATH   # package an already built sdnlinkd instead
+#
+# Packages land in $CARGO_TARGET_DIR/packages/ (default target/packages/). Installs cargo-deb and
+# cargo-generate-rpm with `cargo install --locked` when missing. The lab binary (sdnlink-lab) is
+# not packaged.
+set -euo pipefail
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+binary=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "build.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+target="${CARGO_TARGET_DIR:-$repo/target}"
+case "$target" in /*) ;; *) target="$repo/$target" ;; esac
+out="$target/packages"
+# cargo-deb and cargo-generate-rpm both read the binary from <target-dir>/release/. Packaging from
+# a staging target dir lets them take a stripped copy (cargo-generate-rpm does not strip, and
+# [profile.release] keeps line tables for backtraces) without touching cargo's own build output.
+stage="$out/stage"
+
+need_tool() {
+    local sub="$1" crate="$2"
+    if ! cargo "$sub" --version >/dev/null 2>&1; then
+        echo "build.sh: installing $crate" >&2
+        cargo install --locked "$crate"
+    fi
+}
+need_tool deb cargo-deb
+need_tool generate-rpm cargo-generate-rpm
+command -v strip >/dev/null || { echo "build.sh: strip not found (apt-get install binutils)" >&2; exit 1; }
+
+if [ -z "$binary" ]; then
+    cargo build --release --bin sdnlinkd
+    binary="$target/release/sdnlinkd"
+fi
+[ -x "$binary" ] || { echo "build.sh: no executable at $binary" >&2; exit 1; }
+
+rm -rf "$stage" "$out"/*.deb "$out"/*.rpm
+mkdir -p "$stage/release" "$out"
+install -m 0755 "$binary" "$stage/release/sdnlinkd"
+strip --strip-unneeded "$stage/release/sdnlinkd"
+
+CARGO_TARGET_DIR="$stage" cargo deb --no-build --no-strip --output "$out/"
+cargo generate-rpm --target-dir "$stage" --output "$out/"
+rm -rf "$stage"
+
+echo "build.sh: packages in $out:"
+ls -1 "$out"/*.deb "$out"/*.rpm

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Checks the DEB and the unit where systemd is PID 1, which this machine's containers are not:
+# boots a Debian 12 root file system (debootstrap, systemd 252, Debian's cloud kernel) under
+# QEMU TCG, installs the package there and starts sdnlinkd.service with the sandbox probe in
+# place of the daemon (vm-verify/probe.sh: every kind of kernel access the daemon makes, under the
+# unit's full hardening), stops and restarts it, purges. See packaging/README.md.
+#
+#   bash packaging/vm-verify.sh [PATH.deb]      # default: the newest target/packages/*.deb
+#
+# Root. Needs debootstrap, qemu-system-x86 and e2fsprogs (installed when missing) and, for the
+# first run, the Debian mirror (the root file system is cached in $SDNLINK_VM_CACHE).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+target="${CARGO_TARGET_DIR:-$repo/target}"
+deb="${1:-$(ls -t "$target"/packages/sdnlinkd_*.deb 2>/dev/null | head -n1)}"
+[ -f "$deb" ] || { echo "vm-verify: no .deb (run bash packaging/build.sh first)" >&2; exit 1; }
+cache="${SDNLINK_VM_CACHE:-/var/cache/sdnlinkd-vm-verify}"
+rootfs="$cache/rootfs"
+mirror="${SDNLINK_VM_MIRROR:-http://deb.debian.org/debian}"
+
+for tool in debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 mkfs.ext4:e2fsprogs; do
+    command -v "${tool%%:*}" >/dev/null ||
+        apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${tool#*:}"
+done
+
+if [ ! -x "$rootfs/lib/systemd/systemd" ]; then
+    rm -rf "$rootfs.new" && mkdir -p "$cache"
+    debootstrap --variant=minbase \
+        --include=systemd,systemd-sysv,udev,dbus,kmod,procps,iproute2,nftables,wireguard-go,netcat-openbsd,initramfs-tools,linux-image-cloud-amd64 \
+        bookworm "$rootfs.new" "$mirror"
+    mv "$rootfs.new" "$rootfs"
+fi
+
+# The verification payload: small, replaced on every run.
+install -d "$rootfs/usr/local/lib/sdnlink-verify"
+install -m 0755 "$repo/packaging/vm-verify/probe.sh" "$repo/packaging/vm-verify/verify.sh" \
+    "$rootfs/usr/local/lib/sdnlink-verify/"
+install -m 0644 "$repo/packaging/vm-verify/probe.conf" "$rootfs/usr/local/lib/sdnlink-verify/"
+install -m 0644 "$repo/packaging/vm-verify/ship-verify.service" "$rootfs/etc/systemd/system/"
+ln -sf /etc/systemd/system/ship-verify.service "$rootfs/etc/systemd/system/multi-user.target.wants/"
+install -m 0644 "$deb" "$rootfs/root/sdnlinkd.deb"
+# Left by an earlier run that died before its purge.
+chroot "$rootfs" dpkg --purge sdnlinkd >/dev/null 2>&1 || true
+
+work="$(mktemp -d /tmp/sdnlink-vm-verify.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+mkfs.ext4 -q -F -L root -d "$rootfs" "$work/root.img" 2G
+kernel="$(ls "$rootfs"/boot/vmlinuz-* | head -n1)"
+initrd="$(ls "$rootfs"/boot/initrd.img-* | head -n1)"
+# KVM hangs on these machines (see shared/kernel-facts.md): TCG.
+timeout 1200 qemu-system-x86_64 -accel tcg,thread=multi -smp 2 -cpu max -m 1024 -nographic \
+    -no-reboot -kernel "$kernel" -initrd "$initrd" \
+    -drive "file=$work/root.img,format=raw,if=virtio" \
+    -append "root=/dev/vda rw console=ttyS0 quiet panic=-1 systemd.show_status=false" \
+    </dev/null | tee "$work/console.log" | grep --line-buffered -E '^(PASS|FAIL|INFO|    |SHIP-VERIFY)' || true
+line="$(grep -a 'SHIP-VERIFY: [0-9]* passed' "$work/console.log" | tail -n1 | tr -d '\r')"
+[ -n "$line" ] || { echo "vm-verify: no result line; console:" >&2; tail -n 40 "$work/console.log" >&2; exit 1; }
+echo "${line#SHIP-VERIFY: }"
+[[ "$line" == *" 0 failed"* ]]

@@ -1,0 +1,445 @@
+//! The hickory request handler: answers our zones from the current [`ZoneData`] (an `ArcSwap`
+//! load, never a lock) and forwards everything else.
+
+use super::forward::{self, Cache, ForwardError};
+use super::zone::{Lookup, ZoneData};
+use arc_swap::ArcSwap;
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
+use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
+use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest UDP answer we send even when a client advertises more (BIND's and Unbound's default
+/// ceiling; larger datagrams fragment).
+const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// Counters of the stub, shown by `sdnlinkd status`.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    queries: AtomicU64,
+    rcodes: [AtomicU64; 7],
+    forwarded: AtomicU64,
+    cache_hits: AtomicU64,
+    upstream_errors: AtomicU64,
+    loops_refused: AtomicU64,
+}
+
+const RCODE_NAMES: [&str; 7] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER",
+];
+
+impl Stats {
+    fn count_rcode(&self, rc: ResponseCode) {
+        let i = match rc {
+            ResponseCode::NoError => 0,
+            ResponseCode::FormErr => 1,
+            ResponseCode::ServFail => 2,
+            ResponseCode::NXDomain => 3,
+            ResponseCode::NotImp => 4,
+            ResponseCode::Refused => 5,
+            _ => 6,
+        };
+        self.rcodes[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Snapshot of the stub's counters and settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DnsStatus {
+    /// Requests received (including malformed ones hickory answered FORMERR before us).
+    pub queries: u64,
+    /// Responses sent, by response code.
+    pub answers: BTreeMap<String, u64>,
+    /// Queries sent upstream (cache misses).
+    pub forwarded: u64,
+    /// Forwardable queries answered from the cache.
+    pub cache_hits: u64,
+    /// Forwarded queries no upstream answered (SERVFAIL to the client).
+    pub upstream_errors: u64,
+    /// Queries refused because every upstream is this server itself.
+    pub loops_refused: u64,
+    /// Zone apexes served.
+    pub zones: Vec<String>,
+    /// Records in the zones.
+    pub records: usize,
+    pub upstreams: Vec<SocketAddr>,
+    pub cached: usize,
+}
+
+pub(crate) struct Shared {
+    pub(crate) zones: ArcSwap<ZoneData>,
+    pub(crate) upstreams: ArcSwap<Vec<SocketAddr>>,
+    pub(crate) ourselves: SocketAddr,
+    pub(crate) cache: Cache,
+    pub(crate) stats: Stats,
+}
+
+/// The request handler; cheap to clone (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct DnsHandler {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What to do with one request, decided without I/O.
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// Answer from our zones.
+    Local {
+        rcode: ResponseCode,
+        answers: Cow<'a, [Record]>,
+        soa: Option<&'a Record>,
+    },
+    /// Not ours: forward this question.
+    Forward(Query),
+    /// Answer with an error and nothing else.
+    Error(ResponseCode),
+    /// Send nothing (a response sent to us: answering could start a loop).
+    Drop,
+}
+
+/// Decides how to answer a parsed request from the zone data.
+pub fn decide<'a>(zones: &'a ZoneData, request: &MessageRequest) -> Decision<'a> {
+    if request.metadata.message_type != MessageType::Query {
+        return Decision::Drop;
+    }
+    if request.metadata.op_code != OpCode::Query {
+        return Decision::Error(ResponseCode::NotImp);
+    }
+    let [query] = request.queries.queries() else {
+        // RFC 9619: a query carries exactly one question.
+        return Decision::Error(ResponseCode::FormErr);
+    };
+    let class = query.query_class();
+    if class != DNSClass::IN && class != DNSClass::ANY {
+        return Decision::Forward(query.original().clone());
+    }
+    match zones.lookup(query.name(), query.query_type()) {
+        Lookup::Answer(answers) => Decision::Local {
+            rcode: ResponseCode::NoError,
+            answers,
+            soa: None,
+        },
+        Lookup::NoData(soa) => Decision::Local {
+            rcode: ResponseCode::NoError,
+            answers: Cow::Borrowed(&[]),
+            soa: Some(soa),
+        },
+        Lookup::NxDomain(soa) => Decision::Local {
+            rcode: ResponseCode::NXDomain,
+            answers: Cow::Borrowed(&[]),
+            soa: Some(soa),
+        },
+        Lookup::NotOurs => Decision::Forward(query.original().clone()),
+    }
+}
+
+/// The OPT record of our response: present when the client sent one (RFC 6891 7), carrying the
+/// client's buffer size, which hickory uses as the UDP size limit when encoding.
+fn response_edns(request: &MessageRequest) -> Option<Edns> {
+    request.edns.as_ref().map(|e| {
+        let mut ours = Edns::new();
+        ours.set_max_payload(e.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        ours
+    })
+}
+
+fn response_metadata(request: &MessageRequest, rcode: ResponseCode) -> Metadata {
+    let mut md = Metadata::response_from_request(&request.metadata);
+    md.response_code = rcode;
+    // We forward on the client's behalf, so recursion is available to it.
+    md.recursion_available = true;
+    md
+}
+
+/// Answers raw query bytes from the zones only (no forwarding), encoded for a UDP client
+/// limited to the size its EDNS advertises (512 without). The fuzzing entry point.
+pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
+    let src: SocketAddr = ([127, 0, 0, 1], 53).into();
+    let request =
+        Request::from_bytes(raw.to_vec(), src, hickory_server::net::xfer::Protocol::Udp).ok()?;
+    let edns = response_edns(&request);
+    let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+    let mut out = Vec::with_capacity(512);
+    let mut enc = BinEncoder::new(&mut out);
+    enc.set_max_size(edns.as_ref().map(|e| e.max_payload()).unwrap_or(512));
+    let error = match decide(zones, &request) {
+        Decision::Drop => return None,
+        Decision::Error(rc) => rc,
+        // Forwarding needs I/O: this entry point answers as a stub without upstreams would.
+        Decision::Forward(_) => ResponseCode::Refused,
+        Decision::Local {
+            rcode,
+            answers,
+            soa,
+        } => {
+            let mut md = response_metadata(&request, rcode);
+            md.authoritative = true;
+            builder
+                .build(
+                    md,
+                    answers.iter(),
+                    std::iter::empty(),
+                    soa,
+                    std::iter::empty(),
+                )
+                .destructive_emit(&mut enc)
+                .ok()?;
+            return Some(out);
+        }
+    };
+    builder
+        .error_msg(&request.metadata, error)
+        .destructive_emit(&mut enc)
+        .ok()?;
+    Some(out)
+}
+
+/// The question to ask next when a local answer is a lone CNAME for an address query.
+fn cname_to_chase(request: &MessageRequest, answers: &[Record]) -> Option<Query> {
+    let [q] = request.queries.queries() else {
+        return None;
+    };
+    let qtype = q.query_type();
+    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
+        return None;
+    }
+    match answers {
+        [Record {
+            data: RData::CNAME(target),
+            ..
+        }] => Some(Query::query(target.0.clone(), qtype)),
+        _ => None,
+    }
+}
+
+fn info_for(request: &Request, rcode: ResponseCode) -> ResponseInfo {
+    ResponseInfo::from(Header {
+        metadata: response_metadata(request, rcode),
+        counts: HeaderCounts::default(),
+    })
+}
+
+impl DnsHandler {
+    pub(crate) fn new(shared: Arc<Shared>) -> DnsHandler {
+        DnsHandler { shared }
+    }
+
+    /// A handler serving `zones`, forwarding to `upstreams`; `ourselves` is the server's own
+    /// listening address (never forwarded to); `cache_size` answers are cached.
+    pub fn standalone(
+        zones: Arc<ZoneData>,
+        upstreams: Vec<SocketAddr>,
+        ourselves: SocketAddr,
+        cache_size: usize,
+    ) -> DnsHandler {
+        DnsHandler::new(Arc::new(Shared {
+            zones: ArcSwap::new(zones),
+            upstreams: ArcSwap::from_pointee(upstreams),
+            ourselves,
+            cache: Cache::new(cache_size),
+            stats: Stats::default(),
+        }))
+    }
+
+    /// Replaces the zone data; lookups in flight finish on the old value.
+    pub fn update(&self, zones: Arc<ZoneData>) {
+        self.shared.zones.store(zones);
+    }
+
+    /// Replaces the upstream resolvers (on reload).
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
+        self.shared.upstreams.store(Arc::new(upstreams));
+    }
+
+    /// Current counters.
+    pub fn status(&self) -> DnsStatus {
+        let s = &self.shared.stats;
+        let zones = self.shared.zones.load();
+        DnsStatus {
+            queries: s.queries.load(Ordering::Relaxed),
+            answers: RCODE_NAMES
+                .iter()
+                .zip(s.rcodes.iter())
+                .map(|(n, c)| (n.to_string(), c.load(Ordering::Relaxed)))
+                .filter(|(_, c)| *c > 0)
+                .collect(),
+            forwarded: s.forwarded.load(Ordering::Relaxed),
+            cache_hits: s.cache_hits.load(Ordering::Relaxed),
+            upstream_errors: s.upstream_errors.load(Ordering::Relaxed),
+            loops_refused: s.loops_refused.load(Ordering::Relaxed),
+            zones: zones.zone_names(),
+            records: zones.record_count(),
+            upstreams: self.shared.upstreams.load().as_ref().clone(),
+            cached: self.shared.cache.len(),
+        }
+    }
+
+    async fn forwarded(
+        &self,
+        query: &Query,
+        rd: bool,
+    ) -> Result<hickory_proto::op::Message, ForwardError> {
+        let key = (
+            LowerName::new(&query.name),
+            query.query_type,
+            query.query_class,
+        );
+        let now = Instant::now();
+        if let Some(hit) = self.shared.cache.get(&key, now) {
+            self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        let upstreams = self.shared.upstreams.load();
+        let usable = forward::usable_upstreams(&upstreams, self.shared.ourselves)?;
+        self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let msg = forward::forward(&usable, query, rd).await?;
+        self.shared.cache.put(key, &msg, Instant::now());
+        Ok(msg)
+    }
+
+    /// The records of an ExternalName's target, one step: from our zones, or from the
+    /// upstreams. Stub resolvers (glibc, musl) do not follow a bare CNAME themselves, and
+    /// CoreDNS answers ExternalName the same way; failures leave the CNAME alone.
+    async fn chase(&self, target: Query) -> Vec<Record> {
+        let local = {
+            let zones = self.shared.zones.load();
+            match zones.lookup(&LowerName::new(&target.name), target.query_type) {
+                Lookup::Answer(r) => Some(
+                    r.iter()
+                        .filter(|r| r.record_type() == target.query_type)
+                        .cloned()
+                        .collect(),
+                ),
+                Lookup::NoData(_) | Lookup::NxDomain(_) => Some(Vec::new()),
+                Lookup::NotOurs => None,
+            }
+        };
+        if let Some(records) = local {
+            return records;
+        }
+        match self.forwarded(&target, true).await {
+            Ok(msg) if msg.metadata.response_code == ResponseCode::NoError => msg.answers,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, name = %target.name, "ExternalName target not resolved");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn respond<R: ResponseHandler>(&self, request: &Request, mut rh: R) -> ResponseInfo {
+        let edns = response_edns(request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let zones = self.shared.zones.load();
+        let sent = match decide(&zones, request) {
+            Decision::Drop => return info_for(request, ResponseCode::FormErr),
+            Decision::Error(rc) => {
+                rh.send_response(builder.error_msg(&request.metadata, rc))
+                    .await
+            }
+            Decision::Local {
+                rcode,
+                answers,
+                soa,
+            } => {
+                let mut md = response_metadata(request, rcode);
+                md.authoritative = true;
+                match cname_to_chase(request, &answers) {
+                    None => {
+                        rh.send_response(builder.build(
+                            md,
+                            answers.iter(),
+                            std::iter::empty(),
+                            soa,
+                            std::iter::empty(),
+                        ))
+                        .await
+                    }
+                    Some(target) => {
+                        let mut all = answers.into_owned();
+                        drop(zones);
+                        all.extend(self.chase(target).await);
+                        rh.send_response(builder.build(
+                            md,
+                            all.iter(),
+                            std::iter::empty(),
+                            std::iter::empty(),
+                            std::iter::empty(),
+                        ))
+                        .await
+                    }
+                }
+            }
+            Decision::Forward(query) => {
+                drop(zones);
+                match self
+                    .forwarded(&query, request.metadata.recursion_desired)
+                    .await
+                {
+                    Ok(msg) => {
+                        let mut md = response_metadata(request, msg.metadata.response_code);
+                        md.recursion_available = msg.metadata.recursion_available;
+                        rh.send_response(builder.build(
+                            md,
+                            msg.answers.iter(),
+                            msg.authorities.iter(),
+                            std::iter::empty(),
+                            msg.additionals.iter(),
+                        ))
+                        .await
+                    }
+                    Err(e) => {
+                        let rc = if matches!(e, ForwardError::Loop) {
+                            self.shared
+                                .stats
+                                .loops_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            ResponseCode::Refused
+                        } else {
+                            self.shared
+                                .stats
+                                .upstream_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(error = %e, name = %query.name, "forwarding failed");
+                            ResponseCode::ServFail
+                        };
+                        rh.send_response(builder.error_msg(&request.metadata, rc))
+                            .await
+                    }
+                }
+            }
+        };
+        match sent {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, src = %request.src(), "sending a DNS response failed");
+                info_for(request, ResponseCode::ServFail)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.shared.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let info = self.respond(request, response_handle).await;
+        self.shared.stats.count_rcode(info.response_code);
+        info
+    }
+}

@@ -1,0 +1,998 @@
+//! The WireGuard device in sdnlinkd's namespace, its two backends, and peer sync.
+//!
+//! The device is created in the host namespace and then moved into sdnlinkd's namespace, so its
+//! UDP socket stays on the host network while its plaintext side lives in the namespace
+//! (wireguard.com/netns). Kernel WireGuard remembers the namespace it was created in for its
+//! socket; wireguard-go runs as a process in the host namespace and only its TUN link moves.
+
+use super::diff::{CurrentPeer, PeerChange, PeerDiff};
+use super::keys::{PrivateKey, PublicKey};
+use super::{DesiredPeers, SkippedPeer, TunnelError};
+use crate::config::{Config, TunnelMode};
+use crate::netns::NetNs;
+use futures::TryStreamExt as _;
+use ipnet::IpNet;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{LinkUnspec, LinkWireguard};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr as _;
+use std::time::{Duration, Instant, SystemTime};
+use wireguard_control::{DeviceUpdate, InterfaceName, PeerConfigBuilder};
+
+/// Where wireguard-go puts its UAPI sockets (and where wireguard-control looks first).
+pub const UAPI_DIR: &str = "/var/run/wireguard";
+
+/// How long a freshly started wireguard-go gets to open its control socket.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which WireGuard implementation drives the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The kernel module, configured over generic netlink.
+    Kernel,
+    /// A supervised wireguard-go process, configured over its UAPI socket.
+    Userspace,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+        })
+    }
+}
+
+impl Backend {
+    /// Netlink or UAPI requests one device update costs. wireguard-control's kernel backend
+    /// sends RTM_NEWLINK (to create the link, EEXIST ignored), CTRL_CMD_GETFAMILY (the
+    /// family id is not cached) and WG_CMD_SET_DEVICE for every update; the userspace backend
+    /// sends one UAPI `set` request.
+    pub fn messages_per_update(self) -> u64 {
+        match self {
+            Backend::Kernel => 3,
+            Backend::Userspace => 1,
+        }
+    }
+
+    fn wg(self) -> wireguard_control::Backend {
+        match self {
+            Backend::Kernel => wireguard_control::Backend::Kernel,
+            Backend::Userspace => wireguard_control::Backend::Userspace,
+        }
+    }
+}
+
+/// What one [`Tunnel::sync`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TunnelReport {
+    /// The device was missing (deleted out of band) and was created again.
+    pub recreated: bool,
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    /// Configuration messages sent to the device in this sync: UAPI `set` requests for the
+    /// userspace backend, generic-netlink requests for the kernel backend.
+    pub messages: u64,
+    /// The applied plan, one line per change.
+    pub plan: Vec<String>,
+    /// Changes that failed, with the error; retried on the next sync.
+    pub failed: Vec<String>,
+}
+
+impl TunnelReport {
+    /// Configuration messages sent to the device (the figure that must stay O(1) per change).
+    pub fn operations(&self) -> usize {
+        usize::try_from(self.messages).unwrap_or(usize::MAX)
+    }
+}
+
+/// What [`cleanup`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// The wireguard-go process stopped, if one served the interface.
+    pub stopped_pid: Option<i32>,
+    /// `namespace/interface` of each link deleted.
+    pub deleted_links: Vec<String>,
+}
+
+impl std::fmt::Display for CleanupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.stopped_pid.is_none() && self.deleted_links.is_empty() {
+            return f.write_str("nothing to remove");
+        }
+        let mut parts = Vec::new();
+        if let Some(pid) = self.stopped_pid {
+            parts.push(format!("stopped wireguard-go (pid {pid})"));
+        }
+        if !self.deleted_links.is_empty() {
+            parts.push(format!("deleted {}", self.deleted_links.join(", ")));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// One peer in `sdnlinkd status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerStatus {
+    pub public_key: PublicKey,
+    pub cluster: Option<String>,
+    pub node: Option<String>,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<IpNet>,
+    /// Seconds since the latest handshake; `None` = never.
+    pub latest_handshake_age_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// The tunnel part of `sdnlinkd status`. Never contains the private key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TunnelStatus {
+    pub backend: Backend,
+    pub interface: String,
+    pub public_key: PublicKey,
+    pub listen_port: u16,
+    pub peers: Vec<PeerStatus>,
+    pub skipped: Vec<SkippedPeer>,
+    /// Set when the device could not be read.
+    pub error: Option<String>,
+}
+
+/// The WireGuard device and what sdnlinkd last committed to it.
+pub struct Tunnel {
+    backend: Backend,
+    iface: String,
+    wg_name: InterfaceName,
+    host: NetNs,
+    ns: NetNs,
+    key: PrivateKey,
+    public: PublicKey,
+    listen_port: u16,
+    mtu: u32,
+    userspace_binary: PathBuf,
+    /// The wireguard-go process this daemon started, kept only to reap it if it exits.
+    child: Option<Child>,
+    /// The peers as last committed (or read on a full sync).
+    committed: BTreeMap<PublicKey, CurrentPeer>,
+    /// The endpoint sdnlinkd last set per peer (see [`PeerDiff::compute`]).
+    last_set: BTreeMap<PublicKey, Option<SocketAddr>>,
+    /// cluster/node per key from the last desired peers, for status.
+    names: BTreeMap<PublicKey, (String, String)>,
+    skipped: Vec<SkippedPeer>,
+    messages: u64,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("backend", &self.backend)
+            .field("iface", &self.iface)
+            .field("public_key", &self.public)
+            .field("peers", &self.committed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn nl_io(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// An rtnetlink handle whose socket lives in `ns`. `NetNs::rtnetlink` builds the tokio socket on
+/// the namespace worker thread, which has no tokio runtime, and panics there (killing the worker);
+/// entering the caller's runtime on the worker first registers the socket with its reactor.
+async fn rtnl(ns: &NetNs) -> Result<rtnetlink::Handle, TunnelError> {
+    let rt = tokio::runtime::Handle::current();
+    let made = ns
+        .run_async(move || {
+            let _guard = rt.enter();
+            rtnetlink::new_connection()
+        })
+        .await?;
+    let (conn, handle, _) = made.map_err(|source| TunnelError::Netlink {
+        op: "open rtnetlink socket",
+        iface: ns.name().to_string(),
+        source,
+    })?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn socket_path(iface: &str) -> PathBuf {
+    Path::new(UAPI_DIR).join(format!("{iface}.sock"))
+}
+
+fn socket_answers(iface: &str) -> bool {
+    UnixStream::connect(socket_path(iface)).is_ok()
+}
+
+/// The link named `name` in the namespace behind `handle`: index and kind.
+async fn find_link(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> Result<Option<(u32, Option<InfoKind>)>, TunnelError> {
+    let res = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await;
+    match res {
+        Ok(Some(msg)) => Ok(Some((msg.header.index, link_kind(&msg)))),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(TunnelError::Netlink {
+            op: "get link",
+            iface: name.to_string(),
+            source: nl_io(e),
+        }),
+    }
+}
+
+fn link_kind(msg: &LinkMessage) -> Option<InfoKind> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// Creates a kernel WireGuard link in the namespace behind `handle`. `Ok(false)` when the kernel
+/// has no WireGuard support (no module: EOPNOTSUPP from rtnl_newlink's missing link ops).
+async fn create_kernel_link(handle: &rtnetlink::Handle, name: &str) -> Result<bool, TunnelError> {
+    match handle
+        .link()
+        .add(LinkWireguard::new(name).build())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(m))
+            if [-libc::EOPNOTSUPP, -libc::ENODEV, -libc::ENOENT].contains(&m.raw_code()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(TunnelError::Netlink {
+            op: "create wireguard link",
+            iface: name.to_string(),
+            source: nl_io(e),
+        }),
+    }
+}
+
+impl Tunnel {
+    /// Creates or adopts the device `cfg.tunnel.interface` in `ns` (created in `host` and moved),
+    /// with the key, listen port and MTU of the config, up. An existing device with the same key
+    /// is left alone, so peers keep their sessions. Must run inside a tokio runtime.
+    pub async fn ensure(
+        cfg: &Config,
+        host: NetNs,
+        ns: NetNs,
+        key: PrivateKey,
+    ) -> Result<Tunnel, TunnelError> {
+        let iface = cfg.tunnel.interface.clone();
+        let wg_name = InterfaceName::from_str(&iface)
+            .map_err(|_| TunnelError::InterfaceName(iface.clone()))?;
+        if iface.contains('/') || iface.chars().any(char::is_whitespace) {
+            return Err(TunnelError::InterfaceName(iface));
+        }
+        let public = key.public_key();
+        let mut tunnel = Tunnel {
+            backend: Backend::Userspace,
+            iface,
+            wg_name,
+            host,
+            ns,
+            key,
+            public,
+            listen_port: cfg.tunnel.listen_port,
+            mtu: cfg.tunnel.mtu,
+            userspace_binary: cfg.tunnel.userspace_binary.clone(),
+            child: None,
+            committed: BTreeMap::new(),
+            last_set: BTreeMap::new(),
+            names: BTreeMap::new(),
+            skipped: Vec::new(),
+            messages: 0,
+        };
+        tunnel.backend = match cfg.tunnel.mode {
+            TunnelMode::Kernel => Backend::Kernel,
+            TunnelMode::Userspace => Backend::Userspace,
+            TunnelMode::Auto => {
+                let chosen = tunnel.probe_backend().await?;
+                tracing::info!(
+                    interface = %tunnel.iface,
+                    backend = %chosen,
+                    "WireGuard mode auto: using the {chosen} backend"
+                );
+                chosen
+            }
+        };
+        tunnel.ensure_device().await?;
+        tunnel.committed = tunnel.read_peers().await?;
+        Ok(tunnel)
+    }
+
+    /// Auto mode: an existing device decides; otherwise creating the kernel link in the host
+    /// namespace is the probe (and, when it works, the device).
+    async fn probe_backend(&self) -> Result<Backend, TunnelError> {
+        let nsh = rtnl(&self.ns).await?;
+        if let Some((_, kind)) = find_link(&nsh, &self.iface).await? {
+            return Ok(if kind == Some(InfoKind::Wireguard) {
+                Backend::Kernel
+            } else {
+                Backend::Userspace
+            });
+        }
+        if socket_answers(&self.iface) {
+            return Ok(Backend::Userspace);
+        }
+        let hh = rtnl(&self.host).await?;
+        Ok(if create_kernel_link(&hh, &self.iface).await? {
+            Backend::Kernel
+        } else {
+            Backend::Userspace
+        })
+    }
+
+    /// Makes sure the device exists in the namespace, is up with our MTU, key and port.
+    /// Returns true when it had to be created or moved.
+    async fn ensure_device(&mut self) -> Result<bool, TunnelError> {
+        let nsh = rtnl(&self.ns).await?;
+        let mut created = false;
+        let index = match find_link(&nsh, &self.iface).await? {
+            Some((idx, kind)) => {
+                let ours = match self.backend {
+                    Backend::Kernel => kind == Some(InfoKind::Wireguard),
+                    Backend::Userspace => {
+                        kind == Some(InfoKind::Tun) && socket_answers(&self.iface)
+                    }
+                };
+                if !ours {
+                    return Err(TunnelError::Foreign {
+                        iface: self.iface.clone(),
+                        ns: self.ns.name().to_string(),
+                        backend: self.backend,
+                    });
+                }
+                idx
+            }
+            None => {
+                created = true;
+                let hh = rtnl(&self.host).await?;
+                match self.backend {
+                    Backend::Kernel => {
+                        if !create_kernel_link(&hh, &self.iface).await? {
+                            return Err(TunnelError::Netlink {
+                                op: "create wireguard link (kernel backend)",
+                                iface: self.iface.clone(),
+                                source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                            });
+                        }
+                    }
+                    Backend::Userspace => {
+                        if socket_answers(&self.iface)
+                            && find_link(&hh, &self.iface).await?.is_none()
+                        {
+                            // Its link was deleted out of band and it has not exited yet: a
+                            // wireguard-go without a TUN is useless, start a fresh one.
+                            let _ = stop_userspace(&self.iface, &self.userspace_binary).await;
+                            self.reap_child();
+                        }
+                        self.ensure_userspace_process().await?
+                    }
+                }
+                let Some((hidx, _)) = find_link(&hh, &self.iface).await? else {
+                    return Err(TunnelError::Netlink {
+                        op: "find the new link in the host namespace",
+                        iface: self.iface.clone(),
+                        source: io::Error::from_raw_os_error(libc::ENODEV),
+                    });
+                };
+                let fd = self.ns.file().as_raw_fd();
+                hh.link()
+                    .set(LinkUnspec::new_with_index(hidx).setns_by_fd(fd).build())
+                    .execute()
+                    .await
+                    .map_err(|e| TunnelError::Netlink {
+                        op: "move link into the namespace",
+                        iface: self.iface.clone(),
+                        source: nl_io(e),
+                    })?;
+                tracing::info!(interface = %self.iface, backend = %self.backend, ns = %self.ns.name(),
+                    "created WireGuard device and moved it into the namespace");
+                match find_link(&nsh, &self.iface).await? {
+                    Some((idx, _)) => idx,
+                    None => {
+                        return Err(TunnelError::Netlink {
+                            op: "find the moved link in the namespace",
+                            iface: self.iface.clone(),
+                            source: io::Error::from_raw_os_error(libc::ENODEV),
+                        })
+                    }
+                }
+            }
+        };
+        nsh.link()
+            .set(LinkUnspec::new_with_index(index).mtu(self.mtu).up().build())
+            .execute()
+            .await
+            .map_err(|e| TunnelError::Netlink {
+                op: "set MTU and up",
+                iface: self.iface.clone(),
+                source: nl_io(e),
+            })?;
+
+        let dev = self.get_device().await?;
+        let mut update = DeviceUpdate::new();
+        let mut needed = false;
+        if dev.public_key.as_ref().map(|k| k.0) != Some(self.public.0) {
+            update = update.set_private_key(self.key.to_wg());
+            needed = true;
+        }
+        if dev.listen_port != Some(self.listen_port) {
+            update = update.set_listen_port(self.listen_port);
+            needed = true;
+        }
+        // `dev` holds the private key: it goes out of scope here, never into a log.
+        drop(dev);
+        if needed {
+            self.apply(update, "set key and listen port").await?;
+        }
+        if self.backend == Backend::Userspace {
+            self.ensure_userspace_up(&nsh, index).await?;
+        }
+        if created {
+            self.committed.clear();
+            self.last_set.clear();
+        }
+        Ok(created)
+    }
+
+    /// wireguard-go follows its link's up/down state from two sources: rtnetlink events in its
+    /// own (host) namespace, and once a second a zero-length write to the TUN (its
+    /// cross-namespace "hack listener", which only reports changes). Moving the link out of the
+    /// host namespace emits a "down" event there; if wireguard-go reads that event after the
+    /// hack listener already reported "up", it stays down for good. A device that is up has its
+    /// UDP socket bound on the listen port, so that is checked, and the link bounced (down long
+    /// enough for the hack listener to see it) when it is not.
+    async fn ensure_userspace_up(
+        &self,
+        nsh: &rtnetlink::Handle,
+        index: u32,
+    ) -> Result<(), TunnelError> {
+        if self.wait_userspace_bound(Duration::from_secs(3)).await {
+            return Ok(());
+        }
+        tracing::warn!(interface = %self.iface, "wireguard-go missed its link coming up; bouncing the link");
+        for up in [false, true] {
+            let msg = LinkUnspec::new_with_index(index);
+            let msg = if up { msg.up() } else { msg.down() };
+            nsh.link()
+                .set(msg.build())
+                .execute()
+                .await
+                .map_err(|e| TunnelError::Netlink {
+                    op: "bounce link",
+                    iface: self.iface.clone(),
+                    source: nl_io(e),
+                })?;
+            if !up {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        }
+        if !self.wait_userspace_bound(Duration::from_secs(3)).await {
+            tracing::warn!(interface = %self.iface, port = self.listen_port,
+                "wireguard-go still has no UDP socket on its listen port");
+        }
+        Ok(())
+    }
+
+    async fn wait_userspace_bound(&self, within: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if udp_port_bound(&self.iface, self.listen_port) {
+                return true;
+            }
+            if start.elapsed() > within {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Userspace backend: adopt a running wireguard-go whose socket answers, or start one in the
+    /// host namespace in its own process group, so that it outlives a `kill -9` of the daemon
+    /// (the device and its sessions must survive restarts).
+    async fn ensure_userspace_process(&mut self) -> Result<(), TunnelError> {
+        if socket_answers(&self.iface) {
+            return Ok(());
+        }
+        let sock = socket_path(&self.iface);
+        // A socket file nobody listens on is left by a killed wireguard-go; it would make the
+        // new one fail to bind.
+        let _ = std::fs::remove_file(&sock);
+        let binary = self.userspace_binary.clone();
+        let iface = self.iface.clone();
+        let spawned = self
+            .host
+            .run_async(move || {
+                std::fs::create_dir_all(UAPI_DIR)?;
+                Command::new(&binary)
+                    .arg("-f")
+                    .arg(&iface)
+                    .env("WG_PROCESS_FOREGROUND", "1")
+                    // Null, not pipes: Go dies of SIGPIPE writing to a closed stdout/stderr,
+                    // which a pipe to a restarted daemon would be.
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0)
+                    .spawn()
+            })
+            .await?;
+        let child = spawned.map_err(|source| TunnelError::Spawn {
+            binary: self.userspace_binary.display().to_string(),
+            iface: self.iface.clone(),
+            source,
+        })?;
+        tracing::info!(interface = %self.iface, pid = child.id(), binary = %self.userspace_binary.display(),
+            "started userspace WireGuard");
+        self.child = Some(child);
+        let start = Instant::now();
+        while !socket_answers(&self.iface) {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(TunnelError::Spawn {
+                        binary: self.userspace_binary.display().to_string(),
+                        iface: self.iface.clone(),
+                        source: io::Error::other(format!("exited at start with {status}")),
+                    });
+                }
+            }
+            if start.elapsed() > SPAWN_TIMEOUT {
+                return Err(TunnelError::SocketTimeout {
+                    binary: self.userspace_binary.display().to_string(),
+                    iface: self.iface.clone(),
+                    socket: sock.display().to_string(),
+                    secs: SPAWN_TIMEOUT.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// The namespace wireguard-control must be called from: the kernel backend talks generic
+    /// netlink in the calling thread's namespace (the device is in `ns`); the userspace backend
+    /// talks to a socket file, and runs in the host namespace so that nothing it might start
+    /// lands in `ns`.
+    fn wg_ns(&self) -> &NetNs {
+        match self.backend {
+            Backend::Kernel => &self.ns,
+            Backend::Userspace => &self.host,
+        }
+    }
+
+    async fn get_device(&self) -> Result<wireguard_control::Device, TunnelError> {
+        let (name, backend) = (self.wg_name, self.backend);
+        let res = self
+            .wg_ns()
+            .run_async(move || {
+                if backend == Backend::Userspace && !socket_answers(&name.to_string()) {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
+                }
+                wireguard_control::Device::get(&name, backend.wg())
+            })
+            .await?;
+        res.map_err(|source| TunnelError::Device {
+            op: "read device",
+            iface: self.iface.clone(),
+            backend,
+            source,
+        })
+    }
+
+    /// Sends one update. Both wireguard-control backends create the device when it is missing
+    /// (kernel: RTM_NEWLINK in the calling namespace; userspace: starts wireguard-go there);
+    /// either would put a device with its UDP socket inside the namespace, so a missing device
+    /// is ENODEV here and the next full sync re-creates it properly.
+    async fn apply(&mut self, update: DeviceUpdate, op: &'static str) -> Result<(), TunnelError> {
+        let (name, backend, iface) = (self.wg_name, self.backend, self.iface.clone());
+        let res = self
+            .wg_ns()
+            .run_async(move || {
+                let present = match backend {
+                    Backend::Userspace => socket_answers(&iface),
+                    Backend::Kernel => nix::net::if_::if_nametoindex(iface.as_str()).is_ok(),
+                };
+                if !present {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
+                }
+                update.apply(&name, backend.wg())
+            })
+            .await?;
+        self.messages += self.backend.messages_per_update();
+        res.map_err(|source| TunnelError::Device {
+            op,
+            iface: self.iface.clone(),
+            backend: self.backend,
+            source,
+        })
+    }
+
+    async fn read_peers(&self) -> Result<BTreeMap<PublicKey, CurrentPeer>, TunnelError> {
+        let dev = self.get_device().await?;
+        let mut peers = BTreeMap::new();
+        for p in dev.peers {
+            let key = PublicKey(p.config.public_key.0);
+            let allowed_ips = p
+                .config
+                .allowed_ips
+                .iter()
+                .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+                .map(|n| n.trunc())
+                .collect();
+            peers.insert(
+                key,
+                CurrentPeer {
+                    endpoint: p.config.endpoint,
+                    allowed_ips,
+                    keepalive: p.config.persistent_keepalive_interval.filter(|k| *k != 0),
+                    last_handshake: p.stats.last_handshake_time,
+                },
+            );
+        }
+        Ok(peers)
+    }
+
+    /// Applies the difference between the device and `desired`, one peer per message (never
+    /// replace-peers, which drops every session). Incremental (`full = false`): diffs against
+    /// the last committed state without reading the device. Full: re-creates a device deleted
+    /// out of band, re-reads the peers and repairs drift. Skipped peers are logged once. After an
+    /// error (the device vanished, a namespace is gone) the next sync must be a full one.
+    pub async fn sync(
+        &mut self,
+        desired: &DesiredPeers,
+        full: bool,
+    ) -> Result<TunnelReport, TunnelError> {
+        let before = self.messages;
+        let mut report = TunnelReport::default();
+        self.reap_child();
+        self.names = desired
+            .peers
+            .iter()
+            .map(|(k, p)| (*k, (p.cluster.clone(), p.node.clone())))
+            .collect();
+        for s in &desired.skipped {
+            if !self.skipped.contains(s) {
+                tracing::warn!(cluster = %s.cluster, node = %s.node, "{s}");
+            }
+        }
+        self.skipped = desired.skipped.clone();
+        if full {
+            report.recreated = self.ensure_device().await?;
+            self.committed = self.read_peers().await?;
+        }
+        let diff = PeerDiff::compute(&self.committed, desired, &self.last_set, SystemTime::now());
+        for change in diff.changes {
+            let line = change.to_string();
+            let key = *change.key();
+            let update = match &change {
+                PeerChange::Add { key, peer } => {
+                    let mut b = PeerConfigBuilder::new(&key.to_wg()).replace_allowed_ips();
+                    if let Some(e) = peer.endpoint {
+                        b = b.set_endpoint(e);
+                    }
+                    b = b.set_persistent_keepalive_interval(peer.keepalive.unwrap_or(0));
+                    for n in &peer.allowed_ips {
+                        b = b.add_allowed_ip(n.addr(), n.prefix_len());
+                    }
+                    b
+                }
+                PeerChange::Update {
+                    key,
+                    endpoint,
+                    allowed_ips,
+                    keepalive,
+                } => {
+                    let mut b = PeerConfigBuilder::new(&key.to_wg());
+                    if let Some(e) = endpoint {
+                        b = b.set_endpoint(*e);
+                    }
+                    if let Some(k) = keepalive {
+                        b = b.set_persistent_keepalive_interval(k.unwrap_or(0));
+                    }
+                    if let Some(nets) = allowed_ips {
+                        b = b.replace_allowed_ips();
+                        for n in nets {
+                            b = b.add_allowed_ip(n.addr(), n.prefix_len());
+                        }
+                    }
+                    b
+                }
+                PeerChange::Remove { key } => PeerConfigBuilder::new(&key.to_wg()).remove(),
+            };
+            match self
+                .apply(DeviceUpdate::new().add_peer(update), "set peer")
+                .await
+            {
+                Ok(()) => {
+                    report.plan.push(line);
+                    match change {
+                        PeerChange::Add { peer, .. } => {
+                            report.added += 1;
+                            self.committed
+                                .insert(key, CurrentPeer::from_desired(&peer, peer.endpoint));
+                            self.last_set.insert(key, peer.endpoint);
+                        }
+                        PeerChange::Update {
+                            endpoint,
+                            allowed_ips,
+                            keepalive,
+                            ..
+                        } => {
+                            report.updated += 1;
+                            if let Some(c) = self.committed.get_mut(&key) {
+                                if let Some(e) = endpoint {
+                                    c.endpoint = Some(e);
+                                }
+                                if let Some(n) = allowed_ips {
+                                    c.allowed_ips = n.into_iter().collect();
+                                }
+                                if let Some(k) = keepalive {
+                                    c.keepalive = k;
+                                }
+                            }
+                        }
+                        PeerChange::Remove { .. } => {
+                            report.removed += 1;
+                            self.committed.remove(&key);
+                            self.last_set.remove(&key);
+                        }
+                    }
+                }
+                Err(TunnelError::Device { source, .. })
+                    if source.raw_os_error() == Some(libc::ENODEV) =>
+                {
+                    // The device is gone: nothing else can apply; the next full sync rebuilds.
+                    report.messages = self.messages - before;
+                    return Err(TunnelError::Device {
+                        op: "set peer",
+                        iface: self.iface.clone(),
+                        backend: self.backend,
+                        source,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(interface = %self.iface, "{line}: {e}");
+                    report.failed.push(format!("{line}: {e}"));
+                }
+            }
+        }
+        // What we want is what we last asked for, whether or not this sync had to send it: a
+        // roamed endpoint of an adopted peer is kept until the desired endpoint itself changes.
+        for (key, p) in &desired.peers {
+            if self.committed.contains_key(key) {
+                self.last_set.insert(*key, p.endpoint);
+            }
+        }
+        report.messages = self.messages - before;
+        Ok(report)
+    }
+
+    fn reap_child(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                tracing::warn!(interface = %self.iface, "userspace WireGuard exited with {status}; the next full sync restarts it");
+                self.child = None;
+            }
+        }
+    }
+
+    /// Reads the device and reports it. Blocks on the device read (call it from a blocking
+    /// context such as `spawn_blocking`, not from an async task).
+    pub fn status(&self) -> TunnelStatus {
+        let (name, backend) = (self.wg_name, self.backend);
+        let read = self
+            .wg_ns()
+            .run(move || wireguard_control::Device::get(&name, backend.wg()));
+        let mut status = TunnelStatus {
+            backend: self.backend,
+            interface: self.iface.clone(),
+            public_key: self.public,
+            listen_port: self.listen_port,
+            peers: Vec::new(),
+            skipped: self.skipped.clone(),
+            error: None,
+        };
+        let dev = match read {
+            Ok(Ok(dev)) => dev,
+            Ok(Err(e)) => {
+                status.error = Some(e.to_string());
+                return status;
+            }
+            Err(e) => {
+                status.error = Some(e.to_string());
+                return status;
+            }
+        };
+        if let Some(p) = dev.listen_port {
+            status.listen_port = p;
+        }
+        let now = SystemTime::now();
+        for p in dev.peers {
+            let key = PublicKey(p.config.public_key.0);
+            let names = self.names.get(&key);
+            status.peers.push(PeerStatus {
+                public_key: key,
+                cluster: names.map(|n| n.0.clone()),
+                node: names.map(|n| n.1.clone()),
+                endpoint: p.config.endpoint,
+                allowed_ips: p
+                    .config
+                    .allowed_ips
+                    .iter()
+                    .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+                    .collect(),
+                latest_handshake_age_secs: p
+                    .stats
+                    .last_handshake_time
+                    .map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
+                rx_bytes: p.stats.rx_bytes,
+                tx_bytes: p.stats.tx_bytes,
+            });
+        }
+        status.peers.sort_by_key(|p| p.public_key);
+        status
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Configuration messages sent since [`Tunnel::ensure`].
+    pub fn messages_sent(&self) -> u64 {
+        self.messages
+    }
+
+    /// The device's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    /// The peers as last committed.
+    pub fn committed(&self) -> &BTreeMap<PublicKey, CurrentPeer> {
+        &self.committed
+    }
+}
+
+/// Stops the wireguard-go serving `iface`, found through its control socket's peer credentials
+/// (no pid file to go stale), and only if that process runs `binary`: never signal a process
+/// sdnlinkd did not start. SIGTERM, then SIGKILL after 5 s.
+async fn stop_userspace(iface: &str, binary: &Path) -> Option<i32> {
+    let stream = UnixStream::connect(socket_path(iface)).ok()?;
+    let cred =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    drop(stream);
+    let exe = std::fs::read_link(format!("/proc/{}/exe", cred.pid())).ok();
+    let expected = std::fs::canonicalize(binary).ok();
+    if exe.is_none() || exe != expected {
+        tracing::warn!(interface = %iface, pid = cred.pid(), "control socket is served by another program; not stopping it");
+        return None;
+    }
+    use nix::sys::signal::{kill, Signal};
+    let pid = nix::unistd::Pid::from_raw(cred.pid());
+    let _ = kill(pid, Signal::SIGTERM);
+    let start = Instant::now();
+    while running(cred.pid()) {
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = kill(pid, Signal::SIGKILL);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(cred.pid())
+}
+
+/// Whether the wireguard-go serving `iface` has a UDP socket bound on `port`, read from
+/// `/proc/<pid>/net/udp{,6}` (the tables of that process's namespace).
+fn udp_port_bound(iface: &str, port: u16) -> bool {
+    let Ok(stream) = UnixStream::connect(socket_path(iface)) else {
+        return false;
+    };
+    let Ok(cred) =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+    else {
+        return false;
+    };
+    let needle = format!(":{port:04X}");
+    ["udp", "udp6"].iter().any(|t| {
+        std::fs::read_to_string(format!("/proc/{}/net/{t}", cred.pid()))
+            .map(|text| {
+                text.lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().nth(1))
+                    .any(|local| local.ends_with(&needle))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Whether `pid` exists and is not a zombie (a zombie child of this process has exited; it is
+/// reaped with its `Child`).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain ") ".
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// `sdnlinkd cleanup`: removes the device of `cfg.tunnel.interface` from the host namespace and
+/// from sdnlinkd's namespace (when it still exists), and stops the wireguard-go serving it.
+pub async fn cleanup(cfg: &Config) -> Result<CleanupReport, TunnelError> {
+    let host = NetNs::current()?;
+    let ns = NetNs::open(&cfg.namespace.name).ok();
+    cleanup_in(cfg, &host, ns.as_ref()).await
+}
+
+/// Removes the device: stops the wireguard-go process serving `cfg.tunnel.interface` (found
+/// through its control socket's peer credentials, so no pid file is needed) and deletes the link
+/// from `ns` and the host namespace. Idempotent: "already gone" is success.
+pub async fn cleanup_in(
+    cfg: &Config,
+    host: &NetNs,
+    ns: Option<&NetNs>,
+) -> Result<CleanupReport, TunnelError> {
+    let mut report = CleanupReport::default();
+    let iface = cfg.tunnel.interface.as_str();
+    let sock = socket_path(iface);
+    report.stopped_pid = stop_userspace(iface, &cfg.tunnel.userspace_binary).await;
+    let mut spaces = vec![host];
+    spaces.extend(ns);
+    for space in spaces {
+        let h = rtnl(space).await?;
+        if let Some((idx, kind)) = find_link(&h, iface).await? {
+            if matches!(kind, Some(InfoKind::Wireguard) | Some(InfoKind::Tun)) {
+                match h.link().del(idx).execute().await {
+                    Ok(()) => report
+                        .deleted_links
+                        .push(format!("{}/{iface}", space.name())),
+                    Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => {}
+                    Err(e) => {
+                        return Err(TunnelError::Netlink {
+                            op: "delete link",
+                            iface: iface.to_string(),
+                            source: nl_io(e),
+                        })
+                    }
+                }
+            }
+        }
+    }
+    if !socket_answers(iface) {
+        let _ = std::fs::remove_file(&sock);
+    }
+    Ok(report)
+}

@@ -1,0 +1,191 @@
+//! The pure peer diff between the device and the desired peers (innernet's `PeerDiff` shape).
+//!
+//! Only what sdnlinkd owns is compared: public key, endpoint, allowed IPs, keepalive. The
+//! endpoint is special: WireGuard rewrites a peer's endpoint to the address its authenticated
+//! packets arrive from (roaming, NAT). Re-setting the configured endpoint every time the kernel
+//! shows another one cut connections every 30 s in Kilo (squat/kilo issue 34), so an endpoint is
+//! only re-set when *our* desired endpoint changed since we last set it.
+
+use super::{DesiredPeer, DesiredPeers, PublicKey};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+/// WireGuard's REJECT_AFTER_TIME (180 s, whitepaper section 6.1): a peer with a handshake younger
+/// than this has a live session on whatever endpoint the kernel shows.
+pub const LIVE_SESSION: Duration = Duration::from_secs(180);
+
+/// A peer as the device reports it (or as sdnlinkd last committed it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentPeer {
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: BTreeSet<IpNet>,
+    /// `None` = off (the kernel reports 0 for off).
+    pub keepalive: Option<u16>,
+    pub last_handshake: Option<SystemTime>,
+}
+
+impl CurrentPeer {
+    /// The state a desired peer has once applied with the given endpoint.
+    pub fn from_desired(d: &DesiredPeer, endpoint: Option<SocketAddr>) -> CurrentPeer {
+        CurrentPeer {
+            endpoint,
+            allowed_ips: d.allowed_ips.iter().copied().collect(),
+            keepalive: d.keepalive,
+            last_handshake: None,
+        }
+    }
+}
+
+/// One operation on one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    Add {
+        key: PublicKey,
+        peer: DesiredPeer,
+    },
+    Update {
+        key: PublicKey,
+        /// `Some` = set this endpoint.
+        endpoint: Option<SocketAddr>,
+        /// `Some` = replace the allowed IPs with these.
+        allowed_ips: Option<Vec<IpNet>>,
+        /// `Some(k)` = set keepalive to `k` (`None` inside = off).
+        keepalive: Option<Option<u16>>,
+    },
+    Remove {
+        key: PublicKey,
+    },
+}
+
+impl PeerChange {
+    /// The peer the change is about.
+    pub fn key(&self) -> &PublicKey {
+        match self {
+            PeerChange::Add { key, .. }
+            | PeerChange::Update { key, .. }
+            | PeerChange::Remove { key } => key,
+        }
+    }
+}
+
+impl fmt::Display for PeerChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nets = |v: &[IpNet]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            PeerChange::Add { key, peer } => {
+                write!(f, "add peer {key} ({}/{})", peer.cluster, peer.node)?;
+                if let Some(e) = peer.endpoint {
+                    write!(f, " endpoint={e}")?;
+                }
+                write!(f, " allowed_ips={}", nets(&peer.allowed_ips))?;
+                if let Some(k) = peer.keepalive {
+                    write!(f, " keepalive={k}")?;
+                }
+                Ok(())
+            }
+            PeerChange::Update {
+                key,
+                endpoint,
+                allowed_ips,
+                keepalive,
+            } => {
+                write!(f, "update peer {key}")?;
+                if let Some(e) = endpoint {
+                    write!(f, " endpoint={e}")?;
+                }
+                if let Some(a) = allowed_ips {
+                    write!(f, " allowed_ips={}", nets(a))?;
+                }
+                if let Some(k) = keepalive {
+                    write!(f, " keepalive={}", k.unwrap_or(0))?;
+                }
+                Ok(())
+            }
+            PeerChange::Remove { key } => write!(f, "remove peer {key}"),
+        }
+    }
+}
+
+/// The changes that turn the current peers into the desired ones, in key order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerDiff {
+    pub changes: Vec<PeerChange>,
+}
+
+impl PeerDiff {
+    /// Diffs `current` against `desired`. `last_set` holds, per peer, the endpoint sdnlinkd last
+    /// set (absent when it never set one in this process, e.g. right after a restart); `now`
+    /// dates the handshakes.
+    pub fn compute(
+        current: &BTreeMap<PublicKey, CurrentPeer>,
+        desired: &DesiredPeers,
+        last_set: &BTreeMap<PublicKey, Option<SocketAddr>>,
+        now: SystemTime,
+    ) -> PeerDiff {
+        let mut changes = Vec::new();
+        for (key, want) in &desired.peers {
+            let Some(have) = current.get(key) else {
+                changes.push(PeerChange::Add {
+                    key: *key,
+                    peer: want.clone(),
+                });
+                continue;
+            };
+            let endpoint = want
+                .endpoint
+                .filter(|d| have.endpoint != Some(*d))
+                .filter(|d| match last_set.get(key) {
+                    // We set this very endpoint; the kernel shows where the peer roamed to.
+                    Some(prev) => *prev != Some(*d),
+                    // No record (we restarted): keep a live session wherever it is.
+                    None => {
+                        let live = have.last_handshake.is_some_and(|t| {
+                            now.duration_since(t)
+                                .map(|age| age < LIVE_SESSION)
+                                .unwrap_or(true)
+                        });
+                        have.endpoint.is_none() || !live
+                    }
+                });
+            let want_ips: BTreeSet<IpNet> = want.allowed_ips.iter().copied().collect();
+            let allowed_ips = (want_ips != have.allowed_ips).then(|| want.allowed_ips.clone());
+            let keepalive = (want.keepalive != have.keepalive).then_some(want.keepalive);
+            if endpoint.is_some() || allowed_ips.is_some() || keepalive.is_some() {
+                changes.push(PeerChange::Update {
+                    key: *key,
+                    endpoint,
+                    allowed_ips,
+                    keepalive,
+                });
+            }
+        }
+        for key in current.keys() {
+            if !desired.peers.contains_key(key) {
+                changes.push(PeerChange::Remove { key: *key });
+            }
+        }
+        changes.sort_by(|a, b| a.key().cmp(b.key()));
+        PeerDiff { changes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+impl fmt::Display for PeerDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.changes {
+            writeln!(f, "{c}")?;
+        }
+        Ok(())
+    }
+}
