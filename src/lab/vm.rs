@@ -78,12 +78,25 @@ pub fn run_lab(
         binaries,
         command,
         modules,
-        // Four daemons, their wireguard devices and the lab itself.
-        memory_mb: 2048,
+        // Four daemons, their wireguard devices and the lab itself, next to the unpacked
+        // initramfs (which lives in guest RAM).
+        memory_mb: memory_for(&[&lab_bin, &daemon_bin], 1536),
         timeout: Duration::from_secs(1800),
         ..VmSpec::default()
     };
     vm::run(&spec).map_err(vm_err)
+}
+
+/// Guest memory for a payload: the initramfs is unpacked into guest RAM (twice while the
+/// kernel unpacks it), so debug-built binaries of a few hundred MB need room beyond `base`.
+fn memory_for(binaries: &[&Path], base: u32) -> u32 {
+    let bytes: u64 = binaries
+        .iter()
+        .filter_map(|b| std::fs::metadata(b).ok())
+        .map(|m| m.len())
+        .sum();
+    let mb = u32::try_from(bytes / (1024 * 1024)).unwrap_or(u32::MAX / 4);
+    base.saturating_add(mb.saturating_mul(2)).max(1536)
 }
 
 fn walk(dir: &Path) -> Result<Vec<PathBuf>, LabError> {
@@ -160,9 +173,11 @@ pub fn run_kernel_tests(
     daemon_bin: Option<&Path>,
     kernel: Option<Kernel>,
 ) -> Result<VmOutcome, LabError> {
+    let mut payload: Vec<&Path> = binaries.iter().map(PathBuf::as_path).collect();
+    payload.extend(daemon_bin);
     let mut spec = VmSpec {
         kernel,
-        memory_mb: 1536,
+        memory_mb: memory_for(&payload, 1024),
         timeout: Duration::from_secs(1800),
         ..VmSpec::default()
     };
