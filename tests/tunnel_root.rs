@@ -369,13 +369,7 @@ async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
         );
     }
 
-    let st = tokio::task::spawn_blocking(move || {
-        let s = t1.status();
-        (t1, s)
-    })
-    .await
-    .expect("status");
-    let (mut t1, st) = st;
+    let st = t1.status().await;
     assert_eq!(st.error, None);
     assert_eq!(st.peers.len(), 1);
     let p = &st.peers[0];
