@@ -248,7 +248,10 @@ fn in_namespace(pid: i32, host: &NetNs) -> bool {
 }
 
 /// Creates the TUN link `name` in the calling thread's namespace, as wireguard-go's own
-/// `CreateTUN` does (IFF_TUN | IFF_NO_PI, linux/if_tun.h), and returns its file. The link is not
+/// `CreateTUN` does, and returns its file. The flags are IFF_TUN alone, with the 4-byte packet
+/// information header: wireguard-go 0.0.20220316's `CreateTUNFromFile` sets `nopi: false` and
+/// reads and writes that header, so an IFF_NO_PI file makes it drop every packet ("Received
+/// packet with unknown IP version", checked here; its own links show `pi on`). The link is not
 /// persistent: it goes away with the last descriptor, i.e. when wireguard-go exits.
 fn open_tun(name: &str) -> io::Result<OwnedFd> {
     let bytes = name.as_bytes();
@@ -265,7 +268,7 @@ fn open_tun(name: &str) -> io::Result<OwnedFd> {
     // struct ifreq: the name (IFNAMSIZ bytes, NUL-terminated), then the flags as a short.
     let mut ifr = [0u8; 40];
     ifr[..bytes.len()].copy_from_slice(bytes);
-    let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    let flags = libc::IFF_TUN as libc::c_short;
     ifr[libc::IFNAMSIZ..libc::IFNAMSIZ + 2].copy_from_slice(&flags.to_ne_bytes());
     // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is large enough to hold.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
