@@ -701,3 +701,45 @@ async fn root_userspace_adopts_after_kill9_ten_times() {
     drop(conn);
     echo.join().expect("echo thread");
 }
+
+/// A wireguard-go answering our interface's control socket from another network namespace (the
+/// socket path is shared by all namespaces) is never adopted: ensure fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_userspace_refuses_wireguard_go_of_another_namespace() {
+    assert!(has_wireguard_go(), "install the wireguard-go package");
+    let lab = Lab::new("o", "userspace");
+    // Node 2's host namespace stands for "another node": its wireguard-go serves node 1's name.
+    let foreign = Owner(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("h2"),
+                "wireguard-go",
+                "-f",
+                &lab.wg(1),
+            ])
+            .env("WG_PROCESS_FOREGROUND", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start foreign wireguard-go"),
+    );
+    let pid = i32::try_from(foreign.0.id()).expect("pid fits");
+    let answered = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        wg_go_pid(&lab.wg(1)) == Some(pid)
+    });
+    assert!(answered, "foreign wireguard-go did not open its socket");
+    let cfg = lab.config(1, None);
+    let err = Tunnel::ensure(&cfg, lab.netns("h1"), lab.netns("s1"), lab.key(1))
+        .await
+        .expect_err("a wireguard-go of another namespace must not be adopted");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&lab.wg(1)) && msg.contains(&pid.to_string()),
+        "error must name the interface and pid: {msg}"
+    );
+    assert!(alive(pid), "the foreign wireguard-go is left alone");
+    drop(foreign);
+}
