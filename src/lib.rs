@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod lab;
 pub mod logging;
 pub mod model;
 pub mod netns;

@@ -17,7 +17,8 @@ fn run(filter: &str, timeout: Duration) -> vm::VmOutcome {
 }
 
 #[test]
-fn root_vm_ipvs_backend_tests() {
+#[ignore = "boots a QEMU VM: `sdnlink-lab vm-test` runs the same tests (.ci/run runs it)"]
+fn vm_root_ipvs_backend_tests() {
     let out = run("root_ipvs", Duration::from_secs(600));
     println!("{}", out.output);
     assert_eq!(

@@ -1,1 +1,397 @@
-fn main() {}
+//! `sdnlink-lab`: the whole mission on one machine. Several clusters, each node a network
+//! namespace running the real `sdnlinkd`, pods behind the nodes, a simulated API server per
+//! cluster, and end-to-end checks. Run as root.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use sdnlinkd::lab::checks::{self, Outcome};
+use sdnlinkd::lab::manifests;
+use sdnlinkd::lab::plan::{Plan, Proxy, Tunnel};
+use sdnlinkd::lab::run::{self, Lab, Options, State};
+use sdnlinkd::lab::vm as lab_vm;
+use sdnlinkd::lab::LabError;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sdnlink-lab",
+    about = "Builds a multi-cluster lab of network namespaces running sdnlinkd and checks it end to end",
+    long_about = "Without a command: bring the lab up, run every check (one PASS/FAIL line each), \
+                  tear it down, and exit 0 only if all passed."
+)]
+struct Cli {
+    /// Number of clusters (2 nodes each).
+    #[arg(long, global = true, default_value_t = 2)]
+    clusters: usize,
+    /// Manifest directory, one subdirectory per cluster (default: tests/lab of the crate).
+    #[arg(long, global = true)]
+    manifests: Option<PathBuf>,
+    /// The sdnlinkd binary (default: next to this executable).
+    #[arg(long, global = true)]
+    daemon: Option<PathBuf>,
+    /// Run the lab inside a QEMU VM with a Debian kernel (IPVS, kernel WireGuard).
+    #[arg(long, global = true)]
+    vm: bool,
+    /// WireGuard implementation (default: userspace on the host, kernel in the VM).
+    #[arg(long, global = true, value_enum)]
+    tunnel: Option<Tunnel>,
+    /// Service proxy (default: nftables on the host, ipvs in the VM).
+    #[arg(long, global = true, value_enum)]
+    proxy: Option<Proxy>,
+    /// Prefix of every namespace and interface name (to run beside another lab).
+    #[arg(long, global = true, default_value = run::PREFIX)]
+    prefix: String,
+    /// VM kernel image (non-Debian hosts).
+    #[arg(long, global = true)]
+    kernel: Option<PathBuf>,
+    /// VM kernel modules directory (non-Debian hosts).
+    #[arg(long, global = true)]
+    modules: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Bring the lab up and leave it running; prints how to enter each namespace.
+    Up {
+        /// Only namespaces, pods and the upstream DNS server: no API servers, no daemons.
+        #[arg(long)]
+        topology_only: bool,
+    },
+    /// Remove a lab brought up with `up` (exactly what it created).
+    Down,
+    /// Run the kernel-feature (#[ignore]d) tests inside the QEMU VM.
+    VmTest,
+    /// Write the default manifests for --clusters clusters into DIR/<cluster>/.
+    Manifests {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Internal: the process that holds a lab brought up with `up`.
+    #[command(name = "__hold", hide = true)]
+    Hold {
+        #[arg(long)]
+        topology_only: bool,
+    },
+}
+
+fn default_manifests() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab");
+    if crate_dir.is_dir() {
+        return crate_dir;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("lab")))
+        .filter(|d| d.is_dir())
+        .unwrap_or(crate_dir)
+}
+
+fn options(cli: &Cli) -> Options {
+    Options {
+        clusters: cli.clusters,
+        prefix: cli.prefix.clone(),
+        state_root: PathBuf::from(run::STATE_ROOT),
+        manifests: cli.manifests.clone().unwrap_or_else(default_manifests),
+        daemon: cli.daemon.clone(),
+        tunnel: cli.tunnel.unwrap_or(if cli.vm {
+            Tunnel::Kernel
+        } else {
+            Tunnel::Userspace
+        }),
+        proxy: cli
+            .proxy
+            .unwrap_or(if cli.vm { Proxy::Ipvs } else { Proxy::Nftables }),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sdnlink-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let opts = options(&cli);
+    match &cli.command {
+        Some(Cmd::Manifests { out }) => {
+            let plan = opts.plan()?;
+            for c in &plan.clusters {
+                let dir = out.join(&c.name);
+                std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+                for (file, text) in manifests::cluster_files(c) {
+                    std::fs::write(dir.join(&file), text)
+                        .with_context(|| dir.join(&file).display().to_string())?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::VmTest) => vm_test(&cli, &opts),
+        None if cli.vm => vm_lab(&cli, &opts),
+        Some(_) if cli.vm => {
+            bail!("--vm runs the whole lab (no command); `up`/`down` are host-only")
+        }
+        Some(Cmd::Up { topology_only }) => up(&cli, &opts, *topology_only),
+        Some(Cmd::Down) => down(&opts),
+        Some(Cmd::Hold { topology_only }) => hold(&opts, *topology_only),
+        None => Ok(all(&opts)),
+    }
+}
+
+fn vm_kernel(cli: &Cli) -> Result<Option<sdnlinkd::vm::Kernel>> {
+    let paths = match (&cli.kernel, &cli.modules) {
+        (Some(k), Some(m)) => Some((k.as_path(), m.as_path())),
+        (None, None) => None,
+        _ => bail!("--kernel and --modules go together"),
+    };
+    Ok(lab_vm::kernel(paths)?)
+}
+
+/// `--vm`: this executable runs the same lab inside the VM; its lines are printed here.
+fn vm_lab(cli: &Cli, opts: &Options) -> Result<ExitCode> {
+    let daemon = sdnlinkd::lab::daemon::locate(opts.daemon.as_deref())?;
+    let me = std::env::current_exe()?;
+    match lab_vm::run_lab(opts, &me, &daemon, vm_kernel(cli)?) {
+        Ok(out) => {
+            print!("{}", out.output);
+            println!(
+                "(VM: {:?} tunnel, {:?} proxy, {:.0}s, exit {})",
+                opts.tunnel,
+                opts.proxy,
+                out.elapsed.as_secs_f64(),
+                out.exit_code
+            );
+            Ok(if out.exit_code == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e) => {
+            println!("FAIL vm {e}");
+            println!("0 passed, 1 failed");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `vm-test`: the #[ignore]d kernel-feature tests (`root_*`) of every integration test built
+/// next to this executable (`cargo test --release --no-run` builds them), inside the VM.
+fn vm_test(cli: &Cli, opts: &Options) -> Result<ExitCode> {
+    let me = std::env::current_exe()?;
+    let deps = me
+        .parent()
+        .map(|d| d.join("deps"))
+        .context("executable without a directory")?;
+    let tests_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let bins = lab_vm::kernel_test_binaries(&deps, &tests_dir)?;
+    if bins.is_empty() {
+        bail!(
+            "no test binary with ignored root_ tests in {}; run `cargo test --release --no-run` first",
+            deps.display()
+        );
+    }
+    for b in &bins {
+        println!("vm-test: {}", b.display());
+    }
+    let daemon = sdnlinkd::lab::daemon::locate(opts.daemon.as_deref()).ok();
+    let out = lab_vm::run_kernel_tests(&bins, daemon.as_deref(), vm_kernel(cli)?)?;
+    print!("{}", out.output);
+    println!(
+        "(VM: {:.0}s, exit {})",
+        out.elapsed.as_secs_f64(),
+        out.exit_code
+    );
+    Ok(if out.exit_code == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// No command: up, every check, down.
+fn all(opts: &Options) -> ExitCode {
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut emit = |o: Outcome| {
+        if o.pass {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+        println!("{o}");
+    };
+    let started = Instant::now();
+    match Lab::up(opts) {
+        Ok(mut lab) => {
+            emit(Outcome {
+                name: "up".into(),
+                pass: true,
+                detail: format!(
+                    "{} clusters, {} daemons ready in {:.1}s ({:?} tunnel, {:?} proxy)",
+                    lab.plan.clusters.len(),
+                    lab.daemons.len(),
+                    started.elapsed().as_secs_f64(),
+                    lab.plan.tunnel,
+                    lab.plan.proxy
+                ),
+            });
+            checks::all(&mut lab, &mut emit);
+            let problems = lab.down();
+            emit(down_outcome(problems));
+        }
+        Err(e) => {
+            emit(Outcome {
+                name: "up".into(),
+                pass: false,
+                detail: e.to_string(),
+            });
+            // Lab::up removed its namespaces when it failed; anything the daemons left is in
+            // the state file.
+            if let Ok(plan) = opts.plan() {
+                if plan.state_file().exists() {
+                    let problems =
+                        run::down_from_state(&plan).unwrap_or_else(|e| vec![e.to_string()]);
+                    emit(down_outcome(problems));
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn down_outcome(problems: Vec<String>) -> Outcome {
+    Outcome {
+        name: "down".into(),
+        pass: problems.is_empty(),
+        detail: if problems.is_empty() {
+            "every daemon stopped and cleaned up, every namespace removed".into()
+        } else {
+            problems.join("; ")
+        },
+    }
+}
+
+/// `up`: starts a holder process (it owns the servers) and waits until it reports the lab up.
+fn up(cli: &Cli, opts: &Options, topology_only: bool) -> Result<ExitCode> {
+    let plan = opts.plan()?;
+    if plan.state_file().exists() {
+        bail!(LabError::AlreadyUp(plan.state_file()));
+    }
+    std::fs::create_dir_all(&opts.state_root)?;
+    let log_path = run::holder_log(&opts.state_root, &opts.prefix);
+    let log = std::fs::File::create(&log_path).with_context(|| log_path.display().to_string())?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("--clusters")
+        .arg(cli.clusters.to_string())
+        .arg("--prefix")
+        .arg(&opts.prefix)
+        .arg("--manifests")
+        .arg(&opts.manifests)
+        .arg("--tunnel")
+        .arg(format!("{:?}", opts.tunnel).to_lowercase())
+        .arg("--proxy")
+        .arg(format!("{:?}", opts.proxy).to_lowercase());
+    if let Some(d) = &opts.daemon {
+        cmd.arg("--daemon").arg(d);
+    }
+    cmd.arg("__hold");
+    if topology_only {
+        cmd.arg("--topology-only");
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid(2) is async-signal-safe; the holder must outlive this process and its
+    // terminal's Ctrl-C.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().context("starting the lab holder process")?;
+    let ready = ready_file(&plan);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(600) {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            print!("{text}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the lab holder exited ({status}) before the lab was up:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!("the lab was not up after 600s; see {}", log_path.display())
+}
+
+fn ready_file(plan: &Plan) -> PathBuf {
+    plan.state_dir.join("ready")
+}
+
+/// `__hold`: brings the lab up, waits for SIGTERM/SIGINT/SIGHUP, tears it down.
+fn hold(opts: &Options, topology_only: bool) -> Result<ExitCode> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    // Blocked before any thread exists so every thread inherits the mask and sigwait below
+    // is the only receiver.
+    set.thread_block()?;
+    let lab = if topology_only {
+        Lab::topology(opts)?
+    } else {
+        Lab::up(opts)?
+    };
+    std::fs::write(ready_file(&lab.plan), lab.describe())?;
+    let sig = set.wait()?;
+    eprintln!("sdnlink-lab holder: {sig}, tearing down");
+    let problems = lab.down();
+    for p in &problems {
+        eprintln!("down: {p}");
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `down`.
+fn down(opts: &Options) -> Result<ExitCode> {
+    let plan = opts.plan()?;
+    let state = State::load(&plan.state_file());
+    if let Err(LabError::NotUp(p)) = &state {
+        println!("no lab is up ({} does not exist)", p.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let problems = run::down_from_state(&plan)?;
+    for p in &problems {
+        println!("down: {p}");
+    }
+    if problems.is_empty() {
+        run::remove_holder_log(&opts.state_root, &opts.prefix);
+    }
+    println!("lab removed");
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

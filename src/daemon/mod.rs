@@ -44,6 +44,14 @@ impl AnyProxy {
             AnyProxy::Nft(b) => b.needs_vips(),
         }
     }
+    /// When the backend wants a sync without any change (IPVS: a drained destination's grace
+    /// period ends and it can be deleted).
+    fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            AnyProxy::Ipvs(b) => b.next_deadline(),
+            AnyProxy::Nft(_) => None,
+        }
+    }
     async fn sync(&mut self, d: &DesiredProxy, full: bool) -> Result<SyncReport, ProxyError> {
         match self {
             AnyProxy::Ipvs(b) => b.sync(d, full).await,
@@ -127,6 +135,7 @@ struct Daemon {
     last: LastSync,
     consecutive_failures: u32,
     reload_error: Option<String>,
+    last_desired_services: usize,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. The dataplane is left in place on exit.
@@ -183,6 +192,7 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
         last: LastSync::default(),
         consecutive_failures: 0,
         reload_error: None,
+        last_desired_services: 0,
     };
     d.main_loop().await
 }
@@ -234,6 +244,7 @@ impl Daemon {
                 (None, _) => None,
             };
             let sleep_until = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let drain_at = self.proxy.next_deadline();
 
             tokio::select! {
                 _ = changed.notified() => {
@@ -243,6 +254,9 @@ impl Daemon {
                     tracing::info!("owned network object removed out of band; repairing");
                     dirty_since.get_or_insert_with(Instant::now);
                     full_needed = true;
+                }
+                _ = tokio::time::sleep_until(drain_at.unwrap_or(sleep_until).into()), if drain_at.is_some() && dirty_since.is_none() => {
+                    dirty_since.get_or_insert_with(Instant::now);
                 }
                 _ = resync.tick() => {
                     dirty_since.get_or_insert_with(Instant::now);
@@ -334,6 +348,7 @@ impl Daemon {
         let cfg = self.cfg.clone();
         let peers = tunnel::desired_peers(&cfg, &snaps);
         let desired_proxy = proxy::desired::desired_proxy(&cfg, &snaps);
+        self.last_desired_services = desired_proxy.services.len();
         let extras = node::NodeExtras {
             tunnel_routes: peers.routes(),
             vips: if self.proxy.needs_vips() {
@@ -578,7 +593,11 @@ impl Daemon {
             "clusters": per_cluster,
             "node": serde_json::to_value(self.plumbing.status()).unwrap_or_default(),
             "tunnel": serde_json::to_value(tunnel).unwrap_or_default(),
-            "proxy": { "backend": self.proxy.name() },
+            "proxy": {
+                "backend": self.proxy.name(),
+                "services": self.last_desired_services,
+                "last_sync": self.last.proxy,
+            },
             "dns": self.dns.as_ref().map(|d| serde_json::to_value(d.status()).unwrap_or_default()),
             "last_sync": serde_json::to_value(&self.last).unwrap_or_default(),
             "reload_error": self.reload_error,

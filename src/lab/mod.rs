@@ -1,0 +1,70 @@
+//! The one-machine lab (`sdnlink-lab`): several clusters, each node a network namespace running
+//! the real daemon, pods as namespaces behind each node, an underlay namespace joining the nodes,
+//! a simulated API server per cluster, and end-to-end checks (design.md, "Test tiers", tier 4).
+//!
+//! `plan` is the topology as a pure value; `net` creates and removes it with iproute2;
+//! `servers` runs the pods' echo servers and the upstream DNS server; `daemon` starts and stops
+//! `sdnlinkd` processes inside node namespaces; `dns` is the checks' raw DNS client;
+//! `manifests` writes the default YAML manifests; `checks` are the end-to-end checks;
+//! `lab` ties them together (`up`, `down`, `run`).
+
+pub mod api;
+pub mod checks;
+pub mod daemon;
+pub mod dns;
+pub mod kubeprobe;
+pub mod manifests;
+pub mod net;
+pub mod plan;
+pub mod run;
+pub mod servers;
+pub mod vm;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong building, checking or removing the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error("a lab is already up (state in {0}); run `sdnlink-lab down` first")]
+    AlreadyUp(PathBuf),
+    #[error("no lab is up (no state file {0})")]
+    NotUp(PathBuf),
+    #[error("state file {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("DNS: {0}")]
+    Dns(String),
+    #[error("API server: {0}")]
+    Api(String),
+    #[error("daemon binary not found at {0}; build it (`cargo build --release --bin sdnlinkd`) or pass --daemon PATH")]
+    NoDaemon(PathBuf),
+    #[error("daemon on {node}: {reason}")]
+    Daemon { node: String, reason: String },
+    #[error("VM: {0}")]
+    Vm(String),
+}
+
+impl LabError {
+    /// An I/O error with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> LabError {
+        LabError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
