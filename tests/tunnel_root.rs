@@ -38,15 +38,17 @@ fn wg_go_pid(iface: &str) -> Option<i32> {
 struct Lab {
     tag: String,
     mode: &'static str,
-    tmp: tempfile::TempDir,
+    /// Holds the key files; `None` in an owner process, which uses its parent's folder.
+    tmp: Option<tempfile::TempDir>,
+    dir: std::path::PathBuf,
 }
 
 impl Lab {
     fn ns(&self, what: &str) -> String {
-        format!("sdnt-tn-{}-{what}", self.tag)
+        format!("sdnt-t2-{}-{what}", self.tag)
     }
     fn wg(&self, n: u8) -> String {
-        format!("sdnt-tn-{}w{n}", self.tag)
+        format!("sdnt-t2-{}w{n}", self.tag)
     }
     fn teardown(&self) {
         for n in [1, 2] {
@@ -68,16 +70,18 @@ impl Lab {
     /// pod address on lo.
     fn new(tag: &str, mode: &'static str) -> Lab {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let tmp = tempfile::tempdir().expect("tempdir");
         let lab = Lab {
             tag: tag.into(),
             mode,
-            tmp: tempfile::tempdir().expect("tempdir"),
+            dir: tmp.path().to_path_buf(),
+            tmp: Some(tmp),
         };
         lab.teardown();
         for what in ["h1", "s1", "h2", "s2"] {
             ip(&["netns", "add", &lab.ns(what)]);
         }
-        let (u1, u2) = (format!("sdnt-tn-{tag}u1"), format!("sdnt-tn-{tag}u2"));
+        let (u1, u2) = (format!("sdnt-t2-{tag}u1"), format!("sdnt-t2-{tag}u2"));
         ip(&[
             "-n",
             &lab.ns("h1"),
@@ -146,7 +150,7 @@ impl Lab {
                 )
             })
             .unwrap_or_default();
-        let key_file = self.tmp.path().join(format!("key{n}"));
+        let key_file = self.dir.join(format!("key{n}"));
         parse_str(&format!(
             r#"
 [local]
@@ -175,7 +179,7 @@ service_cidrs = ["{rsvc}"]
     }
 
     fn key(&self, n: u8) -> PrivateKey {
-        tunnel::load_or_create(&self.tmp.path().join(format!("key{n}"))).expect("key file")
+        tunnel::load_or_create(&self.dir.join(format!("key{n}"))).expect("key file")
     }
 
     fn netns(&self, what: &str) -> NetNs {
@@ -275,7 +279,10 @@ service_cidrs = ["{rsvc}"]
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.teardown();
+        // An owner process works in its parent's lab; the parent tears it down.
+        if self.tmp.is_some() {
+            self.teardown();
+        }
     }
 }
 
@@ -297,11 +304,11 @@ async fn root_kernel_tunnel_passes_traffic_peer_removal_stops_it_and_device_come
 
 /// Whether this kernel can create a WireGuard link (probed in a throwaway namespace).
 fn kernel_has_wireguard() -> bool {
-    let ns = "sdnt-tn-probe";
+    let ns = "sdnt-t2-probe";
     let _ = Command::new("ip").args(["netns", "del", ns]).output();
     ip(&["netns", "add", ns]);
     let ok = Command::new("ip")
-        .args(["-n", ns, "link", "add", "sdnt-tn-pr", "type", "wireguard"])
+        .args(["-n", ns, "link", "add", "sdnt-t2-pr", "type", "wireguard"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
@@ -369,13 +376,7 @@ async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
         );
     }
 
-    let st = tokio::task::spawn_blocking(move || {
-        let s = t1.status();
-        (t1, s)
-    })
-    .await
-    .expect("status");
-    let (mut t1, st) = st;
+    let st = t1.status().await;
     assert_eq!(st.error, None);
     assert_eq!(st.peers.len(), 1);
     let p = &st.peers[0];
@@ -386,7 +387,7 @@ async fn traffic_removal_recreation(lab: Lab, backend: tunnel::Backend) {
     );
     let json = serde_json::to_string(&st).expect("status serializes");
     assert!(json.contains(&lab.key(1).public_key().to_base64()));
-    let private = std::fs::read_to_string(lab.tmp.path().join("key1")).expect("key file");
+    let private = std::fs::read_to_string(lab.dir.join("key1")).expect("key file");
     assert!(
         !json.contains(private.trim()),
         "status must never carry the private key"
@@ -518,13 +519,15 @@ async fn root_userspace_cleanup_is_idempotent() {
         .expect("cleanup");
     assert_eq!(rep.stopped_pid, Some(pid), "{rep}");
     assert_eq!(wg_go_pid(&lab.wg(1)), None);
+    // wireguard-go is this test process's child (the dropped Tunnel started it): its reaper
+    // thread must collect it, so it leaves no `<defunct>` entry behind.
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
     assert!(
-        !Path::new(&format!("/proc/{pid}")).exists() || {
-            // A zombie until its parent (this test process) reaps it is fine; it must not run.
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| s.contains(") Z"))
-                .unwrap_or(true)
-        }
+        gone,
+        "wireguard-go {pid} was not reaped (zombie or still running)"
     );
     let links = Command::new("ip")
         .args(["-n", &lab.ns("s1"), "link", "show", &lab.wg(1)])
@@ -535,4 +538,208 @@ async fn root_userspace_cleanup_is_idempotent() {
         .await
         .expect("cleanup again");
     assert_eq!(again.to_string(), "nothing to remove");
+}
+
+/// Set in the owner processes of [`root_userspace_adopts_after_kill9_ten_times`]:
+/// `<tag>|<key folder>` of the parent's lab.
+const OWNER_ENV: &str = "SDNT_T2_OWNER";
+const OWNER_READY: &str = "SDNT-T2-OWNER-READY";
+
+/// The device owner as a real process (this test binary re-run as the owner role), so that it
+/// can be killed with SIGKILL like a crashed daemon. Killed and reaped on drop.
+struct Owner(std::process::Child);
+
+impl Owner {
+    /// Starts an owner that ensures and fully syncs node 1's tunnel, and waits for its report:
+    /// (wireguard-go pid, messages the sync sent, whether it re-created the device).
+    fn start(lab: &Lab) -> (Owner, i32, u64, bool) {
+        use std::io::BufRead as _;
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = Command::new(exe)
+            .args([
+                "--exact",
+                "root_userspace_adopts_after_kill9_ten_times",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(OWNER_ENV, format!("{}|{}", lab.tag, lab.dir.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start owner process");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let owner = Owner(child);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("read owner output");
+            // libtest prints "test <name> ... " without a newline before the test runs.
+            if let Some((_, rest)) = line.split_once(OWNER_READY) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                assert_eq!(f.len(), 3, "owner report {line:?}");
+                return (
+                    owner,
+                    f[0].parse().expect("pid"),
+                    f[1].parse().expect("messages"),
+                    f[2] == "true",
+                );
+            }
+        }
+        panic!("owner process exited before it was ready");
+    }
+
+    fn kill9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Running, not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, r)| !r.starts_with('Z') && !r.starts_with('X'))
+        })
+        .unwrap_or(false)
+}
+
+/// The owner role: adopt (or create) node 1's device, report, then wait to be killed.
+async fn owner_role(spec: &str) -> ! {
+    let (tag, dir) = spec.split_once('|').expect("owner spec");
+    let lab = Lab {
+        tag: tag.into(),
+        mode: "userspace",
+        tmp: None,
+        dir: dir.into(),
+    };
+    let (mut t, d) = lab.start(1, 2).await;
+    let r = t.sync(&d, true).await.expect("owner sync");
+    let pid = wg_go_pid(&lab.wg(1)).expect("wireguard-go answers");
+    println!("{OWNER_READY} {pid} {} {}", r.messages, r.recreated);
+    std::io::stdout().flush().expect("flush");
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// A crashed daemon (SIGKILL, no clean-up) is replaced ten times; every new owner adopts the
+/// same wireguard-go without touching the device, and a TCP stream between the two nodes' pods
+/// carries data across every replacement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_userspace_adopts_after_kill9_ten_times() {
+    if let Ok(spec) = std::env::var(OWNER_ENV) {
+        owner_role(&spec).await;
+    }
+    assert!(has_wireguard_go(), "install the wireguard-go package");
+    let lab = Lab::new("k", "userspace");
+    let (owner, wg_pid, _, _) = Owner::start(&lab);
+    let (mut t2, d2) = lab.start(2, 1).await;
+    t2.sync(&d2, true).await.expect("sync 2");
+    lab.route(1, "10.136.2.0/24");
+    lab.route(2, "10.132.1.0/24");
+    assert!(lab.ping_within(1, POD2, 20), "tunnel up\n{}", lab.diag());
+
+    let addr: SocketAddr = format!("{POD2}:7001").parse().expect("addr");
+    let listener = lab
+        .netns("s2")
+        .run(move || TcpListener::bind(addr))
+        .expect("ns")
+        .expect("bind");
+    let echo = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 || c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let mut conn = lab
+        .netns("s1")
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .expect("ns")
+        .expect("connect over the tunnel");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut roundtrip = |msg: &[u8]| {
+        conn.write_all(msg).expect("write");
+        let mut got = vec![0u8; msg.len()];
+        conn.read_exact(&mut got).expect("echo");
+        assert_eq!(got, msg);
+    };
+    roundtrip(b"first owner");
+
+    let mut owner = owner;
+    for round in 1..=10 {
+        owner.kill9();
+        assert!(
+            alive(wg_pid),
+            "round {round}: wireguard-go died with its owner"
+        );
+        roundtrip(format!("owner {round} dead").as_bytes());
+        let (next, pid, messages, recreated) = Owner::start(&lab);
+        owner = next;
+        assert_eq!(
+            pid, wg_pid,
+            "round {round}: the same wireguard-go is adopted"
+        );
+        assert_eq!(
+            (messages, recreated),
+            (0, false),
+            "round {round}: adoption must not touch the device"
+        );
+        roundtrip(format!("owner {round} adopted").as_bytes());
+    }
+    assert!(alive(wg_pid), "wireguard-go still runs");
+    drop(owner);
+    drop(conn);
+    echo.join().expect("echo thread");
+}
+
+/// A wireguard-go answering our interface's control socket from another network namespace (the
+/// socket path is shared by all namespaces) is never adopted: ensure fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_userspace_refuses_wireguard_go_of_another_namespace() {
+    assert!(has_wireguard_go(), "install the wireguard-go package");
+    let lab = Lab::new("o", "userspace");
+    // Node 2's host namespace stands for "another node": its wireguard-go serves node 1's name.
+    let foreign = Owner(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("h2"),
+                "wireguard-go",
+                "-f",
+                &lab.wg(1),
+            ])
+            .env("WG_PROCESS_FOREGROUND", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start foreign wireguard-go"),
+    );
+    let pid = i32::try_from(foreign.0.id()).expect("pid fits");
+    let answered = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        wg_go_pid(&lab.wg(1)) == Some(pid)
+    });
+    assert!(answered, "foreign wireguard-go did not open its socket");
+    let cfg = lab.config(1, None);
+    let err = Tunnel::ensure(&cfg, lab.netns("h1"), lab.netns("s1"), lab.key(1))
+        .await
+        .expect_err("a wireguard-go of another namespace must not be adopted");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&lab.wg(1)) && msg.contains(&pid.to_string()),
+        "error must name the interface and pid: {msg}"
+    );
+    assert!(alive(pid), "the foreign wireguard-go is left alone");
+    drop(foreign);
 }

@@ -287,7 +287,7 @@ impl Daemon {
                 }
                 Some(req) = ctl_rx.recv() => {
                     let resp = match req.cmd {
-                        Ctl::Status => Response { ok: true, error: None, status: Some(self.status_json()) },
+                        Ctl::Status => Response { ok: true, error: None, status: Some(self.status_json().await) },
                         Ctl::Reload => {
                             let r = self.reload().await;
                             dirty_since.get_or_insert_with(Instant::now);
@@ -555,7 +555,8 @@ impl Daemon {
         s
     }
 
-    fn status_json(&self) -> serde_json::Value {
+    async fn status_json(&self) -> serde_json::Value {
+        let tunnel = self.tunnel.status().await;
         let snaps = self.clusters.snapshots();
         let per_cluster: Vec<serde_json::Value> = self
             .clusters
@@ -591,8 +592,7 @@ impl Daemon {
             "namespace": self.cfg.namespace.name,
             "clusters": per_cluster,
             "node": serde_json::to_value(self.plumbing.status()).unwrap_or_default(),
-            // Reading the device is a short blocking call (UAPI socket or generic netlink).
-            "tunnel": tokio::task::block_in_place(|| serde_json::to_value(self.tunnel.status()).unwrap_or_default()),
+            "tunnel": serde_json::to_value(tunnel).unwrap_or_default(),
             "proxy": {
                 "backend": self.proxy.name(),
                 "services": self.last_desired_services,

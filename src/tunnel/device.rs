@@ -4,6 +4,14 @@
 //! UDP socket stays on the host network while its plaintext side lives in the namespace
 //! (wireguard.com/netns). Kernel WireGuard remembers the namespace it was created in for its
 //! socket; wireguard-go runs as a process in the host namespace and only its TUN link moves.
+//!
+//! For wireguard-go the daemon creates the TUN itself (TUNSETIFF) and hands the file to it with
+//! `WG_TUN_FD`, so the link exists, with our flags, before wireguard-go runs. The link cannot be
+//! born inside sdnlinkd's namespace: wireguard-go 0.0.20220316's `CreateTUNFromFile` resolves
+//! the link's index and sets its MTU by name with ioctls on sockets of its own (host) namespace
+//! and exits with "Failed to create TUN device: no such device" when the link lives elsewhere
+//! (checked on this machine). So the link is moved once wireguard-go has opened its UAPI socket,
+//! i.e. once `CreateTUNFromFile` is done.
 
 use super::diff::{CurrentPeer, PeerChange, PeerDiff};
 use super::keys::{PrivateKey, PublicKey};
@@ -19,16 +27,22 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use wireguard_control::{DeviceUpdate, InterfaceName, PeerConfigBuilder};
 
 /// Where wireguard-go puts its UAPI sockets (and where wireguard-control looks first).
 pub const UAPI_DIR: &str = "/var/run/wireguard";
+
+/// The descriptor number wireguard-go finds its TUN on (`WG_TUN_FD`, read by its main.go).
+const TUN_FD: i32 = 3;
 
 /// How long a freshly started wireguard-go gets to open its control socket.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,8 +174,9 @@ pub struct Tunnel {
     listen_port: u16,
     mtu: u32,
     userspace_binary: PathBuf,
-    /// The wireguard-go process this daemon started, kept only to reap it if it exits.
-    child: Option<Child>,
+    /// The wireguard-go process this daemon started; a thread waits for it, so it never lingers
+    /// as a zombie, whether or not this `Tunnel` still exists when it exits.
+    child: Option<Supervised>,
     /// The peers as last committed (or read on a full sync).
     committed: BTreeMap<PublicKey, CurrentPeer>,
     /// The endpoint sdnlinkd last set per peer (see [`PeerDiff::compute`]).
@@ -181,6 +196,86 @@ impl std::fmt::Debug for Tunnel {
             .field("peers", &self.committed.len())
             .finish_non_exhaustive()
     }
+}
+
+/// A wireguard-go child and the slot its reaper thread fills with the exit status. The reaper
+/// only waits: it never signals, so wireguard-go still outlives a `kill -9` of the daemon (the
+/// thread dies with the daemon and init inherits the process).
+struct Supervised {
+    pid: u32,
+    exited: Arc<Mutex<Option<ExitStatus>>>,
+}
+
+impl Supervised {
+    fn watch(mut child: Child, iface: &str) -> Supervised {
+        let pid = child.id();
+        let exited = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&exited);
+        let spawned = std::thread::Builder::new()
+            .name(format!("reap-{iface}"))
+            .spawn(move || {
+                if let Ok(status) = child.wait() {
+                    if let Ok(mut s) = slot.lock() {
+                        *s = Some(status);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(interface = %iface, pid, "cannot start the thread that reaps wireguard-go: {e}");
+        }
+        Supervised { pid, exited }
+    }
+
+    fn exit_status(&self) -> Option<ExitStatus> {
+        self.exited.lock().ok().and_then(|s| *s)
+    }
+}
+
+/// The pid serving `iface`'s UAPI socket, from the socket's peer credentials (SO_PEERCRED).
+fn socket_owner(iface: &str) -> Option<i32> {
+    let stream = UnixStream::connect(socket_path(iface)).ok()?;
+    nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.pid())
+}
+
+/// Whether `pid` runs in the network namespace `host` (same nsfs inode). A process whose
+/// namespace cannot be read (it exited meanwhile) is not.
+fn in_namespace(pid: i32, host: &NetNs) -> bool {
+    let want = host.file().metadata().map(|m| (m.dev(), m.ino()));
+    let got = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()));
+    matches!((want, got), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Creates the TUN link `name` in the calling thread's namespace, as wireguard-go's own
+/// `CreateTUN` does, and returns its file. The flags are IFF_TUN alone, with the 4-byte packet
+/// information header: wireguard-go 0.0.20220316's `CreateTUNFromFile` sets `nopi: false` and
+/// reads and writes that header, so an IFF_NO_PI file makes it drop every packet ("Received
+/// packet with unknown IP version", checked here; its own links show `pi on`). The link is not
+/// persistent: it goes away with the last descriptor, i.e. when wireguard-go exits.
+fn open_tun(name: &str) -> io::Result<OwnedFd> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: a valid C string; the result is checked before use.
+    let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just opened and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // struct ifreq: the name (IFNAMSIZ bytes, NUL-terminated), then the flags as a short.
+    let mut ifr = [0u8; 40];
+    ifr[..bytes.len()].copy_from_slice(bytes);
+    let flags = libc::IFF_TUN as libc::c_short;
+    ifr[libc::IFNAMSIZ..libc::IFNAMSIZ + 2].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is large enough to hold.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 fn nl_io(e: rtnetlink::Error) -> io::Error {
@@ -360,9 +455,7 @@ impl Tunnel {
             Some((idx, kind)) => {
                 let ours = match self.backend {
                     Backend::Kernel => kind == Some(InfoKind::Wireguard),
-                    Backend::Userspace => {
-                        kind == Some(InfoKind::Tun) && socket_answers(&self.iface)
-                    }
+                    Backend::Userspace => kind == Some(InfoKind::Tun) && self.adoptable()?,
                 };
                 if !ours {
                     return Err(TunnelError::Foreign {
@@ -387,12 +480,11 @@ impl Tunnel {
                         }
                     }
                     Backend::Userspace => {
-                        if socket_answers(&self.iface)
-                            && find_link(&hh, &self.iface).await?.is_none()
-                        {
+                        if self.adoptable()? && find_link(&hh, &self.iface).await?.is_none() {
                             // Its link was deleted out of band and it has not exited yet: a
                             // wireguard-go without a TUN is useless, start a fresh one.
-                            let _ = stop_userspace(&self.iface, &self.userspace_binary).await;
+                            let _ = stop_userspace(&self.iface, &self.userspace_binary, &self.host)
+                                .await;
                             self.reap_child();
                         }
                         self.ensure_userspace_process().await?
@@ -517,11 +609,32 @@ impl Tunnel {
         }
     }
 
-    /// Userspace backend: adopt a running wireguard-go whose socket answers, or start one in the
-    /// host namespace in its own process group, so that it outlives a `kill -9` of the daemon
-    /// (the device and its sessions must survive restarts).
+    /// Whether a running wireguard-go may be adopted: its control socket answers and the process
+    /// behind it runs in our host namespace. The socket path is shared by all namespaces, so a
+    /// wireguard-go of another node (a lab node, a container) can answer it; adopting that one
+    /// would configure someone else's device, so it is an error naming the interface and pid.
+    fn adoptable(&self) -> Result<bool, TunnelError> {
+        let Some(pid) = socket_owner(&self.iface) else {
+            return Ok(false);
+        };
+        if in_namespace(pid, &self.host) {
+            Ok(true)
+        } else if running(pid) {
+            Err(TunnelError::OtherNamespace {
+                iface: self.iface.clone(),
+                pid,
+            })
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Userspace backend: adopt a running wireguard-go of our host namespace whose socket
+    /// answers, or create the TUN link and start wireguard-go on it, in the host namespace and
+    /// in its own process group, so that it outlives a `kill -9` of the daemon (the device and
+    /// its sessions must survive restarts).
     async fn ensure_userspace_process(&mut self) -> Result<(), TunnelError> {
-        if socket_answers(&self.iface) {
+        if self.adoptable()? {
             return Ok(());
         }
         let sock = socket_path(&self.iface);
@@ -534,17 +647,38 @@ impl Tunnel {
             .host
             .run_async(move || {
                 std::fs::create_dir_all(UAPI_DIR)?;
-                Command::new(&binary)
-                    .arg("-f")
+                let tun = open_tun(&iface)?;
+                let raw = tun.as_raw_fd();
+                let mut cmd = Command::new(&binary);
+                cmd.arg("-f")
                     .arg(&iface)
                     .env("WG_PROCESS_FOREGROUND", "1")
+                    .env("WG_TUN_FD", TUN_FD.to_string())
                     // Null, not pipes: Go dies of SIGPIPE writing to a closed stdout/stderr,
                     // which a pipe to a restarted daemon would be.
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
-                    .process_group(0)
-                    .spawn()
+                    .process_group(0);
+                // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        // dup2 clears FD_CLOEXEC on the copy; when the file already is fd 3,
+                        // dup2 does nothing and the flag must be cleared by hand.
+                        let rc = if raw == TUN_FD {
+                            libc::fcntl(raw, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(raw, TUN_FD)
+                        };
+                        if rc < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                // Our copy of the descriptor closes with `tun` here: wireguard-go holds the only
+                // one, so the link goes away with it rather than outliving it unserved.
+                cmd.spawn()
             })
             .await?;
         let child = spawned.map_err(|source| TunnelError::Spawn {
@@ -553,19 +687,17 @@ impl Tunnel {
             source,
         })?;
         tracing::info!(interface = %self.iface, pid = child.id(), binary = %self.userspace_binary.display(),
-            "started userspace WireGuard");
-        self.child = Some(child);
+            "started userspace WireGuard on a TUN it was handed");
+        self.child = Some(Supervised::watch(child, &self.iface));
         let start = Instant::now();
         while !socket_answers(&self.iface) {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(TunnelError::Spawn {
-                        binary: self.userspace_binary.display().to_string(),
-                        iface: self.iface.clone(),
-                        source: io::Error::other(format!("exited at start with {status}")),
-                    });
-                }
+            if let Some(status) = self.child.as_ref().and_then(Supervised::exit_status) {
+                self.child = None;
+                return Err(TunnelError::Spawn {
+                    binary: self.userspace_binary.display().to_string(),
+                    iface: self.iface.clone(),
+                    source: io::Error::other(format!("exited at start with {status}")),
+                });
             }
             if start.elapsed() > SPAWN_TIMEOUT {
                 return Err(TunnelError::SocketTimeout {
@@ -799,21 +931,27 @@ impl Tunnel {
     }
 
     fn reap_child(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                tracing::warn!(interface = %self.iface, "userspace WireGuard exited with {status}; the next full sync restarts it");
+        if let Some(child) = self.child.as_ref() {
+            if let Some(status) = child.exit_status() {
+                tracing::warn!(interface = %self.iface, pid = child.pid, "userspace WireGuard exited with {status}; the next full sync restarts it");
                 self.child = None;
             }
         }
     }
 
-    /// Reads the device and reports it. Blocks on the device read (call it from a blocking
-    /// context such as `spawn_blocking`, not from an async task).
-    pub fn status(&self) -> TunnelStatus {
-        let (name, backend) = (self.wg_name, self.backend);
-        let read = self
-            .wg_ns()
-            .run(move || wireguard_control::Device::get(&name, backend.wg()));
+    /// The pid of the wireguard-go this `Tunnel` started, while it runs (`None` for the kernel
+    /// backend, and for an adopted process).
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child
+            .as_ref()
+            .filter(|c| c.exit_status().is_none())
+            .map(|c| c.pid)
+    }
+
+    /// Reads the device and reports it. The read runs on the namespace worker thread, so it
+    /// never blocks an async worker.
+    pub async fn status(&self) -> TunnelStatus {
+        let read = self.get_device().await;
         let mut status = TunnelStatus {
             backend: self.backend,
             interface: self.iface.clone(),
@@ -824,11 +962,7 @@ impl Tunnel {
             error: None,
         };
         let dev = match read {
-            Ok(Ok(dev)) => dev,
-            Ok(Err(e)) => {
-                status.error = Some(e.to_string());
-                return status;
-            }
+            Ok(dev) => dev,
             Err(e) => {
                 status.error = Some(e.to_string());
                 return status;
@@ -886,31 +1020,33 @@ impl Tunnel {
 }
 
 /// Stops the wireguard-go serving `iface`, found through its control socket's peer credentials
-/// (no pid file to go stale), and only if that process runs `binary`: never signal a process
-/// sdnlinkd did not start. SIGTERM, then SIGKILL after 5 s.
-async fn stop_userspace(iface: &str, binary: &Path) -> Option<i32> {
-    let stream = UnixStream::connect(socket_path(iface)).ok()?;
-    let cred =
-        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
-    drop(stream);
-    let exe = std::fs::read_link(format!("/proc/{}/exe", cred.pid())).ok();
+/// (no pid file to go stale), and only if that process runs `binary` in the namespace `host`:
+/// never signal a process sdnlinkd did not start, nor another node's. SIGTERM, then SIGKILL
+/// after 5 s.
+async fn stop_userspace(iface: &str, binary: &Path, host: &NetNs) -> Option<i32> {
+    let owner = socket_owner(iface)?;
+    let exe = std::fs::read_link(format!("/proc/{owner}/exe")).ok();
     let expected = std::fs::canonicalize(binary).ok();
     if exe.is_none() || exe != expected {
-        tracing::warn!(interface = %iface, pid = cred.pid(), "control socket is served by another program; not stopping it");
+        tracing::warn!(interface = %iface, pid = owner, "control socket is served by another program; not stopping it");
+        return None;
+    }
+    if !in_namespace(owner, host) {
+        tracing::warn!(interface = %iface, pid = owner, "control socket is served by a process of another network namespace; not stopping it");
         return None;
     }
     use nix::sys::signal::{kill, Signal};
-    let pid = nix::unistd::Pid::from_raw(cred.pid());
+    let pid = nix::unistd::Pid::from_raw(owner);
     let _ = kill(pid, Signal::SIGTERM);
     let start = Instant::now();
-    while running(cred.pid()) {
+    while running(owner) {
         if start.elapsed() > Duration::from_secs(5) {
             let _ = kill(pid, Signal::SIGKILL);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Some(cred.pid())
+    Some(owner)
 }
 
 /// Whether the wireguard-go serving `iface` has a UDP socket bound on `port`, read from
@@ -968,7 +1104,7 @@ pub async fn cleanup_in(
     let mut report = CleanupReport::default();
     let iface = cfg.tunnel.interface.as_str();
     let sock = socket_path(iface);
-    report.stopped_pid = stop_userspace(iface, &cfg.tunnel.userspace_binary).await;
+    report.stopped_pid = stop_userspace(iface, &cfg.tunnel.userspace_binary, host).await;
     let mut spaces = vec![host];
     spaces.extend(ns);
     for space in spaces {

@@ -59,6 +59,8 @@ pub enum TunnelError {
         socket: String,
         secs: u64,
     },
+    #[error("the control socket of {iface} is served by pid {pid}, which runs in another network namespace than sdnlinkd's host namespace; refusing to adopt it")]
+    OtherNamespace { iface: String, pid: i32 },
     #[error("interface {iface} exists in namespace {ns} but is not a WireGuard device of the {backend} backend")]
     Foreign {
         iface: String,
