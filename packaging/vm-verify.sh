@@ -51,6 +51,9 @@ if [ ! -x "$rootfs/usr/bin/wg" ] || [ ! -x "$rootfs/usr/sbin/ipvsadm" ] || [ ! -
         --no-install-recommends ${guest_tools//,/ }
 fi
 
+# A login prompt on the serial console would interleave with the result lines.
+ln -sf /dev/null "$rootfs/etc/systemd/system/serial-getty@ttyS0.service"
+
 # The verification payload: small, replaced on every run.
 install -d "$rootfs/usr/local/lib/sdnlink-verify"
 install -m 0755 "$repo/packaging/vm-verify/probe.sh" "$repo/packaging/vm-verify/verify.sh" \

@@ -122,13 +122,19 @@ monns=$!
 sleep 1
 check "systemctl restart" timeout 170 systemctl restart sdnlinkd
 sleep 2
+# A marker route added and removed in each namespace after the restart: proves the monitors saw
+# deletions at all, so an empty "Deleted" list below means something.
+ip route add 192.0.2.98/32 dev sdnlink0 proto static && ip route del 192.0.2.98/32 dev sdnlink0
+ip -n $ns route add 192.0.2.99/32 dev eth0 proto static && ip -n $ns route del 192.0.2.99/32 dev eth0
+sleep 1
 kill $mon $monns 2>/dev/null
 dataplane >/root/after 2>&1
 check "restart: new PID, active" bash -c \
     "[ \"\$(systemctl is-active sdnlinkd)\" = active ] && [ \"\$(systemctl show -p MainPID --value sdnlinkd)\" != $pid ]"
 check "restart: namespace, links (same ifindex), addresses, routes, peers identical" diff /root/before /root/after
 check "restart: no link/address/route deleted meanwhile (ip monitor, host and namespace)" bash -c \
-    "cat /root/monitor /root/monitor-ns; ! grep -h '^Deleted' /root/monitor /root/monitor-ns"
+    "cat /root/monitor /root/monitor-ns; grep -q '^Deleted 192.0.2.98 ' /root/monitor &&
+     grep -q '^Deleted 192.0.2.99 ' /root/monitor-ns && ! grep -h '^Deleted' /root/monitor /root/monitor-ns | grep -v '^Deleted 192.0.2.9[89] '"
 
 # ---- stop -------------------------------------------------------------------------------------
 dataplane >/root/before 2>&1
