@@ -49,6 +49,9 @@ check "active (running)" bash -c '[ "$(systemctl is-active sdnlinkd)" = active ]
 [ "$(systemctl is-active sdnlinkd)" = active ] || journal_tail
 info "StatusText: $(prop StatusText)" true
 pid="$(prop MainPID)"
+# A sandbox denial the daemon survives (a sysctl, a socket option) shows up only as a warning.
+check "first start logged no warning or error" bash -c \
+    "out=\$(journalctl -u sdnlinkd -p warning -o cat --no-pager); echo \"\$out\"; [ -z \"\$out\" ]"
 check "namespace visible from the host mount namespace" bash -c "ip netns list | grep -qw $ns"
 check "  ... and from PID 1's (nsenter)" bash -c "nsenter --mount=/proc/1/ns/mnt -- ip netns list | grep -qw $ns"
 check "ip -n $ns addr: transit .2/30 and DNS /32 on eth0" bash -c \
@@ -150,6 +153,34 @@ check "purged: no namespace, no sdnlink0, no proto 245 route, no wireguard devic
      [ -z \"\$(ip route show proto 245)\" ] && ! ip link show type wireguard | grep -q . && ! pidof wireguard-go"
 check "purged: unit, config, state, runtime dir gone" bash -c \
     '! systemctl cat sdnlinkd >/dev/null 2>&1 && [ ! -e /etc/sdnlink ] && [ ! -e /var/lib/sdnlink ] && [ ! -e /run/sdnlink ] && [ ! -e /usr/bin/sdnlinkd ]'
+
+# ---- again with userspace WireGuard (wireguard-go, a child kept by KillMode=process) and the
+# nftables proxy: the sandbox paths the kernel backends above do not take (/dev/net/tun,
+# /run/wireguard, exec of wireguard-go, nft in the namespace) ------------------------------------
+check "userspace+nftables: dpkg -i" dpkg -i /root/sdnlinkd.deb
+sed -e 's/^mode = "auto"/mode = "userspace"/' -e 's/^backend = "auto"/backend = "nftables"/' \
+    /usr/local/lib/sdnlink-verify/daemon.toml >/etc/sdnlink/sdnlink.toml
+check "userspace+nftables: systemctl start (READY)" timeout 170 systemctl start sdnlinkd
+[ "$(systemctl is-active sdnlinkd)" = active ] || journal_tail
+info "StatusText: $(prop StatusText)" true
+check "userspace+nftables: proxy is nftables" bash -c "systemctl show -p StatusText --value sdnlinkd | grep -q 'proxy nftables'"
+check "userspace+nftables: wireguard-go runs, its TUN link is in the namespace" bash -c \
+    "pidof wireguard-go && [ -S /run/wireguard/sdnlink-wg.sock ] && ip -n $ns -d link show sdnlink-wg | tee /dev/stderr | grep -qw tun"
+check "userspace+nftables: wg show over the UAPI socket has the static peer" bash -c \
+    "wg show sdnlink-wg | tee /dev/stderr | grep -q 'peer: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg='"
+check "userspace+nftables: namespace route via the tunnel" bash -c "ip -n $ns route show proto 245 | grep -q '^10.132.0.0/23 dev sdnlink-wg'"
+check "userspace+nftables: the daemon's nft table in the namespace" bash -c \
+    "ip netns exec $ns nft list tables | tee /dev/stderr | grep -qw sdnlink"
+wg_pid="$(pidof -s wireguard-go)"
+dataplane >/root/before 2>&1
+check "userspace+nftables: systemctl restart" timeout 170 systemctl restart sdnlinkd
+dataplane >/root/after 2>&1
+check "userspace+nftables: restart keeps the same wireguard-go" test "$(pidof -s wireguard-go)" = "$wg_pid"
+check "userspace+nftables: restart keeps namespace, links, addresses, routes, peers" diff /root/before /root/after
+check "userspace+nftables: dpkg --purge" dpkg --purge sdnlinkd
+check "userspace+nftables purged: no wireguard-go, namespace, sdnlink0, proto 245 route" bash -c \
+    "! pidof wireguard-go && [ ! -e /run/netns/$ns ] && ! ip link show sdnlink0 2>/dev/null && [ -z \"\$(ip route show proto 245)\" ]"
+
 [ "$failed" -eq 0 ] || journal_tail
 
 say "SHIP-VERIFY: $passed passed, $failed failed"
