@@ -17,6 +17,9 @@ use std::time::Duration;
 pub struct Notifier {
     socket: Option<PathBuf>,
     watchdog: Option<Duration>,
+    /// When WATCHDOG=1 was last sent: the loop may spin fast (bursts of netlink events), and
+    /// one ping per quarter period is plenty.
+    last_ping: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Notifier {
@@ -31,7 +34,11 @@ impl Notifier {
             std::env::remove_var("WATCHDOG_USEC");
             std::env::remove_var("WATCHDOG_PID");
         }
-        Notifier { socket, watchdog }
+        Notifier {
+            socket,
+            watchdog,
+            last_ping: Default::default(),
+        }
     }
 
     /// A notifier writing to `socket` (tests).
@@ -39,6 +46,7 @@ impl Notifier {
         Notifier {
             socket: Some(socket),
             watchdog,
+            last_ping: Default::default(),
         }
     }
 
@@ -47,6 +55,7 @@ impl Notifier {
         Notifier {
             socket: None,
             watchdog: None,
+            last_ping: Default::default(),
         }
     }
 
@@ -64,6 +73,10 @@ impl Notifier {
             let _ = writeln!(msg, "{s}");
         }
         let sock = UnixDatagram::unbound()?;
+        // A datagram socket whose reader is slow blocks the sender once its queue is full
+        // (net.unix.max_dgram_qlen, 10 by default); the reconcile loop must never stall on
+        // that, so a message that does not fit is dropped (the next STATUS supersedes it).
+        sock.set_nonblocking(true)?;
         let bytes = path.as_os_str().as_encoded_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
             // Abstract socket (systemd may hand one out): the leading '@' stands for NUL.
@@ -77,8 +90,12 @@ impl Notifier {
     }
 
     fn send_logged(&self, states: &[NotifyState]) {
-        if let Err(e) = self.send(states) {
-            tracing::warn!(error = %e, "sd_notify failed");
+        match self.send(states) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tracing::debug!("sd_notify queue full; message dropped");
+            }
+            Err(e) => tracing::warn!(error = %e, "sd_notify failed"),
         }
     }
 
@@ -114,9 +131,17 @@ impl Notifier {
     }
 
     pub fn watchdog_ping(&self) {
-        if self.watchdog.is_some() {
-            self.send_logged(&[NotifyState::Watchdog]);
+        let Some(period) = self.watchdog else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if let Ok(mut last) = self.last_ping.lock() {
+            if last.is_some_and(|t| now.duration_since(t) < period / 4) {
+                return;
+            }
+            *last = Some(now);
         }
+        self.send_logged(&[NotifyState::Watchdog]);
     }
 }
 
@@ -145,6 +170,7 @@ mod tests {
         n.watchdog_ping();
         n.reloading();
         n.ready("reloaded");
+        n.watchdog_ping(); // within a quarter period of the last one: not sent
         n.stopping();
         let got = recv_all(&server);
         assert_eq!(got.len(), 6, "{got:?}");
@@ -166,6 +192,21 @@ mod tests {
             got[5],
             "STOPPING=1\nSTATUS=stopping; dataplane left in place\n"
         );
+    }
+
+    #[test]
+    fn a_full_queue_drops_messages_instead_of_blocking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let server = UnixDatagram::bind(&path).expect("bind");
+        let n = Notifier::with_socket(path, None);
+        // Nobody reads: far more than the kernel's datagram queue holds. Must return.
+        for i in 0..200 {
+            n.status(&format!("s{i}"));
+        }
+        let got = recv_all(&server);
+        assert!(!got.is_empty() && got.len() < 200, "{}", got.len());
+        assert_eq!(got[0], "STATUS=s0\n");
     }
 
     #[test]

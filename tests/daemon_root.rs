@@ -162,16 +162,25 @@ allowed_ips = ["10.132.0.0/23"]
         p
     }
 
-    fn notify_socket(&self) -> (PathBuf, UnixDatagram) {
+    /// A notify socket drained by a thread into a shared list, as systemd would: an unread
+    /// socket fills up and the daemon drops what does not fit.
+    fn notify_socket(&self) -> (PathBuf, Notes) {
         let p = self.dir.path().join(format!(
             "notify-{}.sock",
-            Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
+            NOTIFY_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&p);
         let s = UnixDatagram::bind(&p).expect("bind notify socket");
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        (p, s)
+        let notes = Notes::default();
+        let sink = notes.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+            }
+        });
+        (p, notes)
     }
 
     fn spawn(&self, cfg: &Path, notify: &Path) -> Child {
@@ -251,21 +260,33 @@ impl Drop for Lab {
     }
 }
 
-/// Reads notifications until one contains `want` or the deadline passes.
-fn wait_for(sock: &UnixDatagram, want: &str, within: Duration, seen: &mut Vec<String>) -> bool {
+static NOTIFY_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Notifications received so far, in order.
+#[derive(Clone, Default)]
+struct Notes(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+/// Waits until a notification not yet consumed contains `want`; `seen` collects everything
+/// consumed so far (for messages and ordering checks).
+fn wait_for(notes: &Notes, want: &str, within: Duration, seen: &mut Vec<String>) -> bool {
     let end = Instant::now() + within;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < end {
-        if let Ok(n) = sock.recv(&mut buf) {
-            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+    loop {
+        let fresh: Vec<String> = {
+            let all = notes.0.lock().unwrap_or_else(|e| e.into_inner());
+            all[seen.len().min(all.len())..].to_vec()
+        };
+        for m in fresh {
             let hit = m.contains(want);
             seen.push(m);
             if hit {
                 return true;
             }
         }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    false
 }
 
 fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
