@@ -7,7 +7,8 @@
 #
 # Needs root (dpkg -i). Installs its own tools. SDNLINK_PKG_BINARY=PATH packages an already
 # built binary instead of running `cargo build --release` (packaging/build.sh --binary).
-# SDNLINK_PKG_VM=1 also runs packaging/vm-verify.sh (the unit under systemd as PID 1, in QEMU).
+# SDNLINK_PKG_VM=1 also runs packaging/vm-verify.sh: the real daemon under the shipped unit with
+# systemd as PID 1, in QEMU (several minutes; SDNLINK_VM_MODE=probe runs the sandbox probe).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -293,7 +294,11 @@ done
 
 # ---- systemd as PID 1 (opt-in: about 4 minutes, and the Debian mirror on the first run) ---------
 if [ "${SDNLINK_PKG_VM:-0}" = 1 ]; then
-    check "vm-verify: DEB and unit sandbox under systemd 252 in a VM" bash packaging/vm-verify.sh "$deb"
+    # The real daemon under the shipped unit (SDNLINK_VM_MODE=probe: the sandbox probe instead).
+    # Its per-check PASS/FAIL lines from inside the VM are shown indented.
+    check "vm-verify (${SDNLINK_VM_MODE:-daemon}): DEB, unit and daemon under systemd 252 in a VM" \
+        bash packaging/vm-verify.sh "$deb"
+    grep -E '^(PASS|FAIL|INFO) ' "$log" | sed 's/^/    /'
     tail -n1 "$log" | sed 's/^/    /'
 fi
 

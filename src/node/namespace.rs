@@ -97,10 +97,12 @@ fn create_pin_file(path: &Path) -> Result<(), NodeError> {
 /// pre-start step (`sdnlinkd netns ensure`).
 pub fn ensure_namespace(name: &str) -> Result<bool, NodeError> {
     let path = pin_path(name);
-    prepare_run_dir()?;
+    // Adopting must not mount: the daemon runs under a seccomp filter that denies @mount (it
+    // holds CAP_SYS_ADMIN for setns) and only adopts the pin its unsandboxed ExecStartPre made.
     if is_nsfs(&path).map_err(pin_err(&path, "statfs"))? {
         return Ok(false);
     }
+    prepare_run_dir()?;
     if path.symlink_metadata().is_ok() {
         tracing::warn!(path = %path.display(), "namespace pin is not an nsfs mount; repairing it");
         remove_stale(&path)?;
