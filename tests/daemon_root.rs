@@ -289,6 +289,28 @@ fn wait_for(notes: &Notes, want: &str, within: Duration, seen: &mut Vec<String>)
     }
 }
 
+/// The interfaces served by running wireguard-go processes of this test (their last argument).
+fn userspace_tunnels() -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_wg_go = args.first().is_some_and(|a| a.ends_with("wireguard-go"));
+        match args.last() {
+            Some(iface) if is_wg_go && iface.starts_with(WG.as_str()) => found.push(iface.clone()),
+            _ => {}
+        }
+    }
+    found.sort();
+    found
+}
+
 fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + within;
     while Instant::now() < end {
@@ -404,6 +426,56 @@ fn root_daemon_lifecycle_adopt_repair_cleanup() {
         wait_for(&ns2, "RELOADING=1", Duration::from_secs(5), &mut seen2),
         "{seen2:?}"
     );
+
+    // The TCP MSS clamp names the tunnel interface.
+    let mss = || {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            NS.as_str(),
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "sdnlink-mss",
+        ])
+    };
+    assert!(mss().contains(&format!("oifname \"{}\"", *WG)), "{}", mss());
+
+    // Renaming the tunnel interface replaces the device: nothing of the old one stays behind.
+    let wg2 = format!("{}x", *WG);
+    std::fs::write(
+        &cfg,
+        good.replace(
+            &format!("interface = \"{}\"", *WG),
+            &format!("interface = \"{wg2}\""),
+        ),
+    )
+    .expect("write");
+    let r = lab.tool(&cfg, &["reload"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let links = sh(&["ip", "-n", NS.as_str(), "-br", "link"]);
+    let names: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        names.contains(&wg2.as_str()) && !names.contains(&WG.as_str()),
+        "want {wg2} instead of {}:\n{links}",
+        *WG
+    );
+    assert_eq!(
+        userspace_tunnels(),
+        vec![wg2.clone()],
+        "exactly one wireguard-go, serving the new interface"
+    );
+    assert!(
+        ns_state().contains(&format!("10.132.0.0/23 dev {wg2}")),
+        "{}",
+        ns_state()
+    );
+    assert!(mss().contains(&format!("oifname \"{wg2}\"")), "{}", mss());
 
     // SIGTERM: STOPPING=1, dataplane stays.
     let before_term = host_state();

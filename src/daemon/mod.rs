@@ -59,6 +59,14 @@ impl AnyProxy {
         }
     }
 
+    /// Removes everything this backend owns (a backend replaced by a reload).
+    async fn cleanup(&mut self) -> Result<(), ProxyError> {
+        match self {
+            AnyProxy::Ipvs(b) => b.cleanup().await,
+            AnyProxy::Nft(b) => b.cleanup().await,
+        }
+    }
+
     /// `proxy.backend`: IPVS when asked or (auto) when the kernel has it, else nftables.
     async fn choose(cfg: &Config, ns: &NetNs) -> anyhow::Result<AnyProxy> {
         let ipvs = match cfg.proxy.backend {
@@ -126,6 +134,14 @@ struct Daemon {
     ns: NetNs,
     plumbing: node::Plumbing,
     tunnel: tunnel::Tunnel,
+    mss: tunnel::mss::MssClamp,
+    /// Why the MSS clamp could not be applied; not fatal (path-MTU discovery still works where
+    /// ICMP passes), so it degrades the status instead of failing the sync.
+    mss_error: Option<String>,
+    /// A proxy backend a reload replaced: its services are withdrawn once the new backend has
+    /// applied, so no VIP goes unserved in between (nft DNAT runs before IPVS sees a packet, so
+    /// a stale nft table would otherwise keep answering for the IPVS backend).
+    retired_proxy: Option<AnyProxy>,
     public_key: String,
     proxy: AnyProxy,
     dns: Option<dns::DnsServer>,
@@ -175,6 +191,7 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     notifier.status("starting: waiting for clusters to list");
     let clusters = ClusterSet::start(&cfg).context("starting the cluster watches")?;
 
+    let mss = tunnel::mss::MssClamp::new(ns.clone());
     let mut d = Daemon {
         path,
         cfg: Arc::new(cfg),
@@ -183,6 +200,9 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
         ns,
         plumbing,
         tunnel,
+        mss,
+        mss_error: None,
+        retired_proxy: None,
         public_key,
         proxy,
         dns,
@@ -371,6 +391,24 @@ impl Daemon {
             }
             Err(e) => errors.push(format!("tunnel: {e}")),
         }
+        let (iface, mtu) = (&cfg.tunnel.interface, cfg.tunnel.mtu);
+        match self.mss.sync(iface, mtu, full).await {
+            Ok(done) => {
+                if done == tunnel::mss::ClampSync::Applied {
+                    tunnel_ops += 1;
+                    let (v4, v6) = tunnel::mss::mss_for(mtu);
+                    tracing::info!(interface = %iface, mtu, mss_ipv4 = v4, mss_ipv6 = v6, "TCP MSS clamp applied in both directions");
+                }
+                self.mss_error = None;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.mss_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!("TCP MSS clamping not applied; connections through the tunnel now depend on path-MTU discovery: {msg}");
+                }
+                self.mss_error = Some(msg);
+            }
+        }
         let mut node_ops = 0;
         match self.plumbing.sync(&node_desired, full).await {
             Ok(r) => node_ops = r.operations(),
@@ -388,6 +426,23 @@ impl Daemon {
                 None
             }
         };
+        if proxy_report.as_ref().is_some_and(|r| r.failed.is_empty()) {
+            if let Some(mut old) = self.retired_proxy.take() {
+                match old.cleanup().await {
+                    Ok(()) => tracing::info!(
+                        backend = old.name(),
+                        "withdrew the services of the replaced proxy backend"
+                    ),
+                    Err(e) => {
+                        errors.push(format!(
+                            "withdrawing the replaced {} proxy backend: {e}",
+                            old.name()
+                        ));
+                        self.retired_proxy = Some(old);
+                    }
+                }
+            }
+        }
         if let Some(dns) = &self.dns {
             dns.update(Arc::new(dns::ZoneData::build(&cfg, &snaps)));
         }
@@ -459,12 +514,40 @@ impl Daemon {
             let key = tunnel::keys::load_or_create(&new.tunnel.private_key_file)
                 .map_err(|e| format!("tunnel: {e}"))?;
             let pk = key.public_key().to_base64();
-            Some((
-                tunnel::Tunnel::ensure(&new, self.host.clone(), self.ns.clone(), key)
+            // A new interface name or mode means a new device. The old one goes first: it holds
+            // the UDP listen port (and, for a mode change, the name) the new one needs.
+            let replaced =
+                new.tunnel.interface != old.tunnel.interface || new.tunnel.mode != old.tunnel.mode;
+            if replaced {
+                let r = tunnel::cleanup_in(&old, &self.host, Some(&self.ns))
                     .await
-                    .map_err(|e| format!("tunnel: {e}"))?,
-                pk,
-            ))
+                    .map_err(|e| format!("tunnel: removing {}: {e}", old.tunnel.interface))?;
+                tracing::info!(interface = %old.tunnel.interface, "removed the previous tunnel device: {r}");
+            }
+            match tunnel::Tunnel::ensure(&new, self.host.clone(), self.ns.clone(), key).await {
+                Ok(t) => Some((t, pk)),
+                Err(e) if replaced => {
+                    // Put the previous device back so the refused reload leaves the tunnel as
+                    // it was; its peers come back with the next full sync.
+                    let restored = match tunnel::keys::load_or_create(&old.tunnel.private_key_file)
+                    {
+                        Ok(k) => {
+                            tunnel::Tunnel::ensure(&old, self.host.clone(), self.ns.clone(), k)
+                                .await
+                        }
+                        Err(e) => Err(e.into()),
+                    };
+                    match restored {
+                        Ok(t) => self.tunnel = t,
+                        Err(e2) => tracing::error!(
+                            "restoring the previous tunnel device {} failed: {e2}",
+                            old.tunnel.interface
+                        ),
+                    }
+                    return Err(format!("tunnel: {e}"));
+                }
+                Err(e) => return Err(format!("tunnel: {e}")),
+            }
         } else {
             None
         };
@@ -504,14 +587,15 @@ impl Daemon {
             self.public_key = pk;
         }
         if let Some(p) = proxy {
-            if p.name() != self.proxy.name() {
+            let old = std::mem::replace(&mut self.proxy, p);
+            if old.name() != self.proxy.name() {
                 tracing::info!(
-                    from = self.proxy.name(),
-                    to = p.name(),
+                    from = old.name(),
+                    to = self.proxy.name(),
                     "proxy backend changed"
                 );
+                self.retired_proxy = Some(old);
             }
-            self.proxy = p;
         }
         if let Some(c) = clusters {
             let old = std::mem::replace(&mut self.clusters, c);
@@ -543,6 +627,10 @@ impl Daemon {
         if !degraded.is_empty() {
             s.push_str("; ");
             s.push_str(&degraded.join(", "));
+        }
+        if let Some(e) = &self.mss_error {
+            s.push_str("; MSS clamp not applied: ");
+            s.push_str(e);
         }
         if let Some(e) = &self.reload_error {
             s.push_str("; last reload refused: ");
@@ -593,6 +681,13 @@ impl Daemon {
             "clusters": per_cluster,
             "node": serde_json::to_value(self.plumbing.status()).unwrap_or_default(),
             "tunnel": serde_json::to_value(tunnel).unwrap_or_default(),
+            "mss_clamp": {
+                "table": tunnel::mss::TABLE,
+                "interface": self.cfg.tunnel.interface,
+                "ipv4": tunnel::mss::mss_for(self.cfg.tunnel.mtu).0,
+                "ipv6": tunnel::mss::mss_for(self.cfg.tunnel.mtu).1,
+                "error": self.mss_error,
+            },
             "proxy": {
                 "backend": self.proxy.name(),
                 "services": self.last_desired_services,

@@ -176,6 +176,7 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
         emit(pod_to_pod(&pods, a, b, false));
         emit(pod_to_pod(&pods, a, b, true));
     }
+    emit(mss_clamp(&pods, pairs[0].0, pairs[0].1));
     for (a, b) in &pairs {
         emit(load_balanced(&pods, a, b, false));
         emit(load_balanced(&pods, a, b, true));
@@ -289,6 +290,31 @@ fn pod_to_pod(pods: &Pods, a: &Cluster, b: &Cluster, udp: bool) -> Outcome {
     )
 }
 
+/// A TCP connection across the tunnel settles on an MSS that fits the tunnel although both pods
+/// sit on 1500-byte links (unclamped they would agree on 1460): the SYN-ACK was clamped.
+fn mss_clamp(pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
+    let from = first_pod(a, 0);
+    let to = first_pod(b, 1);
+    let addr = SocketAddr::from((to.addr, POD_PORT));
+    let tunnel_mtu = crate::config::RawConfig::default().tunnel.mtu;
+    let (want, _) = crate::tunnel::mss::mss_for(tunnel_mtu);
+    let r = (|| {
+        let conn = pods.connect(from, addr)?;
+        let mss = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::TcpMaxSeg)
+            .map_err(|e| format!("TCP_MAXSEG: {e}"))?;
+        let detail = format!(
+            "{} -> {addr}: MSS {mss} (tunnel MTU {tunnel_mtu} allows {want}; 1500-byte pod links alone 1460)",
+            from.name
+        );
+        if mss <= want {
+            Ok(detail)
+        } else {
+            Err(detail)
+        }
+    })();
+    outcome(format!("mss-clamp {}->{}", a.name, b.name), r)
+}
+
 fn load_balanced(pods: &Pods, a: &Cluster, b: &Cluster, udp: bool) -> Outcome {
     let proto = if udp { "udp" } else { "tcp" };
     let name = format!("clusterip-{proto} {}->{}", a.name, b.name);
@@ -302,20 +328,43 @@ fn load_balanced(pods: &Pods, a: &Cluster, b: &Cluster, udp: bool) -> Outcome {
                 pods.tcp(from, to)
             }
         };
-        let (first, t) = eventually(CONVERGE, ask);
-        first.map_err(|e| format!("{to} never answered: {e}"))?;
+        let want: BTreeSet<String> = all_pods(b).iter().map(|p| p.name.clone()).collect();
+        // Converged means every endpoint has answered once: a tunnel peer that a remote node
+        // has not yet learned drops the first handshake, and WireGuard retries it only after
+        // REKEY_TIMEOUT (5 s), longer than one request's timeout. The steady state after
+        // that must be free of errors.
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let (converged, t) = eventually(CONVERGE, || {
+            for _ in 0..want.len() * 4 {
+                if let Ok(p) = ask() {
+                    seen.insert(p);
+                }
+            }
+            if seen == want {
+                Ok(())
+            } else {
+                Err(format!("answered only by {seen:?}"))
+            }
+        });
+        converged.map_err(|e| format!("{to} never reached every endpoint: {e}"))?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         let mut errors = 0;
+        let mut first_error = None;
         for _ in 0..40 {
             match ask() {
                 Ok(p) => *counts.entry(p).or_default() += 1,
-                Err(_) => errors += 1,
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        let want: BTreeSet<String> = all_pods(b).iter().map(|p| p.name.clone()).collect();
         let got: BTreeSet<String> = counts.keys().cloned().collect();
+        let first_error = first_error
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default();
         let detail = format!(
-            "{} -> {to} x40: {counts:?}, {errors} errors, first answer after {:.1}s",
+            "{} -> {to} x40: {counts:?}, {errors} errors{first_error}, every endpoint answered after {:.1}s",
             from.name,
             t.as_secs_f64()
         );

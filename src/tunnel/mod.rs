@@ -7,6 +7,7 @@
 pub mod device;
 pub mod diff;
 pub mod keys;
+pub mod mss;
 
 pub use device::{
     cleanup, cleanup_in, Backend, CleanupReport, PeerStatus, Tunnel, TunnelReport, TunnelStatus,

@@ -67,7 +67,11 @@ pub fn nft_available() -> bool {
 }
 
 /// Runs `nft ARGS`, feeding `stdin` when given; returns stdout.
-fn run_nft(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
+pub(crate) fn run_nft(
+    program: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, NftError> {
     let spawn_err = |source| NftError::Spawn {
         program: program.to_path_buf(),
         source,

@@ -1,0 +1,194 @@
+//! Host-kernel test of the TCP MSS clamp (root; needs `ip` and `nft`).
+//!
+//! Three namespaces in a row: client `c` (10.201.0.2) -> router `r` -> server `s` (10.201.1.2).
+//! The router plays sdnlinkd's namespace and its veth toward the server plays the tunnel
+//! interface `tun0`. Every link has MTU 1500, so without the clamp both ends agree on an MSS of
+//! 1460; with the clamp for a 1420-byte tunnel, the client's SYN (leaving through `tun0`) and the
+//! server's SYN-ACK (arriving through `tun0`) both carry at most 1380.
+
+use nix::sys::socket::{getsockopt, sockopt::TcpMaxSeg};
+use sdnlinkd::netns::NetNs;
+use sdnlinkd::tunnel::mss::{ClampSync, MssClamp, TABLE};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawning a setup command");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Lab {
+    tag: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let lab = Lab {
+            tag: format!("sdnt-mss-{}", std::process::id()),
+        };
+        let (c, r, s) = (lab.ns("c"), lab.ns("r"), lab.ns("s"));
+        for n in [&c, &r, &s] {
+            sh(&["ip", "netns", "add", n]);
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "-n", &c, "link", "add", "c1", "type", "veth", "peer", "c0", "netns", &r,
+        ]);
+        sh(&[
+            "ip", "-n", &s, "link", "add", "s1", "type", "veth", "peer", "tun0", "netns", &r,
+        ]);
+        for (n, dev, addr) in [
+            (&c, "c1", "10.201.0.2/24"),
+            (&r, "c0", "10.201.0.1/24"),
+            (&r, "tun0", "10.201.1.1/24"),
+            (&s, "s1", "10.201.1.2/24"),
+        ] {
+            sh(&["ip", "-n", n, "addr", "add", addr, "dev", dev]);
+            sh(&["ip", "-n", n, "link", "set", dev, "up"]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &c,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.201.0.1",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &s,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.201.1.1",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &r,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        lab
+    }
+
+    fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.tag)
+    }
+
+    /// One connection client -> server: the MSS each end settled on (client, server), as
+    /// TCP_MAXSEG reports it (the peer's advertised MSS less this end's TCP options).
+    fn mss_pair(&self, port: u16) -> (u32, u32) {
+        let addr: SocketAddr = format!("10.201.1.2:{port}").parse().expect("addr");
+        let listener = NetNs::open(&self.ns("s"))
+            .expect("server ns")
+            .run(move || TcpListener::bind(addr))
+            .expect("server ns worker")
+            .expect("bind");
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().expect("accept");
+            getsockopt(&conn, TcpMaxSeg).expect("server TCP_MAXSEG")
+        });
+        let mut conn = NetNs::open(&self.ns("c"))
+            .expect("client ns")
+            .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .expect("client ns worker")
+            .expect("connect through the router");
+        conn.write_all(b"x").expect("write");
+        let client = getsockopt(&conn, TcpMaxSeg).expect("client TCP_MAXSEG");
+        (client, server.join().expect("server thread"))
+    }
+
+    fn nft(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("r"), "nft"])
+            .args(args)
+            .output()
+            .expect("spawning nft");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for role in ["c", "r", "s"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(role)])
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_mss_clamp_lowers_syn_and_syn_ack_and_repairs_drift() {
+    let lab = Lab::new();
+    let (c0, s0) = lab.mss_pair(7001);
+    assert!(
+        c0 > 1380 && s0 > 1380,
+        "without the clamp both ends use the 1500-byte links' MSS: client {c0}, server {s0}"
+    );
+
+    let mut clamp = MssClamp::new(NetNs::open(&lab.ns("r")).expect("router ns"));
+    let first = clamp.sync("tun0", 1420, true).await.expect("first sync");
+    assert_eq!(first, ClampSync::Applied);
+    let (c1, s1) = lab.mss_pair(7002);
+    assert!(
+        s1 <= 1380,
+        "the client's SYN left through tun0: the server must see MSS <= 1380, got {s1}"
+    );
+    assert!(
+        c1 <= 1380,
+        "the server's SYN-ACK arrived through tun0: the client must see MSS <= 1380, got {c1}"
+    );
+
+    // The kernel's listing is recognised as ours: nothing is rewritten.
+    assert_eq!(
+        clamp.sync("tun0", 1420, true).await.expect("full again"),
+        ClampSync::Unchanged
+    );
+    assert_eq!(
+        clamp.sync("tun0", 1420, false).await.expect("incremental"),
+        ClampSync::Unchanged
+    );
+
+    // Deleted out of band: the full sync puts it back.
+    let table: Vec<&str> = TABLE.split(' ').collect();
+    assert!(lab.nft(&["delete", "table", table[0], table[1]]).0);
+    assert_eq!(
+        clamp.sync("tun0", 1420, true).await.expect("repair"),
+        ClampSync::Applied
+    );
+    assert!(lab.nft(&["list", "table", table[0], table[1]]).0);
+
+    // A new tunnel MTU replaces the rules in one transaction.
+    assert_eq!(
+        clamp.sync("tun0", 1300, false).await.expect("new mtu"),
+        ClampSync::Applied
+    );
+    let (ok, listing) = lab.nft(&["list", "table", table[0], table[1]]);
+    assert!(ok);
+    assert!(
+        listing.contains("maxseg size set 1260") && !listing.contains("maxseg size set 1380"),
+        "{listing}"
+    );
+    let (c2, s2) = lab.mss_pair(7003);
+    assert!(c2 <= 1260 && s2 <= 1260, "client {c2}, server {s2}");
+}
