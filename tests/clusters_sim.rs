@@ -505,6 +505,42 @@ async fn forbidden_after_a_good_list_keeps_the_snapshot_and_shows_degraded() {
     sim.shutdown().await;
 }
 
+/// A wedged API server (accepts, never answers) shows as degraded once the watches' periodic
+/// end (half of `sync.api_timeout`) and the silent re-watch (`sync.api_timeout`) have passed,
+/// not after kube's default 295 s read timeout; the 30 s bound below would fail with that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_api_server_shows_degraded_within_the_api_timeout_and_recovers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), &["east"]);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let mut cfg = config_for(&kc, None, 1000);
+    cfg.sync.api_timeout = Duration::from_secs(4);
+    let set = ClusterSet::start(&cfg).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let good = east(&set);
+
+    // Idle but healthy watches (no change for three watch periods) stay current.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(state_of(&set, "east"), SyncState::Current);
+
+    sim.set_fault(Fault::Hang);
+    wait_until("degraded", 30, || {
+        matches!(state_of(&set, "east"), SyncState::Degraded { .. })
+    })
+    .await;
+    assert_eq!(*east(&set), *good, "nothing withdrawn while the API hangs");
+
+    sim.set_fault(Fault::None);
+    wait_until("current again", 90, || {
+        state_of(&set, "east") == SyncState::Current
+    })
+    .await;
+    assert_eq!(*east(&set), *good);
+    set.shutdown();
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_cap_protects_the_node() {
     let tmp = tempfile::tempdir().expect("tempdir");

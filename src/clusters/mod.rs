@@ -97,6 +97,7 @@ struct LocalNode {
     cluster: String,
     node_name: String,
     kubeconfig: PathBuf,
+    api_timeout: Duration,
 }
 
 /// The watched clusters of one configuration.
@@ -132,15 +133,23 @@ fn read_kubeconfig(cluster: &str, path: &Path) -> Result<Kubeconfig, ClustersErr
     Ok(kc)
 }
 
-async fn make_client(cluster: &str, path: &Path) -> Result<Client, ClustersError> {
+async fn make_client(
+    cluster: &str,
+    path: &Path,
+    api_timeout: Duration,
+) -> Result<Client, ClustersError> {
     let kc = read_kubeconfig(cluster, path)?;
     let err = |reason: String| ClustersError::Client {
         cluster: cluster.to_string(),
         reason,
     };
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| err(e.to_string()))?;
+    // kube's default read timeout (295 s) leaves a wedged API server, one that accepts
+    // connections and never answers, looking healthy for five minutes.
+    config.read_timeout = Some(api_timeout);
+    config.connect_timeout = Some(api_timeout.min(Duration::from_secs(10)));
     Client::try_from(config).map_err(|e| err(state::describe_client_error(&e)))
 }
 
@@ -160,10 +169,16 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(30))
 }
 
-async fn run_cluster(name: String, kubeconfig: PathBuf, shared: Arc<Shared>, is_local: bool) {
+async fn run_cluster(
+    name: String,
+    kubeconfig: PathBuf,
+    shared: Arc<Shared>,
+    is_local: bool,
+    api_timeout: Duration,
+) {
     let mut attempt = 0;
     let client = loop {
-        match make_client(&name, &kubeconfig).await {
+        match make_client(&name, &kubeconfig, api_timeout).await {
             Ok(c) => break c,
             Err(e) => {
                 shared.with(&name, |s| s.set_client_error(Some(e.to_string())));
@@ -179,7 +194,11 @@ async fn run_cluster(name: String, kubeconfig: PathBuf, shared: Arc<Shared>, is_
         *shared.local_client.lock().await = Some(client.clone());
     }
 
-    let cfg = watcher::Config::default();
+    // The server ends each watch after half the read timeout (a clean end, resumed from the
+    // last resourceVersion without a relist), so only a server that stopped answering trips
+    // the read timeout, even when no object changes for hours.
+    let watch_secs = u32::try_from((api_timeout.as_secs() / 2).max(1)).unwrap_or(u32::MAX);
+    let cfg = watcher::Config::default().timeout(watch_secs);
     let stream = |kind: Kind, ar: ApiResource| {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         watcher(api, cfg.clone())
@@ -288,13 +307,20 @@ impl ClusterSet {
             .into_iter()
             .map(|(name, path)| {
                 let is_local = name == cfg.local.name;
-                rt.spawn(run_cluster(name, path, shared.clone(), is_local))
+                rt.spawn(run_cluster(
+                    name,
+                    path,
+                    shared.clone(),
+                    is_local,
+                    cfg.sync.api_timeout,
+                ))
             })
             .collect();
         let local = cfg.local.kubeconfig.as_ref().map(|k| LocalNode {
             cluster: cfg.local.name.clone(),
             node_name: cfg.local.node_name.clone(),
             kubeconfig: k.clone(),
+            api_timeout: cfg.sync.api_timeout,
         });
         Ok(ClusterSet {
             shared,
@@ -369,7 +395,8 @@ impl ClusterSet {
             match &*g {
                 Some(c) => c.clone(),
                 None => {
-                    let c = make_client(&local.cluster, &local.kubeconfig).await?;
+                    let c =
+                        make_client(&local.cluster, &local.kubeconfig, local.api_timeout).await?;
                     *g = Some(c.clone());
                     c
                 }

@@ -158,6 +158,7 @@ pub struct RawSync {
     pub min_interval_ms: u64,
     pub max_delay_ms: u64,
     pub max_objects_per_cluster: usize,
+    pub api_timeout: u64,
 }
 
 impl Default for RawSync {
@@ -167,6 +168,7 @@ impl Default for RawSync {
             min_interval_ms: 200,
             max_delay_ms: 2000,
             max_objects_per_cluster: 200_000,
+            api_timeout: 60,
         }
     }
 }

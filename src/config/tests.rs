@@ -348,3 +348,16 @@ fn print_renders_valid_toml_that_reparses_to_the_same_values() {
     let value: toml::Value = toml::from_str(&printed).expect("printed config is TOML");
     assert_eq!(value["dns"]["upstreams"][0].as_str(), Some("192.0.2.53:53"));
 }
+
+#[test]
+fn api_timeout_defaults_to_60_and_names_the_field_when_out_of_range() {
+    let c = parse_str(BASE).expect("valid");
+    assert_eq!(c.sync.api_timeout, std::time::Duration::from_secs(60));
+    let with_sync = |v: &str| format!("{BASE}\n[sync]\napi_timeout = {v}\n");
+    let c = parse_str(&with_sync("5")).expect("valid");
+    assert_eq!(c.sync.api_timeout, std::time::Duration::from_secs(5));
+    only_error(
+        &with_sync("1"),
+        "sync.api_timeout = 1: expected 2..=3600 seconds (how long a silent API server is tolerated before its cluster shows degraded; default 60)",
+    );
+}

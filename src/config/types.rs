@@ -121,6 +121,10 @@ pub struct SyncConfig {
     pub max_delay: Duration,
     /// Per-cluster cap on Services + EndpointSlices + Nodes.
     pub max_objects_per_cluster: usize,
+    /// How long an API request may stay silent before the cluster counts as unreachable. Watches
+    /// are asked to end after half of it, so a healthy idle watch never trips it.
+    #[serde(with = "secs")]
+    pub api_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -177,6 +177,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             raw.log_level
         ));
     }
+    if !(2..=3600).contains(&raw.sync.api_timeout) {
+        v.err(format!(
+            "sync.api_timeout = {}: expected 2..=3600 seconds (how long a silent API server is tolerated before its cluster shows degraded; default 60)",
+            raw.sync.api_timeout
+        ));
+    }
     if raw.resync_interval == 0 {
         v.err("resync_interval = 0: must be at least 1 second (default 30)".into());
     }
@@ -519,6 +525,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             min_interval: Duration::from_millis(raw.sync.min_interval_ms),
             max_delay: Duration::from_millis(raw.sync.max_delay_ms.max(raw.sync.min_interval_ms)),
             max_objects_per_cluster: raw.sync.max_objects_per_cluster,
+            api_timeout: Duration::from_secs(raw.sync.api_timeout),
         },
         remote: remotes,
     })

@@ -181,6 +181,7 @@ pub(crate) mod tests {
                 min_interval: Duration::from_millis(100),
                 max_delay: Duration::from_millis(1000),
                 max_objects_per_cluster: 100_000,
+                api_timeout: Duration::from_secs(60),
             },
             remote: vec![
                 remote(
