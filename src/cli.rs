@@ -174,7 +174,13 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Cleanup => {
-            let cfg = config::load(path)?;
+            let (cfg, broken) = config::load_for_cleanup(path)?;
+            if let Some(e) = broken {
+                eprintln!(
+                    "{}: {e}\ncleaning up with its [namespace], [tunnel] and control_socket settings, which are valid (cleanup needs nothing else)",
+                    path.display()
+                );
+            }
             let report = runtime()?.block_on(crate::daemon::cleanup(&cfg))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)

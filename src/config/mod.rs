@@ -79,6 +79,43 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     validate::validate(raw)
 }
 
+/// The configuration `sdnlinkd cleanup` acts on, and why the full one did not load if it did
+/// not. Cleanup only needs the settings that name sdnlinkd's objects (`[namespace]`, `[tunnel]`,
+/// `control_socket`): an admin's broken `[proxy]` or `[[remote]]` must not leave the namespace,
+/// routes and tunnel behind when the package is removed. Those three are still validated, and
+/// the file must exist: cleanup never guesses names from built-in defaults alone.
+pub fn load_for_cleanup(path: &Path) -> Result<(Config, Option<ConfigError>), ConfigError> {
+    let full = match load(path) {
+        Ok(cfg) => return Ok((cfg, None)),
+        Err(e) => e,
+    };
+    let fig = figment(path)?;
+    let mut raw = RawConfig::default();
+    let mut errors = Vec::new();
+    match fig.extract_inner("namespace") {
+        Ok(v) => raw.namespace = v,
+        Err(e) => errors.extend(figment_errors(e).0),
+    }
+    match fig.extract_inner("tunnel") {
+        Ok(v) => raw.tunnel = v,
+        Err(e) => errors.extend(figment_errors(e).0),
+    }
+    match fig.extract_inner("control_socket") {
+        Ok(v) => raw.control_socket = v,
+        Err(e) => errors.extend(figment_errors(e).0),
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError(errors));
+    }
+    // Placeholders for what validation requires and cleanup never reads. 240.0.0.0/4 is
+    // reserved (RFC 1112), so it cannot overlap the transit range.
+    raw.local.name = "cleanup".into();
+    raw.local.pod_cidrs = vec!["240.0.0.0/32".into()];
+    raw.dns.enabled = false;
+    let cfg = validate::validate(raw)?;
+    Ok((cfg, Some(full)))
+}
+
 /// Parses and validates one TOML document alone (no drop-ins, no environment).
 pub fn parse_str(toml: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))

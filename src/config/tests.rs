@@ -361,3 +361,33 @@ fn api_timeout_defaults_to_60_and_names_the_field_when_out_of_range() {
         "sync.api_timeout = 1: expected 2..=3600 seconds (how long a silent API server is tolerated before its cluster shows degraded; default 60)",
     );
 }
+
+#[test]
+fn cleanup_loads_the_object_names_of_an_otherwise_broken_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sdnlink.toml");
+    let broken = base_with("[local]", "[proxy]\nbackend = \"bogus\"\n[local]")
+        + "\n[namespace]\nname = \"custom-ns\"\n[tunnel]\ninterface = \"custom-wg\"\n";
+    std::fs::write(&path, &broken).expect("write");
+    assert!(load(&path).is_err(), "the full config is invalid");
+    let (cfg, why) = load_for_cleanup(&path).expect("cleanup config");
+    assert_eq!(cfg.namespace.name, "custom-ns");
+    assert_eq!(cfg.tunnel.interface, "custom-wg");
+    let why = why
+        .expect("the reason the full config did not load")
+        .to_string();
+    assert!(why.contains("proxy.backend"), "{why}");
+
+    // A broken [namespace] is not guessed around.
+    std::fs::write(&path, broken.replace("custom-ns", "bad/name")).expect("write");
+    let e = load_for_cleanup(&path)
+        .expect_err("bad namespace name")
+        .to_string();
+    assert!(e.contains("namespace.name"), "{e}");
+
+    // A valid config loads as itself, without a warning.
+    std::fs::write(&path, BASE).expect("write");
+    let (cfg, why) = load_for_cleanup(&path).expect("valid");
+    assert!(why.is_none());
+    assert_eq!(cfg.local.name, "east");
+}
