@@ -467,6 +467,31 @@ async fn unauthorized_shows_degraded_with_the_reason_and_recovers() {
     sim.shutdown().await;
 }
 
+/// Waits for east to show degraded (returning the reason), checks the snapshot was kept, then
+/// clears the fault and waits for it to be current again with the same snapshot.
+async fn degraded_keeps_snapshot_then_recovers(
+    set: &ClusterSet,
+    sim: &SimApi,
+    good: &ClusterSnapshot,
+) -> String {
+    wait_until("degraded", 30, || {
+        matches!(state_of(set, "east"), SyncState::Degraded { .. })
+    })
+    .await;
+    let SyncState::Degraded { reason, .. } = state_of(set, "east") else {
+        unreachable!("checked just above")
+    };
+    assert_eq!(*east(set), *good, "nothing withdrawn while the API fails");
+    assert!(set.all_listed(), "listed once stays true");
+    sim.set_fault(Fault::None);
+    wait_until("current again", 90, || {
+        state_of(set, "east") == SyncState::Current
+    })
+    .await;
+    assert_eq!(*east(set), *good);
+    reason
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_after_a_good_list_keeps_the_snapshot_and_shows_degraded() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -480,27 +505,8 @@ async fn forbidden_after_a_good_list_keeps_the_snapshot_and_shows_degraded() {
     // Every new request is now denied; compaction makes the watches reconnect and relist.
     sim.set_fault(Fault::Forbidden);
     sim.compact();
-    wait_until("degraded", 30, || {
-        matches!(state_of(&set, "east"), SyncState::Degraded { .. })
-    })
-    .await;
-    let SyncState::Degraded { reason, .. } = state_of(&set, "east") else {
-        unreachable!("checked just above")
-    };
+    let reason = degraded_keeps_snapshot_then_recovers(&set, &sim, &good).await;
     assert!(reason.contains("403"), "reason: {reason}");
-    assert_eq!(
-        *east(&set),
-        *good,
-        "nothing withdrawn while the API refuses"
-    );
-    assert!(set.all_listed(), "listed once stays true");
-
-    sim.set_fault(Fault::None);
-    wait_until("current again", 90, || {
-        state_of(&set, "east") == SyncState::Current
-    })
-    .await;
-    assert_eq!(*east(&set), *good);
     set.shutdown();
     sim.shutdown().await;
 }
@@ -525,18 +531,8 @@ async fn hung_api_server_shows_degraded_within_the_api_timeout_and_recovers() {
     assert_eq!(state_of(&set, "east"), SyncState::Current);
 
     sim.set_fault(Fault::Hang);
-    wait_until("degraded", 30, || {
-        matches!(state_of(&set, "east"), SyncState::Degraded { .. })
-    })
-    .await;
-    assert_eq!(*east(&set), *good, "nothing withdrawn while the API hangs");
-
-    sim.set_fault(Fault::None);
-    wait_until("current again", 90, || {
-        state_of(&set, "east") == SyncState::Current
-    })
-    .await;
-    assert_eq!(*east(&set), *good);
+    let reason = degraded_keeps_snapshot_then_recovers(&set, &sim, &good).await;
+    assert!(!reason.is_empty(), "a degraded state says why");
     set.shutdown();
     sim.shutdown().await;
 }

@@ -10,6 +10,8 @@
 //!   (and :8081) that answer with the namespace name
 //! - service CIDR 10.96.0.0/16; a "foreign" VIP outside it: 10.99.0.1
 
+mod common;
+use common::sh;
 use sdnlinkd::model::{Protocol, ServiceKey};
 use sdnlinkd::netns::NetNs;
 use sdnlinkd::proxy::ipvs::{self, IpvsBackend, IpvsSocket};
@@ -21,19 +23,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NEEDS: &str = "needs IPVS: runs in the QEMU VM harness";
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn ip(ns: &str, rest: &str) {
     let mut a = vec!["ip", "-n", ns];

@@ -6,6 +6,8 @@
 //! 1460; with the clamp for a 1420-byte tunnel, the client's SYN (leaving through `tun0`) and the
 //! server's SYN-ACK (arriving through `tun0`) both carry at most 1380.
 
+mod common;
+use common::sh;
 use nix::sys::socket::{getsockopt, sockopt::TcpMaxSeg};
 use sdnlinkd::netns::NetNs;
 use sdnlinkd::tunnel::mss::{ClampSync, MssClamp, TABLE};
@@ -13,18 +15,6 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawning a setup command");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Lab {
     tag: String,
@@ -55,26 +45,9 @@ impl Lab {
             sh(&["ip", "-n", n, "addr", "add", addr, "dev", dev]);
             sh(&["ip", "-n", n, "link", "set", dev, "up"]);
         }
-        sh(&[
-            "ip",
-            "-n",
-            &c,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.201.0.1",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &s,
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.201.1.1",
-        ]);
+        for (n, gw) in [(&c, "10.201.0.1"), (&s, "10.201.1.1")] {
+            sh(&["ip", "-n", n, "route", "add", "default", "via", gw]);
+        }
         sh(&[
             "ip",
             "netns",

@@ -12,6 +12,8 @@
 //!   fd01:<i>::2/64; ClusterIP fd97::10 tcp/80
 //! - ClusterIPs 10.97.0.0/16: .10 tcp/80, .53 udp/53, .13 tcp/80 and udp/53 without endpoints
 
+mod common;
+use common::sh;
 use sdnlinkd::model::{Protocol, ServiceKey};
 use sdnlinkd::netns::NetNs;
 use sdnlinkd::proxy::nft::{nft_available, NftBackend};
@@ -27,19 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawning a setup command");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn nft_in(ns: &str, cmd: &str) -> String {
     let out = Command::new("ip")
