@@ -285,7 +285,7 @@ fn root_ipvs_traffic_reaches_every_endpoint_and_affinity_pins_one() {
 
 #[test]
 #[ignore = "needs IPVS: runs in the QEMU VM harness"]
-fn root_ipvs_removed_endpoint_drains_at_weight_zero_then_is_deleted() {
+fn root_ipvs_removed_endpoint_and_service_drain_at_weight_zero_then_are_deleted() {
     let l = lab(2);
     place_vip(vip(10));
     let grace = Duration::from_secs(2);
@@ -322,6 +322,27 @@ fn root_ipvs_removed_endpoint_drains_at_weight_zero_then_is_deleted() {
         !ipvsadm_save().contains("10.251.2.2"),
         "deleted after the grace"
     );
+    assert!(b.next_deadline().is_none());
+
+    // The whole Service goes: its destinations drain the same way (one message for the one
+    // left), the service stays meanwhile and its VIP lingers, then it is deleted whole.
+    let none = DesiredProxy::default();
+    let r = b.sync_blocking(&none, false).expect("service removal");
+    assert_eq!(r.operations, 1, "plan:\n{}", b.last_plan());
+    let save = ipvsadm_save();
+    assert!(save.contains("-r 10.251.1.2:8080 -m -w 0"), "{save}");
+    assert_eq!(b.lingering_vips(&none), BTreeSet::from([vip(10)]));
+    let deadline = b.next_deadline().expect("the service drains");
+    std::thread::sleep(
+        deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(50),
+    );
+    let r = b.sync_blocking(&none, false).expect("sync");
+    assert_eq!(r.operations, 1, "plan:\n{}", b.last_plan());
+    assert!(
+        !ipvsadm_save().contains("10.96.0.10"),
+        "the service is deleted after the grace"
+    );
+    assert!(b.lingering_vips(&none).is_empty());
     assert!(b.next_deadline().is_none());
 }
 

@@ -44,6 +44,13 @@ impl AnyProxy {
             AnyProxy::Nft(b) => b.needs_vips(),
         }
     }
+    /// VIPs to keep on the interface beyond the desired ones (IPVS: services still draining).
+    fn lingering_vips(&self, d: &DesiredProxy) -> std::collections::BTreeSet<std::net::IpAddr> {
+        match self {
+            AnyProxy::Ipvs(b) => b.lingering_vips(d),
+            AnyProxy::Nft(_) => Default::default(),
+        }
+    }
     /// When the backend wants a sync without any change (IPVS: a drained destination's grace
     /// period ends and it can be deleted).
     fn next_deadline(&self) -> Option<Instant> {
@@ -369,15 +376,6 @@ impl Daemon {
         let peers = tunnel::desired_peers(&cfg, &snaps);
         let desired_proxy = proxy::desired::desired_proxy(&cfg, &snaps);
         self.last_desired_services = desired_proxy.services.len();
-        let extras = node::NodeExtras {
-            tunnel_routes: peers.routes(),
-            vips: if self.proxy.needs_vips() {
-                desired_proxy.vips()
-            } else {
-                Default::default()
-            },
-        };
-        let node_desired = node::NodeDesired::from_config(&cfg, &extras);
         let mut errors: Vec<String> = Vec::new();
 
         // Tunnel first: the routes through it need the link to exist.
@@ -409,11 +407,6 @@ impl Daemon {
                 self.mss_error = Some(msg);
             }
         }
-        let mut node_ops = 0;
-        match self.plumbing.sync(&node_desired, full).await {
-            Ok(r) => node_ops = r.operations(),
-            Err(e) => errors.push(format!("node: {e}")),
-        }
         let proxy_report = match self.proxy.sync(&desired_proxy, full).await {
             Ok(r) => {
                 for (key, why) in &r.failed {
@@ -442,6 +435,24 @@ impl Daemon {
                     }
                 }
             }
+        }
+        // The node after the proxy: a Service that left starts draining in this sync, and its
+        // VIP must stay until the drain ends. An IPVS service may exist before its VIP does.
+        let extras = node::NodeExtras {
+            tunnel_routes: peers.routes(),
+            vips: if self.proxy.needs_vips() {
+                let mut v = desired_proxy.vips();
+                v.extend(self.proxy.lingering_vips(&desired_proxy));
+                v
+            } else {
+                Default::default()
+            },
+        };
+        let node_desired = node::NodeDesired::from_config(&cfg, &extras);
+        let mut node_ops = 0;
+        match self.plumbing.sync(&node_desired, full).await {
+            Ok(r) => node_ops = r.operations(),
+            Err(e) => errors.push(format!("node: {e}")),
         }
         if let Some(dns) = &self.dns {
             dns.update(Arc::new(dns::ZoneData::build(&cfg, &snaps)));

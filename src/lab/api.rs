@@ -65,6 +65,18 @@ impl LabApi {
             .map_err(|e| LabError::Api(format!("{}: {e}", self.cluster)))
     }
 
+    /// Deletes one object (`kind` as in manifests); an error if it did not exist.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<(), LabError> {
+        if self.sim.delete(kind, namespace, name) {
+            Ok(())
+        } else {
+            Err(LabError::Api(format!(
+                "{}: no {kind} {namespace}/{name} to delete",
+                self.cluster
+            )))
+        }
+    }
+
     /// The annotations of Node `name`.
     pub fn node_annotations(&self, name: &str) -> Result<BTreeMap<String, String>, LabError> {
         let node = self

@@ -189,6 +189,7 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     emit(churn(lab, &pods, a, b));
     emit(hostile(lab, &pods, a, b));
     emit(restart(lab, &pods, a, b));
+    emit(service_delete(lab, &pods, a, b));
 }
 
 /// Every node reaches every cluster's API server with the kubeconfig the lab wrote for it.
@@ -602,6 +603,43 @@ fn churn(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
         ))
     })();
     outcome(format!("churn {}->{}", a.name, b.name), r)
+}
+
+/// Deleting a Service on the remote side stops new connections to its VIP, while a connection
+/// already open through it keeps being answered by the same pod (IPVS drains the service's
+/// destinations at weight 0 for `proxy.drain_grace`; nftables leaves established flows to
+/// conntrack). Runs last: it removes the churn Service.
+fn service_delete(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
+    let from = first_pod(a, 0);
+    let r = (|| {
+        let api = lab
+            .apis
+            .iter()
+            .find(|x| x.cluster == b.name)
+            .ok_or("no API server for the remote cluster")?;
+        let to = vip(b, svc::CHURN)?;
+        let mut conn = pods.connect(from, to)?;
+        let before = tcp_ask(&mut conn).map_err(|e| format!("before the delete: {e}"))?;
+        api.delete("Service", K8S_NAMESPACE, svc::CHURN)
+            .map_err(|e| e.to_string())?;
+        let (gone, t) = eventually(CHURN_BOUND, || match pods.tcp(from, to) {
+            Ok(p) => Err(format!("a new connection is still answered by {p}")),
+            Err(_) => Ok(()),
+        });
+        gone.map_err(|e| format!("{to} after deleting the Service: {e}"))?;
+        let after = tcp_ask(&mut conn)
+            .map_err(|e| format!("the open connection broke after the delete: {e}"))?;
+        if after != before {
+            return Err(format!(
+                "the open connection moved from {before} to {after}"
+            ));
+        }
+        Ok(format!(
+            "{to}: new connections refused {:.1}s after the delete; the open one still answered by {after}",
+            t.as_secs_f64()
+        ))
+    })();
+    outcome(format!("service-delete {}->{}", a.name, b.name), r)
 }
 
 fn hostile(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {

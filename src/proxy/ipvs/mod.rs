@@ -19,7 +19,7 @@ pub mod nlas;
 pub mod plan;
 
 pub use handle::{ipvs_available, IpvsSocket};
-pub use plan::{Drains, Op, OpKind, Plan, Table, TableService};
+pub use plan::{Drains, Op, OpKind, Plan, Removal, Table, TableService};
 
 use crate::config::Config;
 use crate::netns::NetNs;
@@ -282,6 +282,18 @@ impl IpvsBackend {
         &self.owned_vips
     }
 
+    /// VIPs that still carry one of our services although the desired state no longer has
+    /// them (a service draining before its deletion, or a delete that failed): the daemon
+    /// keeps them on the interface, since IPVS only sees packets to local addresses.
+    pub fn lingering_vips(&self, desired: &DesiredProxy) -> BTreeSet<IpAddr> {
+        let wanted = desired.vips();
+        self.owned_vips
+            .iter()
+            .filter(|v| !wanted.contains(v))
+            .copied()
+            .collect()
+    }
+
     /// When the daemon should sync again so draining destinations get deleted.
     pub fn next_deadline(&self) -> Option<Instant> {
         Plan::next_deadline(&self.drains, self.grace)
@@ -298,12 +310,21 @@ impl IpvsBackend {
         desired: &DesiredProxy,
         full: bool,
     ) -> Result<SyncReport, IpvsError> {
+        self.sync_removing(desired, full, Removal::Drain)
+    }
+
+    fn sync_removing(
+        &mut self,
+        desired: &DesiredProxy,
+        full: bool,
+        removal: Removal,
+    ) -> Result<SyncReport, IpvsError> {
         let start = Instant::now();
         let mut sock = match self.sock.take() {
             Some(s) => s,
             None => IpvsSocket::open(&self.ns)?,
         };
-        let res = self.sync_with(&mut sock, desired, full, start);
+        let res = self.sync_with(&mut sock, desired, full, start, removal);
         // A socket that failed at the transport level is reopened next time.
         if res.is_ok() {
             self.sock = Some(sock);
@@ -319,6 +340,7 @@ impl IpvsBackend {
         desired: &DesiredProxy,
         full: bool,
         start: Instant,
+        removal: Removal,
     ) -> Result<SyncReport, IpvsError> {
         self.owned_vips.extend(desired.vips());
         let sent_before = sock.messages_sent;
@@ -330,13 +352,14 @@ impl IpvsBackend {
             _ => observe(sock, &self.owned_vips)?,
         };
         let now = Instant::now();
-        let plan = plan::plan(
+        let plan = plan::plan_with(
             desired,
             &observed,
             &self.owned_vips,
             &self.drains,
             now,
             self.grace,
+            removal,
         );
         let (table, failed, _) = execute(sock, &plan, observed)?;
         // Keep a VIP owned while one of our services still sits on it (a failed delete).
@@ -357,7 +380,7 @@ impl IpvsBackend {
 
     /// Blocking cleanup: deletes every service on owned VIPs.
     pub fn cleanup_blocking(&mut self) -> Result<(), IpvsError> {
-        let report = self.sync_blocking(&DesiredProxy::default(), true)?;
+        let report = self.sync_removing(&DesiredProxy::default(), true, Removal::Immediate)?;
         if let Some((k, e)) = report.failed.first() {
             return Err(IpvsError::Io {
                 context: format!("cleanup of {k}"),

@@ -32,6 +32,64 @@ pub type Table = BTreeMap<VirtualKey, TableService>;
 /// Destinations at weight 0 and since when, waiting for `drain_grace` (kubernetes 57841).
 pub type Drains = BTreeMap<(VirtualKey, Destination), Instant>;
 
+/// What happens to an owned service that left the desired state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Its destinations drain at weight 0 for the grace period, then the service is deleted,
+    /// so connections to a Service deleted on the remote side finish like those to a removed
+    /// endpoint do. Its VIP stays on the interface meanwhile (`IpvsBackend::lingering_vips`).
+    Drain,
+    /// Deleted at once: cleanup, or a backend replaced by a reload.
+    Immediate,
+}
+
+/// Where one leaving destination stands in its drain.
+enum DrainStep {
+    /// Still weighted: set to 0 now.
+    Started,
+    /// At weight 0 within the grace period.
+    Waiting,
+    /// Drained for the whole grace period: may be deleted.
+    Expired,
+}
+
+/// Advances the drain of destination `d` (state `s`) of service `k`: a weighted destination
+/// goes to weight 0 (one op), a weight-0 one waits out `grace` counted from its recorded start
+/// (or from now when none is recorded: weights found at 0 after a restart drain in full).
+#[allow(clippy::too_many_arguments)]
+fn drain_step(
+    k: &VirtualKey,
+    d: &Destination,
+    s: &DestState,
+    drains: &Drains,
+    now: Instant,
+    grace: Duration,
+    ops: &mut Vec<Op>,
+    new_drains: &mut Drains,
+) -> DrainStep {
+    if s.weight > 0 {
+        ops.push(Op {
+            key: *k,
+            kind: OpKind::EditDest(
+                *d,
+                DestState {
+                    weight: 0,
+                    fwd: s.fwd,
+                },
+            ),
+        });
+        new_drains.insert((*k, *d), now);
+        return DrainStep::Started;
+    }
+    let since = drains.get(&(*k, *d)).copied().unwrap_or(now);
+    if now.saturating_duration_since(since) >= grace {
+        DrainStep::Expired
+    } else {
+        new_drains.insert((*k, *d), since);
+        DrainStep::Waiting
+    }
+}
+
 /// One kernel change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpKind {
@@ -116,9 +174,9 @@ const ACTIVE: DestState = DestState {
     fwd: FwdMethod::Masq,
 };
 
-/// Diffs `desired` against `observed` (already restricted to services we own; services on
-/// `owned_vips` that are not desired are deleted). Destinations that leave are set to weight 0
-/// and deleted once they have drained for `grace`.
+/// Diffs `desired` against `observed` (already restricted to services we own). Destinations
+/// that leave are set to weight 0 and deleted once they have drained for `grace`; services on
+/// `owned_vips` that are not desired drain the same way and are then deleted whole.
 pub fn plan(
     desired: &DesiredProxy,
     observed: &Table,
@@ -126,6 +184,27 @@ pub fn plan(
     drains: &Drains,
     now: Instant,
     grace: Duration,
+) -> Plan {
+    plan_with(
+        desired,
+        observed,
+        owned_vips,
+        drains,
+        now,
+        grace,
+        Removal::Drain,
+    )
+}
+
+/// [`plan`] with the treatment of services that left the desired state chosen.
+pub fn plan_with(
+    desired: &DesiredProxy,
+    observed: &Table,
+    owned_vips: &BTreeSet<IpAddr>,
+    drains: &Drains,
+    now: Instant,
+    grace: Duration,
+    removal: Removal,
 ) -> Plan {
     let mut ops = Vec::new();
     let mut new_drains = Drains::new();
@@ -174,38 +253,33 @@ pub fn plan(
             if vs.destinations.contains(d) {
                 continue;
             }
-            if s.weight > 0 {
-                ops.push(Op {
-                    key: *k,
-                    kind: OpKind::EditDest(
-                        *d,
-                        DestState {
-                            weight: 0,
-                            fwd: s.fwd,
-                        },
-                    ),
-                });
-                new_drains.insert((*k, *d), now);
-                continue;
-            }
-            let since = drains.get(&(*k, *d)).copied().unwrap_or(now);
-            if now.saturating_duration_since(since) >= grace {
+            let step = drain_step(k, d, s, drains, now, grace, &mut ops, &mut new_drains);
+            if matches!(step, DrainStep::Expired) {
                 ops.push(Op {
                     key: *k,
                     kind: OpKind::DelDest(*d),
                 });
-            } else {
-                new_drains.insert((*k, *d), since);
             }
         }
     }
-    for k in observed.keys() {
-        if !desired.services.contains_key(k) && owned_vips.contains(&k.vip) {
-            ops.push(Op {
-                key: *k,
-                kind: OpKind::DelService,
-            });
+    for (k, have) in observed {
+        if desired.services.contains_key(k) || !owned_vips.contains(&k.vip) {
+            continue;
         }
+        if removal == Removal::Drain {
+            let mut pending = false;
+            for (d, s) in &have.dests {
+                let step = drain_step(k, d, s, drains, now, grace, &mut ops, &mut new_drains);
+                pending |= !matches!(step, DrainStep::Expired);
+            }
+            if pending {
+                continue;
+            }
+        }
+        ops.push(Op {
+            key: *k,
+            kind: OpKind::DelService,
+        });
     }
     Plan {
         ops,

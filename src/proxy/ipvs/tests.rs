@@ -509,7 +509,7 @@ fn plan_table() {
             drains_after: 0,
         },
         Case {
-            name: "service gone on an owned VIP: delete; foreign VIP: untouched",
+            name: "service gone on an owned VIP: its destinations drain; foreign VIP: untouched",
             desired: DesiredProxy::default(),
             observed: {
                 let mut t = table_of(&two, &[]);
@@ -520,6 +520,39 @@ fn plan_table() {
                 t
             },
             drains: Drains::new(),
+            expect: vec![
+                "edit-dest 10.96.0.10:80/tcp -> 10.244.1.1:8080 weight=0",
+                "edit-dest 10.96.0.10:80/tcp -> 10.244.1.2:8080 weight=0",
+            ],
+            drains_after: 2,
+        },
+        Case {
+            name: "service gone, one destination still within the grace: nothing",
+            desired: DesiredProxy::default(),
+            observed: table_of(&two, &[(1, 0), (2, 0)]),
+            drains: Drains::from([
+                ((k, dst(1)), now - Duration::from_secs(61)),
+                ((k, dst(2)), now - Duration::from_secs(10)),
+            ]),
+            expect: vec![],
+            drains_after: 1,
+        },
+        Case {
+            name: "service gone and drained past the grace: delete it whole",
+            desired: DesiredProxy::default(),
+            observed: table_of(&two, &[(1, 0), (2, 0)]),
+            drains: Drains::from([
+                ((k, dst(1)), now - Duration::from_secs(61)),
+                ((k, dst(2)), now - Duration::from_secs(61)),
+            ]),
+            expect: vec!["del-service 10.96.0.10:80/tcp"],
+            drains_after: 0,
+        },
+        Case {
+            name: "service gone without destinations: delete",
+            desired: DesiredProxy::default(),
+            observed: table_of(&desired(vec![vs(k, &[], None)]), &[]),
+            drains: Drains::new(),
             expect: vec!["del-service 10.96.0.10:80/tcp"],
             drains_after: 0,
         },
@@ -529,6 +562,24 @@ fn plan_table() {
         assert_eq!(lines(&p), c.expect, "case: {}", c.name);
         assert_eq!(p.drains.len(), c.drains_after, "drains, case: {}", c.name);
     }
+}
+
+#[test]
+fn immediate_removal_deletes_a_gone_service_without_draining() {
+    let k = key("10.96.0.10", 80);
+    let owned: BTreeSet<IpAddr> = [ip("10.96.0.10")].into();
+    let observed = table_of(&desired(vec![vs(k, &[1, 2], None)]), &[]);
+    let p = plan_with(
+        &DesiredProxy::default(),
+        &observed,
+        &owned,
+        &Drains::new(),
+        Instant::now(),
+        Duration::from_secs(60),
+        Removal::Immediate,
+    );
+    assert_eq!(lines(&p), vec!["del-service 10.96.0.10:80/tcp"]);
+    assert!(p.drains.is_empty());
 }
 
 #[test]
