@@ -1,98 +1,20 @@
 //! Parses arbitrary bytes as a DNS query and answers it from zone data covering every record
-//! form (ClusterIP, headless with and without hostnames, ExternalName, pods, reverse,
-//! cluster.all). Any panic is a bug; an answer must decode.
+//! form (see ../zones.rs). Any panic is a bug; an answer must decode.
 //!
-//! Run: `cargo +nightly fuzz run dns_query` from the repository root.
+//! Run: `cargo +nightly fuzz run dns_query` from the repository root. `cargo test --test
+//! dns_mutation` runs the same check on stable over seeded mutations.
 #![no_main]
+
+#[path = "../zones.rs"]
+mod zones;
 
 use libfuzzer_sys::fuzz_target;
 use sdnlinkd::dns::{answer_local_bytes, ZoneData};
-use sdnlinkd::model::*;
-use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 fn zones() -> &'static ZoneData {
     static Z: OnceLock<ZoneData> = OnceLock::new();
-    Z.get_or_init(|| {
-        let mut cfg = sdnlinkd::config::parse_str(
-            r#"
-[local]
-name = "east"
-pod_cidrs = ["10.128.0.0/14"]
-service_cidrs = ["172.30.0.0/16"]
-node_name = "fuzz"
-[dns]
-upstreams = ["192.0.2.1"]
-[[remote]]
-name = "west"
-pod_cidrs = ["10.132.0.0/14", "fd00:132::/64"]
-service_cidrs = ["172.31.0.0/16", "fd00:31::/112"]
-"#,
-        )
-        .expect("fuzz config is valid");
-        cfg.local.kubeconfig = Some("/nonexistent".into());
-        let ep = |ip: IpAddr, host: Option<&str>| Endpoint {
-            addresses: vec![ip],
-            ready: true,
-            serving: true,
-            terminating: false,
-            hostname: host.map(String::from),
-            node_name: None,
-            ports: vec![EndpointPort {
-                name: "pg".into(),
-                protocol: Protocol::Tcp,
-                port: 5432,
-            }],
-        };
-        let port = ServicePort {
-            name: "pg".into(),
-            protocol: Protocol::Tcp,
-            port: 5432,
-            target_port: TargetPort::Number(5432),
-        };
-        let svc = |name: &str, kind: ServiceKind, endpoints: Vec<Endpoint>| Service {
-            key: ServiceKey {
-                namespace: "default".into(),
-                name: name.into(),
-            },
-            kind,
-            ports: vec![port.clone()],
-            client_ip_affinity: None,
-            endpoints,
-        };
-        let west = vec![
-            svc(
-                "web",
-                ServiceKind::ClusterIp(vec![
-                    "172.31.0.10".parse().expect("ip"),
-                    "fd00:31::10".parse().expect("ip"),
-                ]),
-                vec![],
-            ),
-            svc(
-                "db",
-                ServiceKind::Headless,
-                vec![
-                    ep("10.132.0.5".parse().expect("ip"), Some("db-0")),
-                    ep("fd00:132::5".parse().expect("ip"), None),
-                ],
-            ),
-            svc(
-                "ext",
-                ServiceKind::ExternalName("example.org".into()),
-                vec![],
-            ),
-        ];
-        let mut snaps = Snapshots::new();
-        snaps.insert(
-            "west".into(),
-            Arc::new(ClusterSnapshot {
-                services: west.into_iter().map(|s| (s.key.clone(), s)).collect(),
-                nodes: Default::default(),
-            }),
-        );
-        ZoneData::build(&cfg, &snaps)
-    })
+    Z.get_or_init(zones::zone_data)
 }
 
 fuzz_target!(|data: &[u8]| {

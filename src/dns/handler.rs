@@ -113,6 +113,13 @@ pub fn decide<'a>(zones: &'a ZoneData, request: &MessageRequest) -> Decision<'a>
     if request.metadata.message_type != MessageType::Query {
         return Decision::Drop;
     }
+    if !question_pointers_survive_echo(request.queries.as_bytes()) {
+        // hickory-server copies the question section into the response byte for byte. A
+        // compression pointer (RFC 1035 4.1.4) into the request's header, or not to an earlier
+        // name, is accepted by its parser but would point at other bytes in our response, a
+        // malformed message. Such a question is malformed to begin with; no answer is safe.
+        return Decision::Drop;
+    }
     if request.metadata.op_code != OpCode::Query {
         return Decision::Error(ResponseCode::NotImp);
     }
@@ -142,6 +149,47 @@ pub fn decide<'a>(zones: &'a ZoneData, request: &MessageRequest) -> Decision<'a>
         },
         Lookup::NotOurs => Decision::Forward(query.original().clone()),
     }
+}
+
+/// Offset of the question section in every DNS message: after the 12-byte header.
+const QUESTION_OFFSET: usize = 12;
+
+/// Whether every compression pointer in the raw question section `raw` points backwards into
+/// the question section itself (which sits at the same offset in our response, so the copy
+/// stays valid). Rejects pointers into the header, forward or self pointers, and the reserved
+/// label types 0x40/0x80 (RFC 6891 5).
+fn question_pointers_survive_echo(raw: &[u8]) -> bool {
+    let mut i = 0;
+    while i < raw.len() {
+        // One name: labels up to the root label or a pointer.
+        loop {
+            let Some(&len) = raw.get(i) else {
+                return false;
+            };
+            match len & 0xC0 {
+                0x00 if len == 0 => {
+                    i += 1;
+                    break;
+                }
+                0x00 => i += 1 + usize::from(len),
+                0xC0 => {
+                    let Some(&low) = raw.get(i + 1) else {
+                        return false;
+                    };
+                    let target = usize::from(len & 0x3F) << 8 | usize::from(low);
+                    if target < QUESTION_OFFSET || target >= QUESTION_OFFSET + i {
+                        return false;
+                    }
+                    i += 2;
+                    break;
+                }
+                _ => return false,
+            }
+        }
+        // QTYPE and QCLASS.
+        i += 4;
+    }
+    i == raw.len()
 }
 
 /// The OPT record of our response: present when the client sent one (RFC 6891 7), carrying the
@@ -441,5 +489,34 @@ impl RequestHandler for DnsHandler {
         let info = self.respond(request, response_handle).await;
         self.shared.stats.count_rcode(info.response_code);
         info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::question_pointers_survive_echo as ok;
+
+    /// `a.b.` IN A, uncompressed: labels at question offsets 0 ("a") and 2 ("b").
+    const PLAIN: &[u8] = &[1, b'a', 1, b'b', 0, 0, 1, 0, 1];
+
+    #[test]
+    fn plain_and_backward_pointers_survive_the_echo() {
+        assert!(ok(PLAIN));
+        // A second question `c.` + pointer to "b." at message offset 12 + 2.
+        let mut two = PLAIN.to_vec();
+        two.extend_from_slice(&[1, b'c', 0xC0, 14, 0, 1, 0, 1]);
+        assert!(ok(&two));
+        assert!(ok(&[]));
+    }
+
+    #[test]
+    fn pointers_into_the_header_forward_or_to_themselves_do_not() {
+        // The fuzzer's find: a pointer to offset 2, inside the header.
+        assert!(!ok(&[3, b'_', b'p', b'g', 0xC0, 2, 0, 1, 0, 1]));
+        assert!(!ok(&[0xC0, 12, 0, 1, 0, 1]), "points at itself");
+        assert!(!ok(&[1, b'a', 0xC0, 20, 0, 1, 0, 1]), "points forward");
+        assert!(!ok(&[0x41, 0, 0, 1, 0, 1]), "reserved label type");
+        assert!(!ok(&[1, b'a', 0, 0, 1, 0]), "truncated class");
+        assert!(!ok(&[5, b'a']), "label runs past the end");
     }
 }
