@@ -149,6 +149,8 @@ struct Daemon {
     /// applied, so no VIP goes unserved in between (nft DNAT runs before IPVS sees a packet, so
     /// a stale nft table would otherwise keep answering for the IPVS backend).
     retired_proxy: Option<AnyProxy>,
+    /// VIPs kept for services that left and are draining (IPVS), as of the last sync.
+    draining_vips: Vec<std::net::IpAddr>,
     public_key: String,
     proxy: AnyProxy,
     dns: Option<dns::DnsServer>,
@@ -210,6 +212,7 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
         mss,
         mss_error: None,
         retired_proxy: None,
+        draining_vips: Vec::new(),
         public_key,
         proxy,
         dns,
@@ -441,8 +444,10 @@ impl Daemon {
         let extras = node::NodeExtras {
             tunnel_routes: peers.routes(),
             vips: if self.proxy.needs_vips() {
+                let lingering = self.proxy.lingering_vips(&desired_proxy);
+                self.draining_vips = lingering.iter().copied().collect();
                 let mut v = desired_proxy.vips();
-                v.extend(self.proxy.lingering_vips(&desired_proxy));
+                v.extend(lingering);
                 v
             } else {
                 Default::default()
@@ -702,6 +707,7 @@ impl Daemon {
             "proxy": {
                 "backend": self.proxy.name(),
                 "services": self.last_desired_services,
+                "draining_vips": self.draining_vips,
                 "last_sync": self.last.proxy,
             },
             "dns": self.dns.as_ref().map(|d| serde_json::to_value(d.status()).unwrap_or_default()),

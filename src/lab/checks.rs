@@ -634,8 +634,27 @@ fn service_delete(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
                 "the open connection moved from {before} to {after}"
             ));
         }
+        let mut draining = String::new();
+        if lab.plan.proxy == Proxy::Ipvs {
+            let node = &a.nodes[0];
+            let bin = lab.daemon_bin.as_deref().ok_or("no daemon binary")?;
+            let status =
+                daemon::status(bin, &lab.plan.node_config_path(node)).map_err(|e| e.to_string())?;
+            let vips = &status["proxy"]["draining_vips"];
+            let ip = to.ip().to_string();
+            if !vips
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(ip.as_str())))
+            {
+                return Err(format!(
+                    "{}'s status --json proxy.draining_vips = {vips}, want {ip} while it drains",
+                    node.name
+                ));
+            }
+            draining = format!("; {ip} listed as draining in {}'s status", node.name);
+        }
         Ok(format!(
-            "{to}: new connections refused {:.1}s after the delete; the open one still answered by {after}",
+            "{to}: new connections refused {:.1}s after the delete; the open one still answered by {after}{draining}",
             t.as_secs_f64()
         ))
     })();
