@@ -1,6 +1,7 @@
 //! The end-to-end checks. Each produces one [`Outcome`]: a name, pass or fail, and what was
 //! measured. Waits are bounded polls, never fixed sleeps.
 
+use super::api::LabApi;
 use super::daemon;
 use super::dns;
 use super::manifests::{cluster_ip, endpoint_slice_yaml, svc, SERVICE_PORT};
@@ -541,14 +542,18 @@ fn dns_checks(plan: &Plan, a: &Cluster, b: &Cluster) -> Vec<Outcome> {
     out
 }
 
+/// The simulated API server of cluster `b`.
+fn remote_api<'l>(lab: &'l Lab, b: &Cluster) -> Result<&'l LabApi, String> {
+    lab.apis
+        .iter()
+        .find(|x| x.cluster == b.name)
+        .ok_or_else(|| format!("no API server for cluster {}", b.name))
+}
+
 fn churn(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
     let from = first_pod(a, 0);
     let r = (|| {
-        let api = lab
-            .apis
-            .iter()
-            .find(|x| x.cluster == b.name)
-            .ok_or("no API server for the remote cluster")?;
+        let api = remote_api(lab, b)?;
         let to = vip(b, svc::CHURN)?;
         let everyone: Vec<(&str, &Pod)> = b
             .nodes
@@ -612,11 +617,7 @@ fn churn(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
 fn service_delete(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
     let from = first_pod(a, 0);
     let r = (|| {
-        let api = lab
-            .apis
-            .iter()
-            .find(|x| x.cluster == b.name)
-            .ok_or("no API server for the remote cluster")?;
+        let api = remote_api(lab, b)?;
         let to = vip(b, svc::CHURN)?;
         let mut conn = pods.connect(from, to)?;
         let before = tcp_ask(&mut conn).map_err(|e| format!("before the delete: {e}"))?;
