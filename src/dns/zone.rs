@@ -25,7 +25,7 @@
 //!   CIDRs (they never overlap: config validation).
 
 use crate::config::Config;
-use crate::model::{ClusterSnapshot, Endpoint, Service, ServiceKind, Snapshots};
+use crate::model::{ClusterSnapshot, Endpoint, Service, ServiceKind, ServicePort, Snapshots};
 use hickory_proto::rr::rdata::{CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use ipnet::IpNet;
@@ -426,6 +426,38 @@ fn srv_owner(port_name: &str, proto: &str, svc: &Name) -> Option<Name> {
         .ok()
 }
 
+/// Specification 2.3.2 and 2.4.2: one SRV record per *named* port of `svc`, owned by
+/// `_<port>._<proto>.<owner>`, pointing at `target` on the port `port_of` gives (none: no
+/// record for that port).
+fn add_srvs(
+    b: &mut Builder,
+    svc: &Service,
+    owner: &Name,
+    target: &Name,
+    port_of: impl Fn(&ServicePort) -> Option<u16>,
+) {
+    for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
+        let Some(port) = port_of(p) else {
+            continue;
+        };
+        if let Some(srv) = srv_owner(&p.name, p.protocol.as_lower(), owner) {
+            b.add(Record::from_rdata(
+                srv,
+                b.ttl,
+                RData::SRV(SRV::new(0, 100, port, target.clone())),
+            ));
+        }
+    }
+}
+
+/// The port endpoint `ep` serves the Service port `p` on (matched by name and protocol).
+fn endpoint_port(ep: &Endpoint, p: &ServicePort) -> Option<u16> {
+    ep.ports
+        .iter()
+        .find(|e| e.name == p.name && e.protocol == p.protocol)
+        .map(|e| e.port)
+}
+
 fn child(label: &str, parent: &Name) -> Option<Name> {
     Name::from_ascii(label).ok()?.append_domain(parent).ok()
 }
@@ -450,16 +482,7 @@ fn add_cluster(b: &mut Builder, apex: &Name, snap: &ClusterSnapshot) {
                     b.add(addr_record(&owner, ttl, *ip));
                     b.ptr(*ip, &owner);
                 }
-                // Specification 2.3.2: SRV only for named ports.
-                for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
-                    if let Some(srv) = srv_owner(&p.name, p.protocol.as_lower(), &owner) {
-                        b.add(Record::from_rdata(
-                            srv,
-                            ttl,
-                            RData::SRV(SRV::new(0, 100, p.port, owner.clone())),
-                        ));
-                    }
-                }
+                add_srvs(b, svc, &owner, &owner, |p| Some(p.port));
             }
             ServiceKind::Headless => {
                 for ep in ready(svc) {
@@ -471,22 +494,7 @@ fn add_cluster(b: &mut Builder, apex: &Name, snap: &ClusterSnapshot) {
                         b.add(addr_record(&host, ttl, *ip));
                         b.ptr(*ip, &host);
                     }
-                    for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
-                        let Some(epp) = ep
-                            .ports
-                            .iter()
-                            .find(|e| e.name == p.name && e.protocol == p.protocol)
-                        else {
-                            continue;
-                        };
-                        if let Some(srv) = srv_owner(&p.name, p.protocol.as_lower(), &owner) {
-                            b.add(Record::from_rdata(
-                                srv,
-                                ttl,
-                                RData::SRV(SRV::new(0, 100, epp.port, host.clone())),
-                            ));
-                        }
-                    }
+                    add_srvs(b, svc, &owner, &host, |p| endpoint_port(ep, p));
                 }
             }
             ServiceKind::ExternalName(target) => {
@@ -540,15 +548,7 @@ fn add_all(b: &mut Builder, all: &Name, snaps: &[(&str, &ClusterSnapshot)]) {
                         b.add(addr_record(&owner, ttl, *ip));
                         any = true;
                     }
-                    for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
-                        if let Some(srv) = srv_owner(&p.name, p.protocol.as_lower(), &owner) {
-                            b.add(Record::from_rdata(
-                                srv,
-                                ttl,
-                                RData::SRV(SRV::new(0, 100, p.port, cluster_owner.clone())),
-                            ));
-                        }
-                    }
+                    add_srvs(b, svc, &owner, &cluster_owner, |p| Some(p.port));
                 }
                 ServiceKind::Headless => {
                     external_only = false;
@@ -561,22 +561,7 @@ fn add_all(b: &mut Builder, all: &Name, snaps: &[(&str, &ClusterSnapshot)]) {
                             b.add(addr_record(&owner, ttl, *ip));
                             any = true;
                         }
-                        for p in svc.ports.iter().filter(|p| !p.name.is_empty()) {
-                            let Some(epp) = ep
-                                .ports
-                                .iter()
-                                .find(|e| e.name == p.name && e.protocol == p.protocol)
-                            else {
-                                continue;
-                            };
-                            if let Some(srv) = srv_owner(&p.name, p.protocol.as_lower(), &owner) {
-                                b.add(Record::from_rdata(
-                                    srv,
-                                    ttl,
-                                    RData::SRV(SRV::new(0, 100, epp.port, host.clone())),
-                                ));
-                            }
-                        }
+                        add_srvs(b, svc, &owner, &host, |p| endpoint_port(ep, p));
                     }
                 }
                 ServiceKind::ExternalName(_) => {}
