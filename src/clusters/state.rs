@@ -339,6 +339,22 @@ impl ClusterState {
         self.refused.insert(k, skip);
     }
 
+    /// Refuses object `key` because the cluster holds `sync.max_objects_per_cluster` already.
+    fn refuse_over_cap(&mut self, kind: Kind, key: String) {
+        let detail = format!(
+            "{kind:?} {key}: the cluster already has {} objects (sync.max_objects_per_cluster)",
+            self.cap
+        );
+        self.refuse(
+            kind,
+            key,
+            Skip {
+                reason: SkipReason::ObjectCap,
+                detail,
+            },
+        );
+    }
+
     fn apply(&mut self, kind: Kind, o: DynamicObject) -> bool {
         let Some(k) = obj_key(&o) else {
             self.refuse(
@@ -352,18 +368,7 @@ impl ClusterState {
             return false;
         };
         if !self.held(kind, &k) && self.total() >= self.cap {
-            self.refuse(
-                kind,
-                key_str(&k),
-                Skip {
-                    reason: SkipReason::ObjectCap,
-                    detail: format!(
-                        "{kind:?} {}: the cluster already has {} objects (sync.max_objects_per_cluster)",
-                        key_str(&k),
-                        self.cap
-                    ),
-                },
-            );
+            self.refuse_over_cap(kind, key_str(&k));
             return false;
         }
         self.refused.remove(&(kind, key_str(&k)));
@@ -509,18 +514,7 @@ impl ClusterState {
         for o in objs {
             let Some(k) = obj_key(&o) else { continue };
             if self.total() >= self.cap {
-                self.refuse(
-                    kind,
-                    key_str(&k),
-                    Skip {
-                        reason: SkipReason::ObjectCap,
-                        detail: format!(
-                            "{kind:?} {}: the cluster already has {} objects (sync.max_objects_per_cluster)",
-                            key_str(&k),
-                            self.cap
-                        ),
-                    },
-                );
+                self.refuse_over_cap(kind, key_str(&k));
                 continue;
             }
             match self.insert_raw(kind, &k, o) {

@@ -346,24 +346,14 @@ pub fn plan(desired: &NodeDesired, observed: &Observed) -> Vec<NodeOp> {
     // Routes through other devices (the tunnel) survive a veth re-creation.
     let nr_kept: BTreeMap<IpNet, RouteSpec>;
     let nr = if fresh {
-        nr_kept = observed
-            .ns_routes
-            .iter()
-            .filter(|(_, s)| s.dev != desired.interface)
-            .map(|(d, s)| (*d, s.clone()))
-            .collect();
+        nr_kept = routes_not_via(&observed.ns_routes, &desired.interface);
         &nr_kept
     } else {
         nr
     };
     let hr_kept: BTreeMap<IpNet, RouteSpec>;
     let hr = if fresh {
-        hr_kept = observed
-            .host_routes
-            .iter()
-            .filter(|(_, s)| s.dev != desired.host_interface)
-            .map(|(d, s)| (*d, s.clone()))
-            .collect();
+        hr_kept = routes_not_via(&observed.host_routes, &desired.host_interface);
         &hr_kept
     } else {
         hr
@@ -460,4 +450,14 @@ pub fn apply_to_observed(obs: &mut Observed, op: &NodeOp, desired: &NodeDesired)
             };
         }
     }
+}
+
+/// The routes of `routes` through a device other than `dev`: those a re-creation of `dev`
+/// leaves in place.
+fn routes_not_via(routes: &BTreeMap<IpNet, RouteSpec>, dev: &str) -> BTreeMap<IpNet, RouteSpec> {
+    routes
+        .iter()
+        .filter(|(_, s)| s.dev != dev)
+        .map(|(d, s)| (*d, s.clone()))
+        .collect()
 }
