@@ -364,30 +364,33 @@ fn api_timeout_defaults_to_60_and_names_the_field_when_out_of_range() {
 
 #[test]
 fn cleanup_loads_the_object_names_of_an_otherwise_broken_config() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("sdnlink.toml");
-    let broken = base_with("[local]", "[proxy]\nbackend = \"bogus\"\n[local]")
-        + "\n[namespace]\nname = \"custom-ns\"\n[tunnel]\ninterface = \"custom-wg\"\n";
-    std::fs::write(&path, &broken).expect("write");
-    assert!(load(&path).is_err(), "the full config is invalid");
-    let (cfg, why) = load_for_cleanup(&path).expect("cleanup config");
-    assert_eq!(cfg.namespace.name, "custom-ns");
-    assert_eq!(cfg.tunnel.interface, "custom-wg");
-    let why = why
-        .expect("the reason the full config did not load")
-        .to_string();
-    assert!(why.contains("proxy.backend"), "{why}");
+    // In a Jail: loading reads the SDNLINK_ environment, which other tests set inside theirs.
+    figment::Jail::expect_with(|jail| {
+        let path = jail.directory().join("sdnlink.toml");
+        let broken = base_with("[local]", "[proxy]\nbackend = \"bogus\"\n[local]")
+            + "\n[namespace]\nname = \"custom-ns\"\n[tunnel]\ninterface = \"custom-wg\"\n";
+        jail.create_file("sdnlink.toml", &broken)?;
+        assert!(load(&path).is_err(), "the full config is invalid");
+        let (cfg, why) = load_for_cleanup(&path).expect("cleanup config");
+        assert_eq!(cfg.namespace.name, "custom-ns");
+        assert_eq!(cfg.tunnel.interface, "custom-wg");
+        let why = why
+            .expect("the reason the full config did not load")
+            .to_string();
+        assert!(why.contains("proxy.backend"), "{why}");
 
-    // A broken [namespace] is not guessed around.
-    std::fs::write(&path, broken.replace("custom-ns", "bad/name")).expect("write");
-    let e = load_for_cleanup(&path)
-        .expect_err("bad namespace name")
-        .to_string();
-    assert!(e.contains("namespace.name"), "{e}");
+        // A broken [namespace] is not guessed around.
+        jail.create_file("sdnlink.toml", &broken.replace("custom-ns", "bad/name"))?;
+        let e = load_for_cleanup(&path)
+            .expect_err("bad namespace name")
+            .to_string();
+        assert!(e.contains("namespace.name"), "{e}");
 
-    // A valid config loads as itself, without a warning.
-    std::fs::write(&path, BASE).expect("write");
-    let (cfg, why) = load_for_cleanup(&path).expect("valid");
-    assert!(why.is_none());
-    assert_eq!(cfg.local.name, "east");
+        // A valid config loads as itself, without a warning.
+        jail.create_file("sdnlink.toml", BASE)?;
+        let (cfg, why) = load_for_cleanup(&path).expect("valid");
+        assert!(why.is_none());
+        assert_eq!(cfg.local.name, "east");
+        Ok(())
+    });
 }
