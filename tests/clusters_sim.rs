@@ -38,6 +38,16 @@ fn write_kubeconfig(tmp: &Path, name: &str, sim: &SimApi) -> PathBuf {
     p
 }
 
+/// A simulated API server for "east" loaded with the fixture `sets`, and a kubeconfig for it
+/// (in the returned temporary directory, which must outlive the test).
+fn serve_east(sets: &[&str]) -> (tempfile::TempDir, SimApi, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = manifests(tmp.path(), sets);
+    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
+    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    (tmp, sim, kc)
+}
+
 /// Remote "east" (pod 10.132.0.0/14, services 172.31.0.0/16) watched through `kubeconfig`;
 /// optionally the local cluster "here" watched too.
 fn config_for(east: &Path, local: Option<&Path>, cap: usize) -> Config {
@@ -103,10 +113,7 @@ fn state_of(set: &ClusterSet, name: &str) -> SyncState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_list_converts_the_fixtures() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east"]);
     let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
 
@@ -163,10 +170,7 @@ async fn initial_list_converts_the_fixtures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_out_of_cidr_objects_never_reach_the_snapshot() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east", "hostile"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east", "hostile"]);
     let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
 
@@ -235,10 +239,7 @@ async fn hostile_out_of_cidr_objects_never_reach_the_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openshift_host_subnets_add_node_subnets() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east", "openshift"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east", "openshift"]);
     let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     wait_until("the HostSubnet to be merged", 20, || {
@@ -281,10 +282,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_of_1000_changes_converges_to_a_fresh_list() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east"]);
     let cfg = config_for(&kc, None, 10_000);
     let follower = ClusterSet::start(&cfg).expect("start");
     wait_until("east to list", 30, || follower.all_listed()).await;
@@ -410,10 +408,7 @@ async fn restart_with_expired_versions_relists_and_drops_objects_deleted_in_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_forces_a_410_relist_that_keeps_the_snapshot_right() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east"]);
     let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     let before = east(&set);
@@ -439,10 +434,7 @@ async fn compaction_forces_a_410_relist_that_keeps_the_snapshot_right() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthorized_shows_degraded_with_the_reason_and_recovers() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east"]);
     sim.set_token("rotated-token");
     let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
     wait_until("degraded", 30, || {
@@ -494,10 +486,7 @@ async fn degraded_keeps_snapshot_then_recovers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_after_a_good_list_keeps_the_snapshot_and_shows_degraded() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east"]);
     let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     let good = east(&set);
@@ -516,10 +505,7 @@ async fn forbidden_after_a_good_list_keeps_the_snapshot_and_shows_degraded() {
 /// not after kube's default 295 s read timeout; the 30 s bound below would fail with that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_api_server_shows_degraded_within_the_api_timeout_and_recovers() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east"]);
     let mut cfg = config_for(&kc, None, 1000);
     cfg.sync.api_timeout = Duration::from_secs(4);
     let set = ClusterSet::start(&cfg).expect("start");
@@ -539,10 +525,7 @@ async fn hung_api_server_shows_degraded_within_the_api_timeout_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_cap_protects_the_node() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = manifests(tmp.path(), &["east"]);
-    let sim = SimApi::start(listener(), Some(&dir), TOKEN).expect("simapi");
-    let kc = write_kubeconfig(tmp.path(), "east", &sim);
+    let (_tmp, sim, kc) = serve_east(&["east"]);
     // 7 objects in the fixtures, cap 5.
     let set = ClusterSet::start(&config_for(&kc, None, 5)).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
