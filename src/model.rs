@@ -6,14 +6,14 @@
 //! endpoint addresses and node subnets in its pod CIDRs.
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Transport protocol of a service or endpoint port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     Tcp,
@@ -49,7 +49,7 @@ impl std::fmt::Display for Protocol {
 }
 
 /// `namespace/name` of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub namespace: String,
     pub name: String,
@@ -62,7 +62,7 @@ impl std::fmt::Display for ServiceKey {
 }
 
 /// What kind of Service it is, which decides both proxying and DNS records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type", content = "value")]
 pub enum ServiceKind {
     /// Has ClusterIPs (one per family for dual-stack): proxied, A/AAAA to the ClusterIPs.
@@ -74,7 +74,7 @@ pub enum ServiceKind {
 }
 
 /// One port of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePort {
     /// Port name; empty when the Service has a single unnamed port.
     pub name: String,
@@ -85,7 +85,7 @@ pub struct ServicePort {
     pub target_port: TargetPort,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetPort {
     Number(u16),
@@ -93,7 +93,7 @@ pub enum TargetPort {
 }
 
 /// A resolved port of an endpoint, from its EndpointSlice's `ports` list.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EndpointPort {
     /// Matches [`ServicePort::name`] (kube-proxy matches slice ports to service ports by name).
     pub name: String,
@@ -102,7 +102,7 @@ pub struct EndpointPort {
 }
 
 /// One endpoint (one pod) of a Service, merged over all of the Service's EndpointSlices.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// Addresses that passed the pod-CIDR trust rule (at least one).
     pub addresses: Vec<IpAddr>,
@@ -119,7 +119,7 @@ pub struct Endpoint {
 }
 
 /// A Service with its endpoints.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     pub key: ServiceKey,
     pub kind: ServiceKind,
@@ -130,7 +130,7 @@ pub struct Service {
 }
 
 /// A node of a cluster, for tunnel peers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
     /// From `spec.podCIDRs` (or an OpenShift HostSubnet), already inside the pod CIDRs.
@@ -142,7 +142,7 @@ pub struct Node {
 }
 
 /// Everything known about one cluster at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSnapshot {
     pub services: BTreeMap<ServiceKey, Service>,
     pub nodes: BTreeMap<String, Node>,
@@ -180,5 +180,87 @@ mod unix_seconds {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         s.serialize_u64(secs)
+    }
+}
+
+/// The CIDRs of clusters that have not listed in this run (unknown, or served from a persisted
+/// or previous snapshot), each with its cluster's name. Kernel objects inside them are what the
+/// node already has for those clusters: subsystems keep (adopt) them as they are and only add
+/// to them until the cluster lists (design.md, "Continuity": unknown is not empty). Config
+/// validation makes the CIDRs of different clusters disjoint, so an object belongs to at most
+/// one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Held {
+    pub cidrs: Vec<(String, IpNet)>,
+}
+
+impl Held {
+    /// Nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.cidrs.is_empty()
+    }
+
+    /// The held cluster whose CIDRs contain `ip`.
+    pub fn cluster_of_addr(&self, ip: IpAddr) -> Option<&str> {
+        self.cidrs
+            .iter()
+            .find(|(_, c)| c.contains(&ip))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// The held cluster whose CIDRs contain all of `nets` (none for an empty list, or for nets
+    /// that are not all inside one held cluster).
+    pub fn cluster_of_nets(&self, nets: &[IpNet]) -> Option<&str> {
+        let first = nets.first()?;
+        let (name, _) = self.cidrs.iter().find(|(_, c)| c.contains(first))?;
+        nets.iter()
+            .all(|n| self.cidrs.iter().any(|(m, c)| m == name && c.contains(n)))
+            .then_some(name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> Held {
+        Held {
+            cidrs: vec![
+                ("east".into(), "10.1.0.0/16".parse().expect("literal")),
+                ("east".into(), "fd01::/64".parse().expect("literal")),
+                ("west".into(), "10.2.0.0/16".parse().expect("literal")),
+            ],
+        }
+    }
+
+    #[test]
+    fn held_attributes_addresses_and_nets_to_one_cluster() {
+        let h = held();
+        assert_eq!(
+            h.cluster_of_addr("10.1.2.3".parse().expect("literal")),
+            Some("east")
+        );
+        assert_eq!(
+            h.cluster_of_addr("10.3.0.1".parse().expect("literal")),
+            None
+        );
+        let nets =
+            |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().expect("literal")).collect() };
+        assert_eq!(
+            h.cluster_of_nets(&nets(&["10.1.1.0/24", "fd01::/80"])),
+            Some("east")
+        );
+        assert_eq!(
+            h.cluster_of_nets(&nets(&["10.1.1.0/24", "10.2.1.0/24"])),
+            None,
+            "two clusters"
+        );
+        assert_eq!(
+            h.cluster_of_nets(&nets(&["10.1.1.0/24", "10.9.1.0/24"])),
+            None,
+            "one outside"
+        );
+        assert_eq!(h.cluster_of_nets(&[]), None);
+        assert!(Held::default().is_empty());
     }
 }

@@ -152,6 +152,7 @@ fn service(
 fn desired(svcs: Vec<(VirtualKey, VirtualService)>) -> DesiredProxy {
     DesiredProxy {
         services: svcs.into_iter().collect(),
+        ..Default::default()
     }
 }
 

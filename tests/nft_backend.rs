@@ -332,6 +332,7 @@ fn vs(
 fn desired(list: Vec<VirtualService>) -> DesiredProxy {
     DesiredProxy {
         services: list.into_iter().map(|v| (v.key, v)).collect(),
+        ..Default::default()
     }
 }
 

@@ -442,7 +442,7 @@ impl Daemon {
         // The node after the proxy: a Service that left starts draining in this sync, and its
         // VIP must stay until the drain ends. An IPVS service may exist before its VIP does.
         let extras = node::NodeExtras {
-            tunnel_routes: peers.routes(),
+            tunnel_routes: self.tunnel.routes(),
             vips: if self.proxy.needs_vips() {
                 let lingering = self.proxy.lingering_vips(&desired_proxy);
                 self.draining_vips = lingering.iter().copied().collect();

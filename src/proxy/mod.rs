@@ -10,7 +10,7 @@ pub mod desired;
 pub mod ipvs;
 pub mod nft;
 
-use crate::model::{Protocol, ServiceKey};
+use crate::model::{Held, Protocol, ServiceKey};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -61,9 +61,47 @@ pub struct VirtualService {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredProxy {
     pub services: BTreeMap<VirtualKey, VirtualService>,
+    /// Service CIDRs of clusters that have not listed in this run: the backend keeps the
+    /// services it finds on VIPs inside them and never removes their destinations, only adds
+    /// ([`DesiredProxy::adopting`]).
+    pub held: Held,
 }
 
 impl DesiredProxy {
+    /// The desired state with the held part of the kernel's state adopted: every `observed`
+    /// service whose VIP lies in a held CIDR is kept, and when the desired state also has it
+    /// (a persisted snapshot), its destinations are the union of both, so nothing of a cluster
+    /// that has not listed yet is withdrawn. `None` when nothing needs adopting (the common
+    /// case: no cluster is held), so callers use `self` without a copy. `observed` should hold
+    /// only active destinations: one already draining keeps draining.
+    pub fn adopting(
+        &self,
+        observed: impl IntoIterator<Item = VirtualService>,
+    ) -> Option<DesiredProxy> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let mut out: Option<DesiredProxy> = None;
+        for mut vs in observed {
+            let Some(cluster) = self.held.cluster_of_addr(vs.key.vip) else {
+                continue;
+            };
+            let target = out.get_or_insert_with(|| self.clone());
+            match target.services.get_mut(&vs.key) {
+                Some(want) => {
+                    if !vs.destinations.is_subset(&want.destinations) {
+                        want.destinations.append(&mut vs.destinations);
+                    }
+                }
+                None => {
+                    vs.cluster = cluster.to_string();
+                    target.services.insert(vs.key, vs);
+                }
+            }
+        }
+        out
+    }
+
     /// The VIPs the services need (one /32 or /128 each).
     pub fn vips(&self) -> BTreeSet<IpAddr> {
         self.services.keys().map(|k| k.vip).collect()
@@ -128,4 +166,98 @@ pub trait ProxyBackend: Send {
 
     /// Removes everything this backend owns (for `sdnlinkd cleanup` when the namespace stays).
     fn cleanup(&mut self) -> impl std::future::Future<Output = Result<(), ProxyError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vs(vip: &str, port: u16, dests: &[&str]) -> VirtualService {
+        VirtualService {
+            key: VirtualKey {
+                vip: vip.parse().expect("literal"),
+                protocol: Protocol::Tcp,
+                port,
+            },
+            cluster: String::new(),
+            service: ServiceKey {
+                namespace: "ns".into(),
+                name: "svc".into(),
+            },
+            port_name: String::new(),
+            scheduler: "rr".into(),
+            affinity_timeout: None,
+            destinations: dests
+                .iter()
+                .map(|d| Destination {
+                    addr: d.parse().expect("literal"),
+                    port: 8080,
+                })
+                .collect(),
+        }
+    }
+
+    fn desired(list: Vec<VirtualService>, held: &[(&str, &str)]) -> DesiredProxy {
+        DesiredProxy {
+            services: list.into_iter().map(|v| (v.key, v)).collect(),
+            held: Held {
+                cidrs: held
+                    .iter()
+                    .map(|(n, c)| (n.to_string(), c.parse().expect("literal")))
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn nothing_held_adopts_nothing() {
+        let d = desired(vec![vs("10.97.0.1", 80, &["10.1.0.1"])], &[]);
+        assert!(d
+            .adopting(vec![vs("10.98.0.1", 80, &["10.2.0.1"])])
+            .is_none());
+    }
+
+    #[test]
+    fn held_services_are_kept_and_their_destinations_only_grow() {
+        let d = desired(
+            vec![
+                vs("10.97.0.1", 80, &["10.1.0.1"]),
+                vs("10.98.0.1", 80, &["10.2.0.1"]),
+            ],
+            &[("west", "10.98.0.0/16")],
+        );
+        let observed = vec![
+            // Not held (east listed): the desired state alone decides.
+            vs("10.97.0.1", 80, &["10.1.0.9"]),
+            vs("10.97.0.2", 80, &["10.1.0.9"]),
+            // Held: kept, and merged with the persisted snapshot's destinations.
+            vs("10.98.0.1", 80, &["10.2.0.7"]),
+            vs("10.98.0.2", 53, &["10.2.0.8"]),
+        ];
+        let got = d.adopting(observed).expect("west is held");
+        let keys: Vec<String> = got.services.keys().map(|k| k.to_string()).collect();
+        assert_eq!(
+            keys,
+            ["10.97.0.1:80/tcp", "10.98.0.1:80/tcp", "10.98.0.2:53/tcp"]
+        );
+        let dests = |k: &str| -> Vec<String> {
+            got.services
+                .values()
+                .find(|v| v.key.to_string() == k)
+                .expect("present")
+                .destinations
+                .iter()
+                .map(|d| d.addr.to_string())
+                .collect()
+        };
+        assert_eq!(dests("10.97.0.1:80/tcp"), ["10.1.0.1"]);
+        assert_eq!(dests("10.98.0.1:80/tcp"), ["10.2.0.1", "10.2.0.7"]);
+        assert_eq!(dests("10.98.0.2:53/tcp"), ["10.2.0.8"]);
+        let adopted = got
+            .services
+            .values()
+            .find(|v| v.key.port == 53)
+            .expect("adopted");
+        assert_eq!(adopted.cluster, "west");
+    }
 }

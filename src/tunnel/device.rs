@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{LinkUnspec, LinkWireguard};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
@@ -996,6 +996,17 @@ impl Tunnel {
         }
         status.peers.sort_by_key(|p| p.public_key);
         status
+    }
+
+    /// The subnets routed through the device: every allowed IP of every peer it has as of the
+    /// last sync (desired ones, and those kept for clusters that have not listed yet), sorted.
+    pub fn routes(&self) -> Vec<IpNet> {
+        let set: BTreeSet<IpNet> = self
+            .committed
+            .values()
+            .flat_map(|p| p.allowed_ips.iter().copied())
+            .collect();
+        set.into_iter().collect()
     }
 
     /// The backend in use.

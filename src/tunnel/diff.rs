@@ -121,7 +121,8 @@ pub struct PeerDiff {
 }
 
 impl PeerDiff {
-    /// Diffs `current` against `desired`. `last_set` holds, per peer, the endpoint sdnlinkd last
+    /// Diffs `current` against `desired`. A current peer that the desired state lacks is
+    /// removed, unless all its allowed IPs lie in one cluster of `desired.held`. `last_set` holds, per peer, the endpoint sdnlinkd last
     /// set (absent when it never set one in this process, e.g. right after a restart); `now`
     /// dates the handshakes.
     pub fn compute(
@@ -167,10 +168,16 @@ impl PeerDiff {
                 });
             }
         }
-        for key in current.keys() {
-            if !desired.peers.contains_key(key) {
-                changes.push(PeerChange::Remove { key: *key });
+        for (key, have) in current {
+            if desired.peers.contains_key(key) {
+                continue;
             }
+            // A peer of a cluster that has not listed yet stays as the device has it.
+            let nets: Vec<IpNet> = have.allowed_ips.iter().copied().collect();
+            if desired.held.cluster_of_nets(&nets).is_some() {
+                continue;
+            }
+            changes.push(PeerChange::Remove { key: *key });
         }
         changes.sort_by(|a, b| a.key().cmp(b.key()));
         PeerDiff { changes }

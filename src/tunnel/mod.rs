@@ -16,7 +16,7 @@ pub use diff::{CurrentPeer, PeerChange, PeerDiff};
 pub use keys::{load_or_create, public_key_b64, KeyError, PrivateKey, PublicKey};
 
 use crate::config::Config;
-use crate::model::Snapshots;
+use crate::model::{Held, Snapshots};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,6 +106,9 @@ impl std::fmt::Display for SkippedPeer {
 pub struct DesiredPeers {
     pub peers: BTreeMap<PublicKey, DesiredPeer>,
     pub skipped: Vec<SkippedPeer>,
+    /// Pod CIDRs of clusters that have not listed in this run: a device peer whose allowed IPs
+    /// lie inside one of them is kept even when `peers` lacks it.
+    pub held: Held,
 }
 
 impl DesiredPeers {
@@ -285,7 +288,11 @@ pub fn desired_peers(cfg: &Config, snapshots: &Snapshots) -> DesiredPeers {
             }
         }
     }
-    DesiredPeers { peers, skipped }
+    DesiredPeers {
+        peers,
+        skipped,
+        held: Held::default(),
+    }
 }
 
 #[cfg(test)]

@@ -239,6 +239,7 @@ fn desired_with(peers: &[(u8, &str, &[&str])]) -> DesiredPeers {
             })
             .collect(),
         skipped: vec![],
+        held: Default::default(),
     }
 }
 
@@ -270,6 +271,29 @@ fn diff_add_update_remove_only_changed() {
     assert!(matches!(&diff.changes[1], PeerChange::Remove { key } if *key == PublicKey([3; 32])));
     assert!(matches!(&diff.changes[2], PeerChange::Add { key, .. } if *key == PublicKey([4; 32])));
     assert!(PeerDiff::compute(&as_current(&new), &new, &last, SystemTime::now()).is_empty());
+}
+
+#[test]
+fn diff_keeps_device_peers_of_held_clusters() {
+    let old = desired_with(&[
+        (1, "192.0.2.1:1", &["10.133.1.0/24"]),
+        (2, "192.0.2.2:1", &["10.134.2.0/24"]),
+        (3, "192.0.2.3:1", &["10.133.3.0/24", "10.134.3.0/24"]),
+    ]);
+    let mut new = desired_with(&[]);
+    new.held = crate::model::Held {
+        cidrs: vec![("west".into(), "10.133.0.0/16".parse().expect("net"))],
+    };
+    let last: BTreeMap<_, _> = old.peers.iter().map(|(k, p)| (*k, p.endpoint)).collect();
+    let diff = PeerDiff::compute(&as_current(&old), &new, &last, SystemTime::now());
+    let removed: Vec<PublicKey> = diff.changes.iter().map(|c| *c.key()).collect();
+    // Peer 1 lies in the held cluster and stays; 2 is outside it; 3 straddles it, so it is not
+    // that cluster's peer.
+    assert_eq!(removed, [PublicKey([2; 32]), PublicKey([3; 32])], "{diff}");
+    assert!(diff
+        .changes
+        .iter()
+        .all(|c| matches!(c, PeerChange::Remove { .. })));
 }
 
 #[test]

@@ -352,6 +352,9 @@ impl IpvsBackend {
             _ => observe(sock, &self.owned_vips)?,
         };
         let now = Instant::now();
+        // Clusters that have not listed yet keep what the kernel has for them.
+        let adopted = desired.adopting(plan::table_services(&observed));
+        let desired = adopted.as_ref().unwrap_or(desired);
         let plan = plan::plan_with(
             desired,
             &observed,

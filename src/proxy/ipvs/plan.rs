@@ -174,6 +174,33 @@ const ACTIVE: DestState = DestState {
     fwd: FwdMethod::Masq,
 };
 
+/// The services of `table` as desired-state values, with only their active destinations (a
+/// destination at weight 0 is draining and keeps draining): what [`DesiredProxy::adopting`]
+/// takes from the kernel for clusters that have not listed yet. Cluster and Service names are
+/// not in the kernel, so they stay empty.
+pub fn table_services(table: &Table) -> impl Iterator<Item = VirtualService> + '_ {
+    table.iter().map(|(k, have)| {
+        let s = &have.service;
+        VirtualService {
+            key: *k,
+            cluster: String::new(),
+            service: crate::model::ServiceKey {
+                namespace: String::new(),
+                name: String::new(),
+            },
+            port_name: String::new(),
+            scheduler: s.scheduler.clone(),
+            affinity_timeout: (s.flags & IP_VS_SVC_F_PERSISTENT != 0).then_some(s.timeout),
+            destinations: have
+                .dests
+                .iter()
+                .filter(|(_, st)| st.weight > 0)
+                .map(|(d, _)| *d)
+                .collect(),
+        }
+    })
+}
+
 /// Diffs `desired` against `observed` (already restricted to services we own). Destinations
 /// that leave are set to weight 0 and deleted once they have drained for `grace`; services on
 /// `owned_vips` that are not desired drain the same way and are then deleted whole.

@@ -377,6 +377,7 @@ fn vs(k: VirtualKey, dests: &[u8], affinity: Option<u32>) -> VirtualService {
 fn desired(list: Vec<VirtualService>) -> DesiredProxy {
     DesiredProxy {
         services: list.into_iter().map(|v| (v.key, v)).collect(),
+        ..Default::default()
     }
 }
 
@@ -580,6 +581,55 @@ fn immediate_removal_deletes_a_gone_service_without_draining() {
     );
     assert_eq!(lines(&p), vec!["del-service 10.96.0.10:80/tcp"]);
     assert!(p.drains.is_empty());
+}
+
+#[test]
+fn services_of_a_held_cluster_are_adopted_not_drained() {
+    // 10.96.0.10 belongs to a cluster that has not listed yet; 10.97.0.10 to one that has.
+    let held_k = key("10.96.0.10", 80);
+    let gone_k = key("10.97.0.10", 80);
+    let owned: BTreeSet<IpAddr> = [ip("10.96.0.10"), ip("10.97.0.10")].into();
+    let mut observed = table_of(
+        &desired(vec![vs(held_k, &[1, 2], Some(30)), vs(gone_k, &[3], None)]),
+        &[],
+    );
+    // A destination already draining keeps draining.
+    if let Some(t) = observed.get_mut(&held_k) {
+        t.dests.insert(
+            dst(9),
+            DestState {
+                weight: 0,
+                fwd: FwdMethod::Masq,
+            },
+        );
+    }
+    let mut d = desired(vec![]);
+    d.held = crate::model::Held {
+        cidrs: vec![("west".into(), "10.96.0.0/16".parse().expect("net"))],
+    };
+    let adopted = d
+        .adopting(table_services(&observed))
+        .expect("one service is held");
+    assert_eq!(adopted.services[&held_k].affinity_timeout, Some(30));
+    let now = Instant::now();
+    let drains: Drains = [((held_k, dst(9)), now)].into();
+    let p = plan(
+        &adopted,
+        &observed,
+        &owned,
+        &drains,
+        now,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        lines(&p),
+        vec!["edit-dest 10.97.0.10:80/tcp -> 10.244.1.3:8080 weight=0"],
+        "{p}"
+    );
+    assert!(
+        p.drains.contains_key(&(held_k, dst(9))),
+        "the old drain goes on"
+    );
 }
 
 #[test]

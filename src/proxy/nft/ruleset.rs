@@ -636,6 +636,7 @@ mod tests {
     fn desired(list: Vec<VirtualService>) -> DesiredProxy {
         DesiredProxy {
             services: list.into_iter().map(|v| (v.key, v)).collect(),
+            ..Default::default()
         }
     }
 
