@@ -16,6 +16,8 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Unix socket of `sdnlinkd status` / `sdnlinkd reload`.
     pub control_socket: PathBuf,
+    /// TEMP stub field.
+    pub state_dir: PathBuf,
     pub local: LocalCluster,
     pub namespace: NamespaceConfig,
     pub tunnel: TunnelConfig,

@@ -481,6 +481,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         log_level: raw.log_level,
         resync_interval: Duration::from_secs(raw.resync_interval),
         control_socket: PathBuf::from(raw.control_socket),
+        state_dir: PathBuf::from("/var/lib/sdnlink"),
         local: LocalCluster {
             name: raw.local.name,
             pod_cidrs: local_pods,

@@ -951,51 +951,32 @@ impl Tunnel {
     /// Reads the device and reports it. The read runs on the namespace worker thread, so it
     /// never blocks an async worker.
     pub async fn status(&self) -> TunnelStatus {
-        let read = self.get_device().await;
-        let mut status = TunnelStatus {
+        self.probe(self.wg_ns().clone()).status().await
+    }
+
+    /// A read-only handle for status that reads the device through `ns` (a handle on the
+    /// namespace the device is read from, see [`Tunnel::status_namespace`]), with the names of
+    /// the last sync.
+    pub fn probe(&self, ns: NetNs) -> TunnelProbe {
+        TunnelProbe {
+            ns,
+            wg_name: self.wg_name,
             backend: self.backend,
-            interface: self.iface.clone(),
-            public_key: self.public,
+            iface: self.iface.clone(),
+            public: self.public,
             listen_port: self.listen_port,
-            peers: Vec::new(),
+            names: self.names.clone(),
             skipped: self.skipped.clone(),
-            error: None,
-        };
-        let dev = match read {
-            Ok(dev) => dev,
-            Err(e) => {
-                status.error = Some(e.to_string());
-                return status;
-            }
-        };
-        if let Some(p) = dev.listen_port {
-            status.listen_port = p;
         }
-        let now = SystemTime::now();
-        for p in dev.peers {
-            let key = PublicKey(p.config.public_key.0);
-            let names = self.names.get(&key);
-            status.peers.push(PeerStatus {
-                public_key: key,
-                cluster: names.map(|n| n.0.clone()),
-                node: names.map(|n| n.1.clone()),
-                endpoint: p.config.endpoint,
-                allowed_ips: p
-                    .config
-                    .allowed_ips
-                    .iter()
-                    .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
-                    .collect(),
-                latest_handshake_age_secs: p
-                    .stats
-                    .last_handshake_time
-                    .map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
-                rx_bytes: p.stats.rx_bytes,
-                tx_bytes: p.stats.tx_bytes,
-            });
+    }
+
+    /// Which of (`host`, `ns`) the device is read from: the namespace for the kernel backend,
+    /// the host (where wireguard-go's control socket is) for userspace.
+    pub fn status_namespace<'a>(&self, host: &'a NetNs, ns: &'a NetNs) -> &'a NetNs {
+        match self.backend {
+            Backend::Kernel => ns,
+            Backend::Userspace => host,
         }
-        status.peers.sort_by_key(|p| p.public_key);
-        status
     }
 
     /// The subnets routed through the device: every allowed IP of every peer it has as of the
@@ -1142,4 +1123,87 @@ pub async fn cleanup_in(
         let _ = std::fs::remove_file(&sock);
     }
     Ok(report)
+}
+
+/// A read-only view of the tunnel for `sdnlinkd status`, independent of the reconcile task.
+#[derive(Clone)]
+pub struct TunnelProbe {
+    ns: NetNs,
+    wg_name: InterfaceName,
+    backend: Backend,
+    iface: String,
+    public: PublicKey,
+    listen_port: u16,
+    names: BTreeMap<PublicKey, (String, String)>,
+    skipped: Vec<SkippedPeer>,
+}
+
+impl TunnelProbe {
+    /// Reads the device and reports it (on the probe's namespace thread).
+    pub async fn status(&self) -> TunnelStatus {
+        let (name, backend) = (self.wg_name, self.backend);
+        let read = self
+            .ns
+            .run_async(move || {
+                if backend == Backend::Userspace && !socket_answers(&name.to_string()) {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
+                }
+                wireguard_control::Device::get(&name, backend.wg())
+            })
+            .await;
+        let mut status = TunnelStatus {
+            backend: self.backend,
+            interface: self.iface.clone(),
+            public_key: self.public,
+            listen_port: self.listen_port,
+            peers: Vec::new(),
+            skipped: self.skipped.clone(),
+            error: None,
+        };
+        let dev = match read {
+            Ok(Ok(dev)) => dev,
+            Ok(Err(source)) => {
+                let e = TunnelError::Device {
+                    op: "read device",
+                    iface: self.iface.clone(),
+                    backend,
+                    source,
+                };
+                status.error = Some(e.to_string());
+                return status;
+            }
+            Err(e) => {
+                status.error = Some(e.to_string());
+                return status;
+            }
+        };
+        if let Some(p) = dev.listen_port {
+            status.listen_port = p;
+        }
+        let now = SystemTime::now();
+        for p in dev.peers {
+            let key = PublicKey(p.config.public_key.0);
+            let names = self.names.get(&key);
+            status.peers.push(PeerStatus {
+                public_key: key,
+                cluster: names.map(|n| n.0.clone()),
+                node: names.map(|n| n.1.clone()),
+                endpoint: p.config.endpoint,
+                allowed_ips: p
+                    .config
+                    .allowed_ips
+                    .iter()
+                    .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+                    .collect(),
+                latest_handshake_age_secs: p
+                    .stats
+                    .last_handshake_time
+                    .map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
+                rx_bytes: p.stats.rx_bytes,
+                tx_bytes: p.stats.tx_bytes,
+            });
+        }
+        status.peers.sort_by_key(|p| p.public_key);
+        status
+    }
 }

@@ -10,7 +10,8 @@ pub mod keys;
 pub mod mss;
 
 pub use device::{
-    cleanup, cleanup_in, Backend, CleanupReport, PeerStatus, Tunnel, TunnelReport, TunnelStatus,
+    cleanup, cleanup_in, Backend, CleanupReport, PeerStatus, Tunnel, TunnelProbe, TunnelReport,
+    TunnelStatus,
 };
 pub use diff::{CurrentPeer, PeerChange, PeerDiff};
 pub use keys::{load_or_create, public_key_b64, KeyError, PrivateKey, PublicKey};
