@@ -678,3 +678,61 @@ async fn exec_and_auth_provider_kubeconfigs_are_refused() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_unchanged_watches_and_serves_a_changed_one_until_it_relists() {
+    let (_tmp, sim, kc) = serve_east(&["east"]);
+    let cfg = config_for(&kc, None, 1000);
+    let mut set = ClusterSet::start(&cfg, None).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let before = east(&set);
+    assert!(!before.services.is_empty());
+
+    // Only the object cap changed: the watch and its snapshot are untouched.
+    let r = set.reconfigure(&config_for(&kc, None, 999));
+    assert_eq!(r.kept, ["east"], "{r}");
+    assert!(r.restarted.is_empty() && r.added.is_empty() && r.removed.is_empty());
+    assert!(std::sync::Arc::ptr_eq(&before, &east(&set)), "same snapshot value");
+    assert_eq!(state_of(&set, "east"), SyncState::Current);
+
+    // The API server hangs, and a reload changes the watch settings (sync.api_timeout): the
+    // new watch cannot list, so the old snapshot is served, warm, and east stays held.
+    sim.set_fault(Fault::Hang);
+    let mut changed = cfg.clone();
+    changed.sync.api_timeout = Duration::from_secs(4);
+    let r = set.reconfigure(&changed);
+    assert_eq!(r.restarted, ["east"], "{r}");
+    assert!(
+        matches!(state_of(&set, "east"), SyncState::Warm { .. }),
+        "{:?}",
+        state_of(&set, "east")
+    );
+    assert_eq!(*east(&set), *before, "the old snapshot keeps being served");
+    let (pods, _) = set.held(&changed);
+    assert!(!pods.is_empty(), "nothing of east is withdrawn until it lists");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(*east(&set), *before);
+
+    // The server answers again: the new watch lists and east is current.
+    sim.set_fault(Fault::None);
+    wait_until("east to list again", 60, || set.all_listed()).await;
+    assert_eq!(state_of(&set, "east"), SyncState::Current);
+    assert_eq!(*east(&set), *before);
+    assert!(set.held(&changed).0.is_empty());
+
+    // east leaves the config: exactly its snapshot goes.
+    let mut gone = changed.clone();
+    gone.remote.clear();
+    let r = set.reconfigure(&gone);
+    assert_eq!(r.removed, ["east"], "{r}");
+    assert!(set.snapshots().is_empty());
+    assert!(set.status().is_empty());
+
+    // And comes back: unknown until it lists.
+    let r = set.reconfigure(&changed);
+    assert_eq!(r.added, ["east"], "{r}");
+    wait_until("east to list after being added", 30, || set.all_listed()).await;
+    assert_eq!(*east(&set), *before);
+    set.shutdown();
+    sim.shutdown().await;
+}
