@@ -8,6 +8,7 @@
 //! coalesces bursts and reads [`ClusterSet::snapshots`].
 
 pub mod convert;
+pub mod persist;
 pub mod simapi;
 mod state;
 
