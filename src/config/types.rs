@@ -16,6 +16,9 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Unix socket of `sdnlinkd status` / `sdnlinkd reload`.
     pub control_socket: PathBuf,
+    /// Where the daemon keeps what must survive a restart: the last good snapshot of each
+    /// cluster, under `snapshots/` ([`crate::clusters::persist::SnapshotStore`]).
+    pub state_dir: PathBuf,
     pub local: LocalCluster,
     pub namespace: NamespaceConfig,
     pub tunnel: TunnelConfig,

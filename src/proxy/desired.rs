@@ -137,6 +137,7 @@ pub(crate) mod tests {
             log_level: "info".into(),
             resync_interval: Duration::from_secs(300),
             control_socket: "/run/sdnlink/control.sock".into(),
+            state_dir: "/var/lib/sdnlink".into(),
             local: LocalCluster {
                 name: "home".into(),
                 pod_cidrs: vec![net("10.0.0.0/16")],
