@@ -121,6 +121,7 @@ impl Lab {
 log_level = "debug"
 resync_interval = 2
 control_socket = "{d}/control.sock"
+state_dir = "{d}/state"
 [local]
 name = "east"
 node_name = "node-1"

@@ -363,17 +363,38 @@ fn api_timeout_defaults_to_60_and_names_the_field_when_out_of_range() {
 }
 
 #[test]
+fn state_dir_defaults_to_var_lib_and_must_be_absolute() {
+    let c = parse_str(BASE).expect("valid");
+    assert_eq!(c.state_dir, std::path::PathBuf::from("/var/lib/sdnlink"));
+    let c = parse_str(&format!("state_dir = \"/srv/sdnlink\"\n{BASE}")).expect("valid");
+    assert_eq!(c.state_dir, std::path::PathBuf::from("/srv/sdnlink"));
+    for bad in ["var/lib/sdnlink", "", "./state"] {
+        only_error(
+            &format!("state_dir = {bad:?}\n{BASE}"),
+            &format!("state_dir = {bad:?}: must be an absolute path (where the last good cluster snapshots are kept; default \"/var/lib/sdnlink\")"),
+        );
+    }
+    let printed = to_toml(&c);
+    assert!(
+        printed.contains("state_dir = \"/srv/sdnlink\""),
+        "{printed}"
+    );
+}
+
+#[test]
 fn cleanup_loads_the_object_names_of_an_otherwise_broken_config() {
     // In a Jail: loading reads the SDNLINK_ environment, which other tests set inside theirs.
     figment::Jail::expect_with(|jail| {
         let path = jail.directory().join("sdnlink.toml");
-        let broken = base_with("[local]", "[proxy]\nbackend = \"bogus\"\n[local]")
+        let broken = "state_dir = \"/srv/sdnlink\"\n".to_string()
+            + &base_with("[local]", "[proxy]\nbackend = \"bogus\"\n[local]")
             + "\n[namespace]\nname = \"custom-ns\"\n[tunnel]\ninterface = \"custom-wg\"\n";
         jail.create_file("sdnlink.toml", &broken)?;
         assert!(load(&path).is_err(), "the full config is invalid");
         let (cfg, why) = load_for_cleanup(&path).expect("cleanup config");
         assert_eq!(cfg.namespace.name, "custom-ns");
         assert_eq!(cfg.tunnel.interface, "custom-wg");
+        assert_eq!(cfg.state_dir, std::path::PathBuf::from("/srv/sdnlink"));
         let why = why
             .expect("the reason the full config did not load")
             .to_string();
@@ -385,6 +406,13 @@ fn cleanup_loads_the_object_names_of_an_otherwise_broken_config() {
             .expect_err("bad namespace name")
             .to_string();
         assert!(e.contains("namespace.name"), "{e}");
+
+        // Nor a relative state_dir: cleanup would remove files relative to its cwd.
+        jail.create_file("sdnlink.toml", &broken.replace("/srv/sdnlink", "srv"))?;
+        let e = load_for_cleanup(&path)
+            .expect_err("relative state_dir")
+            .to_string();
+        assert!(e.contains("state_dir = \"srv\""), "{e}");
 
         // A valid config loads as itself, without a warning.
         jail.create_file("sdnlink.toml", BASE)?;

@@ -16,7 +16,8 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Unix socket of `sdnlinkd status` / `sdnlinkd reload`.
     pub control_socket: PathBuf,
-    /// TEMP stub field.
+    /// Where the daemon keeps what must survive a restart: the last good snapshot of each
+    /// cluster, under `snapshots/` ([`crate::clusters::persist::SnapshotStore`]).
     pub state_dir: PathBuf,
     pub local: LocalCluster,
     pub namespace: NamespaceConfig,

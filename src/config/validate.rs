@@ -183,6 +183,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             raw.sync.api_timeout
         ));
     }
+    if !Path::new(&raw.state_dir).is_absolute() {
+        v.err(format!(
+            "state_dir = {:?}: must be an absolute path (where the last good cluster snapshots are kept; default \"/var/lib/sdnlink\")",
+            raw.state_dir
+        ));
+    }
     if raw.resync_interval == 0 {
         v.err("resync_interval = 0: must be at least 1 second (default 30)".into());
     }
@@ -481,7 +487,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         log_level: raw.log_level,
         resync_interval: Duration::from_secs(raw.resync_interval),
         control_socket: PathBuf::from(raw.control_socket),
-        state_dir: PathBuf::from("/var/lib/sdnlink"),
+        state_dir: PathBuf::from(raw.state_dir),
         local: LocalCluster {
             name: raw.local.name,
             pod_cidrs: local_pods,

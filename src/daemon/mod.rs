@@ -636,10 +636,24 @@ pub async fn cleanup(cfg: &Config) -> anyhow::Result<String> {
         Ok(r) => lines.push(format!("tunnel: {r}")),
         Err(e) => lines.push(format!("tunnel: {e}")),
     }
+    // A package reinstalled later must not warm-start from these, so a failure here fails the
+    // cleanup, after the dataplane steps have run.
+    let store = crate::clusters::persist::SnapshotStore::new(
+        &cfg.state_dir,
+        crate::clusters::persist::DEFAULT_MAX_BYTES,
+    );
+    let snapshots = store.remove_all();
+    lines.push(match &snapshots {
+        Ok(n) => format!("snapshots: removed {n} files in {}", store.dir().display()),
+        Err(e) => format!("snapshots: {e}"),
+    });
     let r = node::cleanup(cfg)
         .await
         .context("removing the namespace, veth and routes")?;
     lines.push(format!("node: {r}"));
     let _ = std::fs::remove_file(&cfg.control_socket);
+    if snapshots.is_err() {
+        anyhow::bail!("{}\nnot every snapshot file was removed", lines.join("\n"));
+    }
     Ok(lines.join("\n"))
 }

@@ -265,8 +265,12 @@ impl Plan {
         s.push_str("log_level = \"info\"\n");
         s.push_str("resync_interval = 10\n");
         s.push_str(&format!(
-            "control_socket = {:?}\n\n",
+            "control_socket = {:?}\n",
             self.control_socket(node).display().to_string()
+        ));
+        s.push_str(&format!(
+            "state_dir = {:?}\n\n",
+            dir.join("state").display().to_string()
         ));
         s.push_str("[local]\n");
         s.push_str(&format!("name = {:?}\n", local.name));
