@@ -232,7 +232,7 @@ impl Daemon {
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<Pending>(16);
         let sock = self.cfg.control_socket.clone();
         let mut control_task = tokio::spawn(async move { control::serve(&sock, ctl_tx).await });
-        let node_events = node::watch_events(&self.host, &self.ns)
+        let node_events = node::watch_events(&self.host, &self.ns, self.plumbing.owned())
             .await
             .context("subscribing to netlink events")?;
 
