@@ -27,6 +27,10 @@ const GROUPS: u32 =
 /// implies (a link's addresses, its IPv6 routes, the link itself, in both namespaces for a
 /// veth) back to back, so a short window folds it into one notification.
 const QUIET: Duration = Duration::from_millis(50);
+/// Receive buffer of each notification socket. 100 CNI-like pod starts and stops (a bridge with
+/// an address and a route, and a veth pair, each added and deleted) send 3,300 notifications
+/// to a namespace; they fit even while the reader is stalled (tests/node_root.rs).
+const RCVBUF: usize = 4 << 20;
 /// A burst is reported at the latest this long after its first change, however long it lasts.
 const MAX_BURST: Duration = Duration::from_millis(500);
 
@@ -124,16 +128,23 @@ async fn subscribe(ns: &NetNs) -> Result<Messages, NodeError> {
     // The socket must be created inside the namespace; binding and reading work from any thread.
     let (mut conn, handle, messages) = ns.rtnetlink_connection().await?;
     let addr = rtnetlink::sys::SocketAddr::new(0, GROUPS);
-    conn.socket_mut()
-        .socket_mut()
-        .bind(&addr)
-        .map_err(|source| NodeError::Io {
-            what: format!(
-                "subscribing to rtnetlink groups in namespace {:?}",
-                ns.name()
-            ),
-            source,
-        })?;
+    let sock = conn.socket_mut().socket_mut();
+    // Multicast notifications are dropped, not queued, once the receive buffer is full
+    // (ENOBUFS, netlink(7)); the default (net.core.rmem_default, about 208 KiB) holds a few
+    // hundred messages, less than a node drain's pod teardown sends while a sync keeps the
+    // runtime busy. SO_RCVBUFFORCE (CAP_NET_ADMIN, which the daemon has) passes rmem_max.
+    if nix::sys::socket::setsockopt(&*sock, nix::sys::socket::sockopt::RcvBufForce, &RCVBUF)
+        .is_err()
+    {
+        let _ = sock.set_rx_buf_sz(RCVBUF);
+    }
+    sock.bind(&addr).map_err(|source| NodeError::Io {
+        what: format!(
+            "subscribing to rtnetlink groups in namespace {:?}",
+            ns.name()
+        ),
+        source,
+    })?;
     tokio::spawn(async move {
         // The connection ends when every handle is gone; this task keeps one for it.
         let _handle = handle;
