@@ -296,7 +296,7 @@ impl Daemon {
         });
         let mut control_task =
             tokio::spawn(async move { control::serve(&sock, ctl_tx, status_fn).await });
-        let node_events = node::watch_events(&self.host, &self.ns)
+        let node_events = node::watch_events(&self.host, &self.ns, self.plumbing.owned())
             .await
             .context("subscribing to netlink events")?;
 
@@ -326,8 +326,8 @@ impl Daemon {
 
             tokio::select! {
                 _ = changed.notified() => self.sched.mark(Instant::now(), Reason::Clusters),
-                _ = node_events.notified() => {
-                    tracing::debug!("an owned network object was removed out of band; repairing");
+                notice = node_events.notified() => {
+                    tracing::info!(%notice, "an owned network object changed out of band; repairing");
                     self.sched.mark(Instant::now(), Reason::Repair);
                 }
                 _ = tokio::time::sleep_until(drain_at.unwrap_or(far).into()), if drain_at.is_some() && !self.sched.is_pending() => {
