@@ -1038,6 +1038,9 @@ impl Tunnel {
         self.skipped = desired.skipped.clone();
         let now = SystemTime::now();
         let diff = PeerDiff::compute(&self.committed, desired, &self.last_set, &self.holds, now);
+        for (key, d) in &diff.held {
+            self.holds.until.insert(*key, now + *d);
+        }
         for change in diff.changes {
             let line = change.to_string();
             let key = *change.key();
@@ -1361,7 +1364,7 @@ pub async fn cleanup_in(
         Some(n) => Some(rtnl(n).await?),
         None => None,
     };
-    let mark = ownership_mark(&cfg.namespace.name);
+    let mark = ownership_mark(ns.map_or(cfg.namespace.name.as_str(), |n| n.name()));
     let host_link = find_link(&hh, iface).await?;
     let ns_link = match &nsh {
         Some(h) => find_link(h, iface).await?,

@@ -194,6 +194,9 @@ impl fmt::Display for PeerChange {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerDiff {
     pub changes: Vec<PeerChange>,
+    /// Existing peers whose keepalive turns on only after this delay (see [`KeepaliveHolds`]);
+    /// nothing is sent for them now.
+    pub held: Vec<(PublicKey, Duration)>,
 }
 
 impl PeerDiff {
@@ -210,6 +213,7 @@ impl PeerDiff {
         now: SystemTime,
     ) -> PeerDiff {
         let mut changes = Vec::new();
+        let mut held = Vec::new();
         for (key, want) in &desired.peers {
             let Some(have) = current.get(key) else {
                 let keepalive_after =
@@ -239,8 +243,16 @@ impl PeerDiff {
                 });
             let want_ips: BTreeSet<IpNet> = want.allowed_ips.iter().copied().collect();
             let allowed_ips = (want_ips != have.allowed_ips).then(|| want.allowed_ips.clone());
-            let held = have.keepalive.is_none() && holds.holds(key, now);
-            let keepalive = (want.keepalive != have.keepalive && !held).then_some(want.keepalive);
+            // Keepalive going from off to on starts initiations just like a new peer does: the
+            // higher key waits here too (a peer added by a process that died before its hold
+            // ended, or keepalive turned on by a reload on both ends).
+            let turning_on = have.keepalive.is_none() && want.keepalive.is_some();
+            let start_hold = turning_on && holds.defers(key) && !holds.until.contains_key(key);
+            if start_hold {
+                held.push((*key, holds.delay(key)));
+            }
+            let waits = turning_on && (start_hold || holds.holds(key, now));
+            let keepalive = (want.keepalive != have.keepalive && !waits).then_some(want.keepalive);
             if endpoint.is_some() || allowed_ips.is_some() || keepalive.is_some() {
                 changes.push(PeerChange::Update {
                     key: *key,
@@ -262,7 +274,7 @@ impl PeerDiff {
             changes.push(PeerChange::Remove { key: *key });
         }
         changes.sort_by(|a, b| a.key().cmp(b.key()));
-        PeerDiff { changes }
+        PeerDiff { changes, held }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -274,6 +286,13 @@ impl fmt::Display for PeerDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.changes {
             writeln!(f, "{c}")?;
+        }
+        for (k, d) in &self.held {
+            writeln!(
+                f,
+                "hold keepalive of peer {k} for {:.1}s (the lower key initiates first)",
+                d.as_secs_f64()
+            )?;
         }
         Ok(())
     }

@@ -849,6 +849,17 @@ fn only_the_lower_key_turns_keepalive_on_at_once() {
         matches!(&diff.changes[..], [PeerChange::Update { key, keepalive: Some(Some(25)), endpoint: None, allowed_ips: None }] if *key == PublicKey([1; 32])),
         "{diff}"
     );
+
+    // A new process finds the peer with keepalive still off and no record of the hold: it holds
+    // again (nothing sent), then turns keepalive on once that hold is due.
+    let fresh = KeepaliveHolds::new(PublicKey([2; 32]));
+    let diff = PeerDiff::compute(&cur, &d, &last, &fresh, now);
+    assert!(diff.is_empty(), "{diff}");
+    assert_eq!(diff.held, vec![(PublicKey([1; 32]), wait)]);
+    // The lower key turns a missing keepalive on at once.
+    let lower = KeepaliveHolds::new(PublicKey([0; 32]));
+    let diff = PeerDiff::compute(&cur, &d, &last, &lower, now);
+    assert!(diff.held.is_empty() && diff.changes.len() == 1, "{diff}");
 }
 
 #[test]
