@@ -966,4 +966,6 @@ async fn root_userspace_status_reports_own_device_only() {
         "{err}"
     );
     drop(foreign);
+    // SIGKILL leaves the socket file behind; nobody answers it any more.
+    let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", lab.wg(1)));
 }
