@@ -185,6 +185,8 @@ pub struct RawRemote {
     pub kubeconfig: Option<String>,
     pub pod_cidrs: Vec<String>,
     pub service_cidrs: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_cidrs: Vec<String>,
     pub peers: Vec<RawPeer>,
 }
 

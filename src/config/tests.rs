@@ -422,3 +422,38 @@ fn cleanup_loads_the_object_names_of_an_otherwise_broken_config() {
         Ok(())
     });
 }
+
+#[test]
+fn endpoint_cidrs_are_validated_and_kept() {
+    let ok = base_with(
+        "service_cidrs = [\"172.31.0.0/16\"]\n",
+        "service_cidrs = [\"172.31.0.0/16\"]\nendpoint_cidrs = [\"198.51.100.0/24\", \"2001:db8::/32\"]\n",
+    );
+    let c = parse_str(&ok).expect("valid");
+    assert_eq!(
+        c.remote[0].endpoint_cidrs,
+        vec![
+            "198.51.100.0/24".parse::<ipnet::IpNet>().expect("net"),
+            "2001:db8::/32".parse().expect("net")
+        ]
+    );
+    let bad = base_with(
+        "service_cidrs = [\"172.31.0.0/16\"]\n",
+        "service_cidrs = [\"172.31.0.0/16\"]\nendpoint_cidrs = [\"198.51.100.1/24\"]\n",
+    );
+    only_error(
+        &bad,
+        "remote[0].endpoint_cidrs[0] = \"198.51.100.1/24\": host bits are set; did you mean \"198.51.100.0/24\"?",
+    );
+}
+
+#[test]
+fn a_static_public_key_belongs_to_one_peer() {
+    let twice = format!(
+        "{BASE}[[remote]]\nname = \"north\"\npod_cidrs = [\"10.140.0.0/16\"]\n[[remote.peers]]\npublic_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\nallowed_ips = [\"10.140.0.0/24\"]\n"
+    );
+    only_error(
+        &twice,
+        "remote[1].peers[0].public_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\": already used by remote[0].peers[0]; a WireGuard key belongs to one peer",
+    );
+}

@@ -136,6 +136,8 @@ pub struct RemoteCluster {
     pub kubeconfig: Option<PathBuf>,
     pub pod_cidrs: Vec<IpNet>,
     pub service_cidrs: Vec<IpNet>,
+    /// Where this cluster's nodes may announce WireGuard endpoints; empty = anywhere unicast.
+    pub endpoint_cidrs: Vec<IpNet>,
     pub peers: Vec<StaticPeer>,
 }
 

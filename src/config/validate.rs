@@ -218,6 +218,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         names.push((raw.local.name.clone(), "local.name".into()));
     }
     let mut remotes = Vec::new();
+    let mut static_keys: Vec<(String, String)> = Vec::new(); // (public key, config key)
     for (i, r) in raw.remote.iter().enumerate() {
         let key = format!("remote[{i}]");
         if r.name.is_empty() {
@@ -236,6 +237,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         let pods = v.cidrs(&format!("{key}.pod_cidrs"), &r.pod_cidrs, true);
         let svcs = v.cidrs(&format!("{key}.service_cidrs"), &r.service_cidrs, false);
+        let endpoint_cidrs = v.cidrs(&format!("{key}.endpoint_cidrs"), &r.endpoint_cidrs, false);
         let kube = r
             .kubeconfig
             .as_deref()
@@ -244,7 +246,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         for (j, p) in r.peers.iter().enumerate() {
             let pkey = format!("{key}.peers[{j}]");
             match base64::engine::general_purpose::STANDARD.decode(p.public_key.trim()) {
-                Ok(b) if b.len() == 32 => {}
+                Ok(b) if b.len() == 32 => {
+                    if let Some((_, other)) =
+                        static_keys.iter().find(|(k, _)| *k == p.public_key.trim())
+                    {
+                        v.err(format!(
+                            "{pkey}.public_key = {:?}: already used by {other}; a WireGuard key belongs to one peer",
+                            p.public_key
+                        ));
+                    }
+                    static_keys.push((p.public_key.trim().to_string(), pkey.clone()));
+                }
                 _ => v.err(format!(
                     "{pkey}.public_key = {:?}: not a WireGuard key (base64 of 32 bytes, as `wg pubkey` prints)",
                     p.public_key
@@ -275,6 +287,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             kubeconfig: kube,
             pod_cidrs: pods,
             service_cidrs: svcs,
+            endpoint_cidrs,
             peers,
         });
     }

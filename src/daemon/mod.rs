@@ -321,6 +321,13 @@ impl Daemon {
         loop {
             let due = self.sched.due_at();
             let drain_at = self.proxy.next_deadline();
+            let keepalive_at = self.tunnel.next_wakeup().map(|t| {
+                let now = Instant::now();
+                match t.duration_since(SystemTime::now()) {
+                    Ok(d) => now + d,
+                    Err(_) => now,
+                }
+            });
             let grace_end = self.started + self.cfg.sync.startup_grace;
             let far = Instant::now() + Duration::from_secs(3600);
 
@@ -332,6 +339,9 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep_until(drain_at.unwrap_or(far).into()), if drain_at.is_some() && !self.sched.is_pending() => {
                     self.sched.mark(Instant::now(), Reason::Drain);
+                }
+                _ = tokio::time::sleep_until(keepalive_at.unwrap_or(far).into()), if keepalive_at.is_some() && !self.sched.is_pending() => {
+                    self.sched.mark(Instant::now(), Reason::Keepalive);
                 }
                 _ = resync.tick() => self.sched.mark(Instant::now(), Reason::Resync),
                 _ = tokio::time::sleep_until(due.unwrap_or(far).into()), if due.is_some() => {

@@ -5,7 +5,8 @@ use serde_json::Value;
 use std::fmt::Write as _;
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
-    path.iter().fold(v, |v, k| v.get(*k).unwrap_or(&Value::Null))
+    path.iter()
+        .fold(v, |v, k| v.get(*k).unwrap_or(&Value::Null))
 }
 
 fn text(v: &Value) -> String {

@@ -301,8 +301,10 @@ impl Plan {
             Tunnel::Userspace => "userspace",
         };
         s.push_str(&format!("mode = {mode:?}\n"));
-        // Keepalive keeps the userspace devices' handshakes fresh across daemon restarts.
-        s.push_str("persistent_keepalive = 5\n\n");
+        // Keepalive keeps the userspace devices' handshakes fresh across daemon restarts. 25 s,
+        // the default: 15 s or less keeps WireGuard from re-handshaking a session that works one
+        // way only (see `tunnel::keepalive_warning`).
+        s.push_str("persistent_keepalive = 25\n\n");
         s.push_str("[proxy]\n");
         let backend = match self.proxy {
             Proxy::Ipvs => "ipvs",
