@@ -763,6 +763,8 @@ fn build_is_pure_and_indexes_ten_thousand_services() {
     assert_eq!(a.record_count(), b.record_count());
     assert_eq!(a.zone_names(), b.zone_names());
     let mut big = Snapshots::new();
+    // East is watched (a kubeconfig): listed and empty, so its zone is served.
+    big.insert("east".into(), snap(vec![]));
     big.insert(
         "west".into(),
         snap(
@@ -788,4 +790,142 @@ fn build_is_pure_and_indexes_ten_thousand_services() {
         sdnlinkd::dns::Lookup::Answer(r) => assert_eq!(r.len(), 1),
         other => panic!("{other:?}"),
     }
+}
+
+/// `config()` with west watched too (a kubeconfig): east and west must list before their
+/// zones can deny a name; north (static peers only) never lists and is authoritative.
+fn watched_config() -> Config {
+    let mut cfg = config();
+    cfg.remote[0].kubeconfig = Some(PathBuf::from("/nonexistent/west.kubeconfig"));
+    cfg
+}
+
+async fn rcode(h: &DnsHandler, name: &str, rtype: RecordType) -> ResponseCode {
+    ask(h, q(name, rtype)).await.metadata.response_code
+}
+
+#[tokio::test]
+async fn an_unknown_cluster_answers_servfail_in_its_zone_and_reverse_zones() {
+    let cfg = watched_config();
+    let mut snaps = snapshots();
+    snaps.remove("east");
+    let h = handler_with(&cfg, &snaps);
+    for (name, t) in [
+        ("web.default.svc.cluster.east.", RecordType::A),
+        ("nope.default.svc.cluster.east.", RecordType::A),
+        ("default.svc.cluster.east.", RecordType::A),
+        ("cluster.east.", RecordType::SOA),
+        ("dns-version.cluster.east.", RecordType::TXT),
+        ("10-128-3-4.any-ns.pod.cluster.east.", RecordType::A),
+        // East's service and pod CIDRs in the reverse zones.
+        ("10.0.30.172.in-addr.arpa.", RecordType::PTR),
+        ("99.0.30.172.in-addr.arpa.", RecordType::PTR),
+        ("30.172.in-addr.arpa.", RecordType::SOA),
+        ("5.0.128.10.in-addr.arpa.", RecordType::PTR),
+    ] {
+        let m = ask(&h, q(name, t)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{name}");
+        assert!(m.answers.is_empty() && m.authorities.is_empty(), "{name}");
+    }
+    // West listed: authoritative, positive and negative, forward and reverse.
+    let m = ask(&h, q("web.default.svc.cluster.west.", RecordType::A)).await;
+    assert_eq!(addrs(&m), vec![ip("172.31.0.10")]);
+    assert_eq!(
+        rcode(&h, "nope.default.svc.cluster.west.", RecordType::A).await,
+        ResponseCode::NXDomain
+    );
+    let m = ask(&h, q("10.0.31.172.in-addr.arpa.", RecordType::PTR)).await;
+    assert_eq!(ptr_target(&m), vec!["web.default.svc.cluster.west."]);
+    assert_eq!(
+        rcode(&h, "99.0.31.172.in-addr.arpa.", RecordType::PTR).await,
+        ResponseCode::NXDomain
+    );
+    // North never lists (no kubeconfig): its empty zone is the truth.
+    assert_eq!(
+        rcode(&h, "web.default.svc.cluster.north.", RecordType::A).await,
+        ResponseCode::NXDomain
+    );
+    // cluster.all: what the known clusters have is answered from them alone.
+    let m = ask(&h, q("web.default.svc.cluster.all.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addrs(&m), vec![ip("172.31.0.10")]);
+    let m = ask(&h, q("db.default.svc.cluster.all.", RecordType::A)).await;
+    assert_eq!(addrs(&m), vec![ip("10.132.0.5")]);
+    // A name found nowhere may exist in east: SERVFAIL, not NXDOMAIN. `empty` is east's.
+    for name in [
+        "nowhere.default.svc.cluster.all.",
+        "empty.default.svc.cluster.all.",
+        "ext.default.svc.cluster.all.",
+    ] {
+        assert_eq!(
+            rcode(&h, name, RecordType::A).await,
+            ResponseCode::ServFail,
+            "{name}"
+        );
+    }
+    // The pod form answers from config for any cluster's pod CIDRs.
+    let m = ask(&h, q("10-128-3-4.any-ns.pod.cluster.all.", RecordType::A)).await;
+    assert_eq!(addrs(&m), vec![ip("10.128.3.4")]);
+    assert_eq!(h.status().answers.get("SERVFAIL"), Some(&13));
+}
+
+#[tokio::test]
+async fn unknown_then_known_empty_then_known_with_the_record() {
+    let cfg = watched_config();
+    let mut snaps = snapshots();
+    snaps.remove("west");
+    // Before west's first list (what `DnsServer::start` serves: no snapshot at all).
+    let h = handler_with(&cfg, &Snapshots::new());
+    for name in [
+        "web.default.svc.cluster.west.",
+        "web.default.svc.cluster.east.",
+        "web.default.svc.cluster.all.",
+    ] {
+        assert_eq!(
+            rcode(&h, name, RecordType::A).await,
+            ResponseCode::ServFail,
+            "{name}"
+        );
+    }
+    // East listed, west not yet.
+    h.update(Arc::new(ZoneData::build(&cfg, &snaps)));
+    assert_eq!(
+        rcode(&h, "web.default.svc.cluster.west.", RecordType::A).await,
+        ResponseCode::ServFail
+    );
+    assert_eq!(
+        rcode(&h, "big.default.svc.cluster.all.", RecordType::A).await,
+        ResponseCode::ServFail
+    );
+    // West listed empty: authoritative NXDOMAIN.
+    snaps.insert("west".into(), snap(vec![]));
+    h.update(Arc::new(ZoneData::build(&cfg, &snaps)));
+    let m = ask(&h, q("web.default.svc.cluster.west.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(soa_only(&m));
+    let m = ask(&h, q("big.default.svc.cluster.all.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        rcode(&h, "10.0.31.172.in-addr.arpa.", RecordType::PTR).await,
+        ResponseCode::NXDomain
+    );
+    // West lists the Service.
+    snaps.insert(
+        "west".into(),
+        snap(vec![svc(
+            "default",
+            "web",
+            ServiceKind::ClusterIp(vec![ip("172.31.0.10")]),
+            vec![],
+            vec![],
+        )]),
+    );
+    h.update(Arc::new(ZoneData::build(&cfg, &snaps)));
+    let m = ask(&h, q("web.default.svc.cluster.west.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addrs(&m), vec![ip("172.31.0.10")]);
+    let m = ask(&h, q("10.0.31.172.in-addr.arpa.", RecordType::PTR)).await;
+    assert_eq!(ptr_target(&m), vec!["web.default.svc.cluster.west."]);
+    let m = ask(&h, q("web.default.svc.cluster.all.", RecordType::A)).await;
+    assert_eq!(addrs(&m), vec![ip("172.30.0.10"), ip("172.31.0.10")]);
 }

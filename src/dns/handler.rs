@@ -147,6 +147,8 @@ pub fn decide<'a>(zones: &'a ZoneData, request: &MessageRequest) -> Decision<'a>
             answers: Cow::Borrowed(&[]),
             soa: Some(soa),
         },
+        // A zone of a cluster that has not listed: no negative answer can be trusted.
+        Lookup::Unknown => Decision::Error(ResponseCode::ServFail),
         Lookup::NotOurs => Decision::Forward(query.original().clone()),
     }
 }
@@ -369,7 +371,7 @@ impl DnsHandler {
                         .cloned()
                         .collect(),
                 ),
-                Lookup::NoData(_) | Lookup::NxDomain(_) => Some(Vec::new()),
+                Lookup::NoData(_) | Lookup::NxDomain(_) | Lookup::Unknown => Some(Vec::new()),
                 Lookup::NotOurs => None,
             }
         };

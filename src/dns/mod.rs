@@ -60,8 +60,9 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP at `dns.address:dns.port` inside `ns` and starts serving empty zones
-    /// (call [`DnsServer::update`] with the first [`ZoneData`]).
+    /// Binds UDP and TCP at `dns.address:dns.port` inside `ns` and starts serving zones built
+    /// from no snapshot: every watched cluster is unknown, so its names answer SERVFAIL until
+    /// [`DnsServer::update`] brings data for it (zone module docs, "Unknown clusters").
     pub async fn start(cfg: &Config, ns: &NetNs) -> Result<DnsServer, DnsError> {
         let addr = SocketAddr::new(cfg.dns.address, cfg.dns.port);
         let bind_err = |proto, source| DnsError::Bind {
