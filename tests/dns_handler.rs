@@ -1,20 +1,14 @@
-//! Handler tests without sockets: build zone data from a config and snapshots, call the hickory
-//! request handler with a request, decode what it sends.
+//! Handler tests without sockets: build zone data from a config and snapshots, give the handler
+//! a raw request, decode the raw answer it returns.
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::net::runtime::TokioTime;
-use hickory_server::net::xfer::Protocol as NetProto;
-use hickory_server::net::NetError;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_proto::rr::{Name, RData, RecordType};
 use sdnlinkd::config::{self, Config};
-use sdnlinkd::dns::{answer_local_bytes, DnsHandler, ZoneData};
+use sdnlinkd::dns::{answer_local_bytes, DnsHandler, Transport, ZoneData};
 use sdnlinkd::model::*;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const CFG: &str = r#"
 [local]
@@ -201,44 +195,10 @@ fn handler() -> DnsHandler {
     handler_with(&config(), &snapshots())
 }
 
-/// Encodes what the handler sends exactly as hickory's `ResponseHandle` does: UDP limited to
-/// the response's EDNS size, 512 bytes without EDNS (RFC 1035 4.2.1), TCP unlimited.
-#[derive(Clone)]
-struct Capture {
-    proto: NetProto,
-    out: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let max = match self.proto {
-            NetProto::Udp => response.edns().map(|e| e.max_payload()).unwrap_or(512),
-            _ => u16::MAX,
-        };
-        let mut buf = Vec::new();
-        let mut enc = BinEncoder::new(&mut buf);
-        enc.set_max_size(max);
-        let info = response.destructive_emit(&mut enc)?;
-        *self.out.lock().expect("test mutex") = Some(buf);
-        Ok(info)
-    }
-}
-
 struct Ask<'a> {
     name: &'a str,
     rtype: RecordType,
-    proto: NetProto,
+    proto: Transport,
     edns: Option<u16>,
 }
 
@@ -246,7 +206,7 @@ fn q(name: &str, rtype: RecordType) -> Ask<'_> {
     Ask {
         name,
         rtype,
-        proto: NetProto::Udp,
+        proto: Transport::Udp,
         edns: Some(1232),
     }
 }
@@ -266,16 +226,9 @@ fn query_bytes(a: &Ask<'_>) -> Vec<u8> {
     m.to_vec().expect("encode query")
 }
 
-async fn send_raw(h: &DnsHandler, raw: Vec<u8>, proto: NetProto) -> (Option<Message>, usize) {
-    let req = Request::from_bytes(raw, "10.128.3.3:5353".parse().expect("literal"), proto)
-        .expect("test request decodes");
-    let cap = Capture {
-        proto,
-        out: Arc::new(Mutex::new(None)),
-    };
-    h.handle_request::<_, TokioTime>(&req, cap.clone()).await;
-    let out = cap.out.lock().expect("test mutex").take();
-    match out {
+async fn send_raw(h: &DnsHandler, raw: Vec<u8>, proto: Transport) -> (Option<Message>, usize) {
+    let src: SocketAddr = "10.128.3.3:5353".parse().expect("literal");
+    match h.answer(&raw, src, proto).await {
         Some(bytes) => (
             Some(Message::from_vec(&bytes).expect("response decodes")),
             bytes.len(),
@@ -633,10 +586,10 @@ async fn truncation_without_and_with_edns_and_tcp_in_full() {
         query_bytes(&Ask {
             name,
             rtype: RecordType::A,
-            proto: NetProto::Udp,
+            proto: Transport::Udp,
             edns: None,
         }),
-        NetProto::Udp,
+        Transport::Udp,
     )
     .await;
     let m = m.expect("answered");
@@ -648,10 +601,10 @@ async fn truncation_without_and_with_edns_and_tcp_in_full() {
         query_bytes(&Ask {
             name,
             rtype: RecordType::A,
-            proto: NetProto::Udp,
+            proto: Transport::Udp,
             edns: Some(1232),
         }),
-        NetProto::Udp,
+        Transport::Udp,
     )
     .await;
     let m = m.expect("answered");
@@ -664,10 +617,10 @@ async fn truncation_without_and_with_edns_and_tcp_in_full() {
         query_bytes(&Ask {
             name,
             rtype: RecordType::A,
-            proto: NetProto::Udp,
+            proto: Transport::Udp,
             edns: Some(4096),
         }),
-        NetProto::Udp,
+        Transport::Udp,
     )
     .await;
     let m = m.expect("answered");
@@ -678,10 +631,10 @@ async fn truncation_without_and_with_edns_and_tcp_in_full() {
         query_bytes(&Ask {
             name,
             rtype: RecordType::A,
-            proto: NetProto::Tcp,
+            proto: Transport::Tcp,
             edns: None,
         }),
-        NetProto::Tcp,
+        Transport::Tcp,
     )
     .await;
     let m = m.expect("answered");
@@ -702,7 +655,7 @@ async fn bad_requests() {
         Name::from_ascii("b.cluster.east.").expect("n"),
         RecordType::A,
     ));
-    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), NetProto::Udp).await;
+    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), Transport::Udp).await;
     assert_eq!(
         r.expect("answered").metadata.response_code,
         ResponseCode::FormErr
@@ -713,7 +666,7 @@ async fn bad_requests() {
         Name::from_ascii("cluster.east.").expect("n"),
         RecordType::SOA,
     ));
-    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), NetProto::Udp).await;
+    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), Transport::Udp).await;
     assert_eq!(
         r.expect("answered").metadata.response_code,
         ResponseCode::NotImp
@@ -724,7 +677,7 @@ async fn bad_requests() {
         Name::from_ascii("cluster.east.").expect("n"),
         RecordType::SOA,
     ));
-    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), NetProto::Udp).await;
+    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), Transport::Udp).await;
     assert!(r.is_none());
 }
 

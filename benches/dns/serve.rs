@@ -142,7 +142,7 @@ service_cidrs = ["172.31.0.0/16"]
     rt.block_on(async move {
         let udp = tokio::net::UdpSocket::bind(listen).await?;
         let tcp = tokio::net::TcpListener::bind(listen).await?;
-        let server = DnsServer::from_sockets(&cfg.dns, udp, tcp, zones)?;
+        let server = DnsServer::from_sockets(&cfg, vec![udp], vec![tcp], zones)?;
         eprintln!("serving on {}", server.local_addr());
         std::future::pending::<()>().await;
         drop(server);

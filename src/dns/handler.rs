@@ -1,17 +1,16 @@
-//! The hickory request handler: answers our zones from the current [`ZoneData`] (an `ArcSwap`
-//! load, never a lock) and forwards everything else.
+//! The request handler: answers our zones from the current [`ZoneData`] (an `ArcSwap` load,
+//! never a lock) and forwards everything else. It takes raw messages and returns raw answers;
+//! the sockets are the server module's.
 
-use super::forward::{self, Cache, ForwardError};
+use super::forward::{self, Cache, ForwardError, UpstreamLog};
 use super::zone::{Lookup, ZoneData};
 use arc_swap::ArcSwap;
-use hickory_proto::op::{
-    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
-};
+use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+use hickory_server::zone_handler::{MessageRequest, MessageResponse, MessageResponseBuilder};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -24,6 +23,30 @@ use std::time::Instant;
 /// ceiling; larger datagrams fragment).
 const MAX_UDP_PAYLOAD: u16 = 4096;
 
+/// How a message reached us, which bounds the answer's size: UDP to 512 bytes without EDNS
+/// (RFC 1035 4.2.1) or the advertised EDNS size, TCP not at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn protocol(self) -> Protocol {
+        match self {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
 /// Counters of the stub, shown by `sdnlinkd status`.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -33,6 +56,9 @@ pub(crate) struct Stats {
     cache_hits: AtomicU64,
     upstream_errors: AtomicU64,
     loops_refused: AtomicU64,
+    malformed: AtomicU64,
+    dropped: AtomicU64,
+    over_cap: AtomicU64,
 }
 
 const RCODE_NAMES: [&str; 7] = [
@@ -57,10 +83,16 @@ impl Stats {
 /// Snapshot of the stub's counters and settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DnsStatus {
-    /// Requests received (including malformed ones hickory answered FORMERR before us).
+    /// Well-formed requests received.
     pub queries: u64,
-    /// Responses sent, by response code.
+    /// Responses sent to them, by response code.
     pub answers: BTreeMap<String, u64>,
+    /// Messages that did not decode (answered FORMERR when their header did; not counted in
+    /// `queries` or `answers`).
+    pub malformed: u64,
+    /// Requests left unanswered on purpose: responses sent to us, questions whose compression
+    /// pointers cannot be echoed.
+    pub dropped: u64,
     /// Queries sent upstream (cache misses).
     pub forwarded: u64,
     /// Forwardable queries answered from the cache.
@@ -69,6 +101,9 @@ pub struct DnsStatus {
     pub upstream_errors: u64,
     /// Queries refused because every upstream is this server itself.
     pub loops_refused: u64,
+    /// Queries answered SERVFAIL because `dns.max_forwards_in_flight` were already waiting on
+    /// an upstream.
+    pub forwards_over_cap: u64,
     /// Zone apexes served.
     pub zones: Vec<String>,
     /// Records in the zones.
@@ -83,6 +118,7 @@ pub(crate) struct Shared {
     pub(crate) ourselves: SocketAddr,
     pub(crate) cache: Cache,
     pub(crate) stats: Stats,
+    pub(crate) upstream_log: UpstreamLog,
 }
 
 /// The request handler; cheap to clone (shared state behind an `Arc`).
@@ -212,17 +248,43 @@ fn response_metadata(request: &MessageRequest, rcode: ResponseCode) -> Metadata 
     md
 }
 
+/// Encodes a response for `transport`: UDP limited to the response's EDNS size, 512 bytes
+/// without EDNS (RFC 1035 4.2.1), TCP unlimited.
+fn emit<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    transport: Transport,
+) -> Option<(Vec<u8>, ResponseCode)> {
+    let rcode = response.metadata().response_code;
+    let max = match transport {
+        Transport::Udp => response.edns().map(|e| e.max_payload()).unwrap_or(512),
+        Transport::Tcp => u16::MAX,
+    };
+    let mut out = Vec::with_capacity(512);
+    let mut enc = BinEncoder::new(&mut out);
+    enc.set_max_size(max);
+    match response.destructive_emit(&mut enc) {
+        Ok(_) => Some((out, rcode)),
+        Err(e) => {
+            tracing::debug!(error = %e, "encoding a DNS response failed");
+            None
+        }
+    }
+}
+
 /// Answers raw query bytes from the zones only (no forwarding), encoded for a UDP client
 /// limited to the size its EDNS advertises (512 without). The fuzzing entry point.
 pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
     let src: SocketAddr = ([127, 0, 0, 1], 53).into();
-    let request =
-        Request::from_bytes(raw.to_vec(), src, hickory_server::net::xfer::Protocol::Udp).ok()?;
+    let request = Request::from_bytes(raw.to_vec(), src, Protocol::Udp).ok()?;
     let edns = response_edns(&request);
     let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
-    let mut out = Vec::with_capacity(512);
-    let mut enc = BinEncoder::new(&mut out);
-    enc.set_max_size(edns.as_ref().map(|e| e.max_payload()).unwrap_or(512));
     let error = match decide(zones, &request) {
         Decision::Drop => return None,
         Decision::Error(rc) => rc,
@@ -235,24 +297,17 @@ pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
         } => {
             let mut md = response_metadata(&request, rcode);
             md.authoritative = true;
-            builder
-                .build(
-                    md,
-                    answers.iter(),
-                    std::iter::empty(),
-                    soa,
-                    std::iter::empty(),
-                )
-                .destructive_emit(&mut enc)
-                .ok()?;
-            return Some(out);
+            let r = builder.build(
+                md,
+                answers.iter(),
+                std::iter::empty(),
+                soa,
+                std::iter::empty(),
+            );
+            return emit(r, Transport::Udp).map(|(b, _)| b);
         }
     };
-    builder
-        .error_msg(&request.metadata, error)
-        .destructive_emit(&mut enc)
-        .ok()?;
-    Some(out)
+    emit(builder.error_msg(&request.metadata, error), Transport::Udp).map(|(b, _)| b)
 }
 
 /// The question to ask next when a local answer is a lone CNAME for an address query.
@@ -273,11 +328,48 @@ fn cname_to_chase(request: &MessageRequest, answers: &[Record]) -> Option<Query>
     }
 }
 
-fn info_for(request: &Request, rcode: ResponseCode) -> ResponseInfo {
-    ResponseInfo::from(Header {
-        metadata: response_metadata(request, rcode),
-        counts: HeaderCounts::default(),
-    })
+/// The FORMERR answer to a message whose header decodes but whose body does not (what
+/// hickory-server sent); nothing for a runt, or for a response (no reflection).
+fn formerr(raw: &[u8]) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(raw)).ok()?;
+    if header.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut m = hickory_proto::op::Message::new(
+        header.metadata.id,
+        MessageType::Response,
+        header.metadata.op_code,
+    );
+    m.metadata = Metadata::response_from_request(&header.metadata);
+    m.metadata.response_code = ResponseCode::FormErr;
+    m.to_vec().ok()
+}
+
+/// One request's work that needs I/O (forwarding, or chasing an ExternalName's target): the
+/// server runs it off its receive loop.
+pub(crate) struct Later {
+    request: Request,
+    transport: Transport,
+    work: Work,
+}
+
+enum Work {
+    Forward(Query),
+    Chase {
+        md: Metadata,
+        answers: Vec<Record>,
+        target: Query,
+    },
+}
+
+/// The outcome of the synchronous part of answering one message.
+pub(crate) enum Step {
+    /// Send these bytes.
+    Reply(Vec<u8>),
+    /// Send nothing.
+    Silent,
+    /// Finish with [`DnsHandler::finish`].
+    Later(Box<Later>),
 }
 
 impl DnsHandler {
@@ -299,6 +391,7 @@ impl DnsHandler {
             ourselves,
             cache: Cache::new(cache_size),
             stats: Stats::default(),
+            upstream_log: UpstreamLog::default(),
         }))
     }
 
@@ -324,14 +417,200 @@ impl DnsHandler {
                 .map(|(n, c)| (n.to_string(), c.load(Ordering::Relaxed)))
                 .filter(|(_, c)| *c > 0)
                 .collect(),
+            malformed: s.malformed.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
             forwarded: s.forwarded.load(Ordering::Relaxed),
             cache_hits: s.cache_hits.load(Ordering::Relaxed),
             upstream_errors: s.upstream_errors.load(Ordering::Relaxed),
             loops_refused: s.loops_refused.load(Ordering::Relaxed),
+            forwards_over_cap: s.over_cap.load(Ordering::Relaxed),
             zones: zones.zone_names(),
             records: zones.record_count(),
             upstreams: self.shared.upstreams.load().as_ref().clone(),
             cached: self.shared.cache.len(),
+        }
+    }
+
+    /// The whole answer to one raw message from `src` (`None`: send nothing), forwarding when
+    /// the name is not ours.
+    pub async fn answer(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        match self.step(raw, src, transport) {
+            Step::Reply(b) => Some(b),
+            Step::Silent => None,
+            Step::Later(l) => self.finish(l).await,
+        }
+    }
+
+    fn reply(&self, encoded: Option<(Vec<u8>, ResponseCode)>) -> Step {
+        match encoded {
+            Some((b, rc)) => {
+                self.shared.stats.count_rcode(rc);
+                Step::Reply(b)
+            }
+            None => {
+                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Step::Silent
+            }
+        }
+    }
+
+    /// Everything that needs no I/O: parsing, our zones, errors.
+    pub(crate) fn step(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Step {
+        let stats = &self.shared.stats;
+        let request = match Request::from_bytes(raw.to_vec(), src, transport.protocol()) {
+            Ok(r) => r,
+            Err(_) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return match formerr(raw) {
+                    Some(b) => Step::Reply(b),
+                    None => Step::Silent,
+                };
+            }
+        };
+        stats.queries.fetch_add(1, Ordering::Relaxed);
+        let edns = response_edns(&request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let zones = self.shared.zones.load();
+        match decide(&zones, &request) {
+            Decision::Drop => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Step::Silent
+            }
+            Decision::Error(rc) => {
+                self.reply(emit(builder.error_msg(&request.metadata, rc), transport))
+            }
+            Decision::Local {
+                rcode,
+                answers,
+                soa,
+            } => {
+                let mut md = response_metadata(&request, rcode);
+                md.authoritative = true;
+                match cname_to_chase(&request, &answers) {
+                    None => self.reply(emit(
+                        builder.build(
+                            md,
+                            answers.iter(),
+                            std::iter::empty(),
+                            soa,
+                            std::iter::empty(),
+                        ),
+                        transport,
+                    )),
+                    Some(target) => {
+                        let answers = answers.into_owned();
+                        drop(zones);
+                        Step::Later(Box::new(Later {
+                            request,
+                            transport,
+                            work: Work::Chase {
+                                md,
+                                answers,
+                                target,
+                            },
+                        }))
+                    }
+                }
+            }
+            Decision::Forward(query) => {
+                drop(zones);
+                Step::Later(Box::new(Later {
+                    request,
+                    transport,
+                    work: Work::Forward(query),
+                }))
+            }
+        }
+    }
+
+    /// SERVFAIL for work that found every forwarding slot taken.
+    pub(crate) fn overloaded(&self, later: Box<Later>) -> Option<Vec<u8>> {
+        self.shared.stats.over_cap.fetch_add(1, Ordering::Relaxed);
+        let edns = response_edns(&later.request);
+        let builder = MessageResponseBuilder::new(&later.request.queries, edns.as_ref());
+        let step = self.reply(emit(
+            builder.error_msg(&later.request.metadata, ResponseCode::ServFail),
+            later.transport,
+        ));
+        match step {
+            Step::Reply(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The I/O part of answering: forwarding or chasing, then encoding.
+    pub(crate) async fn finish(&self, later: Box<Later>) -> Option<Vec<u8>> {
+        let Later {
+            request,
+            transport,
+            work,
+        } = *later;
+        let edns = response_edns(&request);
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        let step = match work {
+            Work::Chase {
+                md,
+                mut answers,
+                target,
+            } => {
+                answers.extend(self.chase(target).await);
+                self.reply(emit(
+                    builder.build(
+                        md,
+                        answers.iter(),
+                        std::iter::empty(),
+                        std::iter::empty(),
+                        std::iter::empty(),
+                    ),
+                    transport,
+                ))
+            }
+            Work::Forward(query) => {
+                match self
+                    .forwarded(&query, request.metadata.recursion_desired)
+                    .await
+                {
+                    Ok(msg) => {
+                        let mut md = response_metadata(&request, msg.metadata.response_code);
+                        md.recursion_available = msg.metadata.recursion_available;
+                        self.reply(emit(
+                            builder.build(
+                                md,
+                                msg.answers.iter(),
+                                msg.authorities.iter(),
+                                std::iter::empty(),
+                                msg.additionals.iter(),
+                            ),
+                            transport,
+                        ))
+                    }
+                    Err(e) => {
+                        let rc = if matches!(e, ForwardError::Loop) {
+                            self.shared
+                                .stats
+                                .loops_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            ResponseCode::Refused
+                        } else {
+                            self.shared
+                                .stats
+                                .upstream_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            ResponseCode::ServFail
+                        };
+                        self.reply(emit(builder.error_msg(&request.metadata, rc), transport))
+                    }
+                }
+            }
+        };
+        match step {
+            Step::Reply(b) => Some(b),
+            _ => None,
         }
     }
 
@@ -353,7 +632,7 @@ impl DnsHandler {
         let upstreams = self.shared.upstreams.load();
         let usable = forward::usable_upstreams(&upstreams, self.shared.ourselves)?;
         self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let msg = forward::forward(&usable, query, rd).await?;
+        let msg = forward::forward(&usable, query, rd, &self.shared.upstream_log).await?;
         self.shared.cache.put(key, &msg, Instant::now());
         Ok(msg)
     }
@@ -386,111 +665,6 @@ impl DnsHandler {
                 Vec::new()
             }
         }
-    }
-
-    async fn respond<R: ResponseHandler>(&self, request: &Request, mut rh: R) -> ResponseInfo {
-        let edns = response_edns(request);
-        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
-        let zones = self.shared.zones.load();
-        let sent = match decide(&zones, request) {
-            Decision::Drop => return info_for(request, ResponseCode::FormErr),
-            Decision::Error(rc) => {
-                rh.send_response(builder.error_msg(&request.metadata, rc))
-                    .await
-            }
-            Decision::Local {
-                rcode,
-                answers,
-                soa,
-            } => {
-                let mut md = response_metadata(request, rcode);
-                md.authoritative = true;
-                match cname_to_chase(request, &answers) {
-                    None => {
-                        rh.send_response(builder.build(
-                            md,
-                            answers.iter(),
-                            std::iter::empty(),
-                            soa,
-                            std::iter::empty(),
-                        ))
-                        .await
-                    }
-                    Some(target) => {
-                        let mut all = answers.into_owned();
-                        drop(zones);
-                        all.extend(self.chase(target).await);
-                        rh.send_response(builder.build(
-                            md,
-                            all.iter(),
-                            std::iter::empty(),
-                            std::iter::empty(),
-                            std::iter::empty(),
-                        ))
-                        .await
-                    }
-                }
-            }
-            Decision::Forward(query) => {
-                drop(zones);
-                match self
-                    .forwarded(&query, request.metadata.recursion_desired)
-                    .await
-                {
-                    Ok(msg) => {
-                        let mut md = response_metadata(request, msg.metadata.response_code);
-                        md.recursion_available = msg.metadata.recursion_available;
-                        rh.send_response(builder.build(
-                            md,
-                            msg.answers.iter(),
-                            msg.authorities.iter(),
-                            std::iter::empty(),
-                            msg.additionals.iter(),
-                        ))
-                        .await
-                    }
-                    Err(e) => {
-                        let rc = if matches!(e, ForwardError::Loop) {
-                            self.shared
-                                .stats
-                                .loops_refused
-                                .fetch_add(1, Ordering::Relaxed);
-                            ResponseCode::Refused
-                        } else {
-                            self.shared
-                                .stats
-                                .upstream_errors
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(error = %e, name = %query.name, "forwarding failed");
-                            ResponseCode::ServFail
-                        };
-                        rh.send_response(builder.error_msg(&request.metadata, rc))
-                            .await
-                    }
-                }
-            }
-        };
-        match sent {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!(error = %e, src = %request.src(), "sending a DNS response failed");
-                info_for(request, ResponseCode::ServFail)
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        self.shared.stats.queries.fetch_add(1, Ordering::Relaxed);
-        let info = self.respond(request, response_handle).await;
-        self.shared.stats.count_rcode(info.response_code);
-        info
     }
 }
 

@@ -2,34 +2,29 @@
 //! and the reverse zones of their CIDRs; forwards every other name to the upstream resolvers.
 //!
 //! - [`ZoneData::build`] computes all records as one immutable value (pure).
-//! - [`DnsServer`] runs hickory-server on UDP and TCP sockets bound inside sdnlinkd's namespace;
-//!   [`DnsServer::update`] swaps the zone data atomically (`arc-swap`), so lookups never wait
-//!   for an update.
+//! - [`DnsServer`] serves UDP and TCP sockets bound inside sdnlinkd's namespace (the server
+//!   module); [`DnsServer::update`] swaps the zone data atomically (`arc-swap`), so lookups
+//!   never wait for an update. hickory parses requests and encodes answers.
 //! - Forwarding sockets are opened from tokio workers, which stay in the host namespace.
-//! - hickory-server itself answers FORMERR to undecodable messages, drops messages shorter than
-//!   a header, and truncates UDP answers to 512 bytes without EDNS (TC set) or to the
-//!   advertised size with EDNS; TCP answers are complete.
+//! - Undecodable messages get FORMERR when their header decodes, nothing when shorter than a
+//!   header; UDP answers are limited to 512 bytes without EDNS (TC set) or to the advertised
+//!   size with EDNS; TCP answers are complete.
 
 mod forward;
 mod handler;
+mod server;
 mod zone;
 
 pub use forward::{ForwardError, FORWARD_DEADLINE, UPSTREAM_TIMEOUT};
-pub use handler::{answer_local_bytes, decide, Decision, DnsHandler, DnsStatus};
+pub use handler::{answer_local_bytes, decide, Decision, DnsHandler, DnsStatus, Transport};
 pub use zone::{dashed, Lookup, ZoneData, ALL_ZONE, SCHEMA_VERSION};
 
-use crate::config::{Config, DnsConfig};
+use crate::config::Config;
 use crate::netns::NetNs;
-use hickory_server::Server;
+use server::{ServeOptions, Serving};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Idle time after which hickory closes a client's TCP connection.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
 
 /// Errors of the DNS subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +43,11 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("DNS server stopped with an error: {0}")]
-    Server(String),
 }
 
 /// The running stub resolver.
 pub struct DnsServer {
-    server: Server<DnsHandler>,
+    serving: Serving,
     handler: DnsHandler,
     local: SocketAddr,
 }
@@ -74,28 +67,39 @@ impl DnsServer {
         let udp = ns.bind_udp(addr).await.map_err(|e| bind_err("UDP", e))?;
         let tcp = ns.bind_tcp(addr).await.map_err(|e| bind_err("TCP", e))?;
         let zones = Arc::new(ZoneData::build(cfg, &Default::default()));
-        DnsServer::from_sockets(&cfg.dns, udp, tcp, zones)
+        DnsServer::from_sockets(cfg, vec![udp], vec![tcp], zones)
     }
 
     /// Serves on already bound sockets (the benchmark binds in the host namespace).
     pub fn from_sockets(
-        dns: &DnsConfig,
-        udp: tokio::net::UdpSocket,
-        tcp: tokio::net::TcpListener,
+        cfg: &Config,
+        udp: Vec<tokio::net::UdpSocket>,
+        tcp: Vec<tokio::net::TcpListener>,
         zones: Arc<ZoneData>,
     ) -> Result<DnsServer, DnsError> {
-        let local = udp.local_addr().map_err(|source| DnsError::Bind {
-            proto: "UDP",
-            addr: SocketAddr::new(dns.address, dns.port),
-            ns: "?".into(),
-            source,
-        })?;
+        let dns = &cfg.dns;
+        let configured = SocketAddr::new(dns.address, dns.port);
+        let local = match udp.first() {
+            Some(s) => s.local_addr().map_err(|source| DnsError::Bind {
+                proto: "UDP",
+                addr: configured,
+                ns: "?".into(),
+                source,
+            })?,
+            None => configured,
+        };
         let handler = DnsHandler::standalone(zones, dns.upstreams.clone(), local, dns.cache_size);
-        let mut server = Server::new(handler.clone());
-        server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+        let serving = Serving::spawn(
+            handler.clone(),
+            udp,
+            tcp,
+            ServeOptions {
+                log_queries: dns.log_queries,
+                max_in_flight: dns.max_forwards_in_flight,
+            },
+        );
         Ok(DnsServer {
-            server,
+            serving,
             handler,
             local,
         })
@@ -121,12 +125,10 @@ impl DnsServer {
         self.handler.status()
     }
 
-    /// Stops accepting queries and waits for the ones in flight.
-    pub async fn shutdown(mut self) -> Result<(), DnsError> {
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(|e| DnsError::Server(e.to_string()))
+    /// Stops receiving queries and waits for the ones in flight.
+    pub async fn shutdown(self) -> Result<(), DnsError> {
+        self.serving.shutdown().await;
+        Ok(())
     }
 }
 
