@@ -3,6 +3,7 @@
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use sdnlinkd::config::{self, Config};
 use sdnlinkd::dns::{answer_local_bytes, DnsHandler, Transport, ZoneData};
 use sdnlinkd::model::*;
@@ -229,12 +230,18 @@ fn query_bytes(a: &Ask<'_>) -> Vec<u8> {
 async fn send_raw(h: &DnsHandler, raw: Vec<u8>, proto: Transport) -> (Option<Message>, usize) {
     let src: SocketAddr = "10.128.3.3:5353".parse().expect("literal");
     match h.answer(&raw, src, proto).await {
-        Some(bytes) => (
-            Some(Message::from_vec(&bytes).expect("response decodes")),
-            bytes.len(),
-        ),
+        Some(bytes) => (Some(strict(&bytes)), bytes.len()),
         None => (None, 0),
     }
+}
+
+/// Decodes an answer strictly: every section as its count says, no byte left over (hickory's
+/// `Message::from_vec` alone ignores trailing bytes such as half a record).
+fn strict(bytes: &[u8]) -> Message {
+    let mut d = BinDecoder::new(bytes);
+    let m = Message::read(&mut d).expect("response decodes");
+    assert!(d.is_empty(), "{} bytes after the last record", d.len());
+    m
 }
 
 async fn ask(h: &DnsHandler, a: Ask<'_>) -> Message {
@@ -881,4 +888,75 @@ async fn unknown_then_known_empty_then_known_with_the_record() {
     assert_eq!(ptr_target(&m), vec!["web.default.svc.cluster.west."]);
     let m = ask(&h, q("web.default.svc.cluster.all.", RecordType::A)).await;
     assert_eq!(addrs(&m), vec![ip("172.30.0.10"), ip("172.31.0.10")]);
+}
+
+#[tokio::test]
+async fn truncated_answers_hold_whole_records_for_every_size_limit() {
+    let h = handler();
+    let names = [
+        ("big.default.svc.cluster.west.", RecordType::A),
+        ("_pg._tcp.big.default.svc.cluster.west.", RecordType::SRV),
+        ("big.default.svc.cluster.all.", RecordType::A),
+        ("_pg._tcp.big.default.svc.cluster.all.", RecordType::SRV),
+    ];
+    let mut truncated = 0;
+    for (name, rtype) in names {
+        let full = ask(
+            &h,
+            Ask {
+                name,
+                rtype,
+                proto: Transport::Tcp,
+                edns: None,
+            },
+        )
+        .await;
+        assert_eq!(full.answers.len(), 100, "{name} over TCP is complete");
+        assert!(!full.metadata.truncation);
+        for edns in [
+            None,
+            Some(0),
+            Some(511),
+            Some(512),
+            Some(600),
+            Some(1232),
+            Some(1400),
+            Some(2048),
+            Some(4096),
+            Some(8192),
+            Some(65535),
+        ] {
+            let limit = edns.map_or(512, |e: u16| usize::from(e.clamp(512, 4096)));
+            let raw = query_bytes(&Ask {
+                name,
+                rtype,
+                proto: Transport::Udp,
+                edns,
+            });
+            let src: SocketAddr = "10.128.3.3:5353".parse().expect("literal");
+            let bytes = h.answer(&raw, src, Transport::Udp).await.expect("answered");
+            let m = strict(&bytes);
+            let what = format!("{name} {rtype} EDNS {edns:?}: {} bytes", bytes.len());
+            assert!(bytes.len() <= limit, "{what}");
+            assert_eq!(m.edns.is_some(), edns.is_some(), "OPT kept: {what}");
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{what}");
+            // Whole records, the first ones of the full answer, in order.
+            assert_eq!(m.answers[..], full.answers[..m.answers.len()], "{what}");
+            assert_eq!(
+                m.metadata.truncation,
+                m.answers.len() < 100,
+                "TC exactly when records are missing: {what}"
+            );
+            if m.metadata.truncation {
+                truncated += 1;
+                assert!(m.authorities.is_empty(), "{what}");
+            }
+            if !m.answers.is_empty() {
+                // The first answer's owner is a pointer to the question's name at offset 12.
+                let at = 12 + raw[12..].iter().position(|b| *b == 0).expect("root") + 1 + 4;
+                assert_eq!(&bytes[at..at + 2], &[0xC0, 0x0C], "{what}");
+            }
+        }
+    }
+    assert!(truncated >= 20, "{truncated} of the cases were truncated");
 }

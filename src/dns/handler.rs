@@ -7,10 +7,10 @@ use super::zone::{Lookup, ZoneData};
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
-use hickory_server::zone_handler::{MessageRequest, MessageResponse, MessageResponseBuilder};
+use hickory_server::zone_handler::MessageRequest;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -231,7 +231,7 @@ fn question_pointers_survive_echo(raw: &[u8]) -> bool {
 }
 
 /// The OPT record of our response: present when the client sent one (RFC 6891 7), carrying the
-/// client's buffer size, which hickory uses as the UDP size limit when encoding.
+/// client's buffer size (capped), which is the UDP size limit of the answer.
 fn response_edns(request: &MessageRequest) -> Option<Edns> {
     request.edns.as_ref().map(|e| {
         let mut ours = Edns::new();
@@ -248,34 +248,136 @@ fn response_metadata(request: &MessageRequest, rcode: ResponseCode) -> Metadata 
     md
 }
 
-/// Encodes a response for `transport`: UDP limited to the response's EDNS size, 512 bytes
-/// without EDNS (RFC 1035 4.2.1), TCP unlimited.
-fn emit<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
+/// Encodes a response to `request` for `transport`: UDP limited to the response's EDNS size,
+/// 512 bytes without EDNS (RFC 1035 4.2.1), TCP unlimited. The question is encoded as a name,
+/// not copied, so the answers' names compress against it. The whole message is encoded first
+/// and then cut at a record boundary ([`fit`]): hickory-server 0.26.3's encoder, given a size
+/// limit, rolls back its record count on overflow but not its buffer, leaving half a record.
+fn encode<'a>(
+    request: &MessageRequest,
+    metadata: Metadata,
+    answers: impl Iterator<Item = &'a Record>,
+    authorities: impl Iterator<Item = &'a Record>,
+    additionals: impl Iterator<Item = &'a Record>,
     transport: Transport,
 ) -> Option<(Vec<u8>, ResponseCode)> {
-    let rcode = response.metadata().response_code;
-    let max = match transport {
-        Transport::Udp => response.edns().map(|e| e.max_payload()).unwrap_or(512),
-        Transport::Tcp => u16::MAX,
+    let rcode = metadata.response_code;
+    let edns = response_edns(request);
+    let limit = match (transport, &edns) {
+        (Transport::Udp, Some(e)) => usize::from(e.max_payload()),
+        (Transport::Udp, None) => 512,
+        (Transport::Tcp, _) => usize::from(u16::MAX),
     };
-    let mut out = Vec::with_capacity(512);
-    let mut enc = BinEncoder::new(&mut out);
-    enc.set_max_size(max);
-    match response.destructive_emit(&mut enc) {
-        Ok(_) => Some((out, rcode)),
+    let mut message =
+        hickory_proto::op::Message::new(metadata.id, metadata.message_type, metadata.op_code);
+    message.metadata = metadata;
+    message.queries = request
+        .queries
+        .queries()
+        .iter()
+        .map(|q| q.original().clone())
+        .collect();
+    message.answers = answers.cloned().collect();
+    message.authorities = authorities.cloned().collect();
+    message.additionals = additionals.cloned().collect();
+    message.edns = edns;
+    let mut out = match message.to_vec() {
+        Ok(b) => b,
         Err(e) => {
             tracing::debug!(error = %e, "encoding a DNS response failed");
-            None
+            return None;
+        }
+    };
+    if out.len() > limit {
+        out = fit(&out, limit)?;
+    }
+    Some((out, rcode))
+}
+
+/// An answer with only a response code (and the OPT record when the client sent one).
+fn encode_error(
+    request: &MessageRequest,
+    rcode: ResponseCode,
+    transport: Transport,
+) -> Option<(Vec<u8>, ResponseCode)> {
+    let mut md = Metadata::response_from_request(&request.metadata);
+    md.response_code = rcode;
+    let none = std::iter::empty();
+    encode(request, md, none.clone(), none.clone(), none, transport)
+}
+
+/// Skips one encoded name at `i`: labels up to the root label or a compression pointer.
+fn skip_name(m: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let len = *m.get(i)?;
+        match len & 0xC0 {
+            0x00 if len == 0 => return Some(i + 1),
+            0x00 => i += 1 + usize::from(len),
+            0xC0 => return (i + 2 <= m.len()).then_some(i + 2),
+            _ => return None,
         }
     }
+}
+
+/// Skips one resource record at `i` (name, type, class, TTL, RDLENGTH, RDATA); returns its end
+/// and its type.
+fn skip_record(m: &[u8], i: usize) -> Option<(usize, u16)> {
+    let fixed = skip_name(m, i)?;
+    let f = m.get(fixed..fixed + 10)?;
+    let rtype = u16::from_be_bytes([f[0], f[1]]);
+    let end = fixed + 10 + usize::from(u16::from_be_bytes([f[8], f[9]]));
+    (end <= m.len()).then_some((end, rtype))
+}
+
+/// RR type of the EDNS pseudo-record (RFC 6891 6.1.2).
+const OPT: u16 = 41;
+
+/// Cuts a well-formed encoded message that exceeds `limit` to one that fits: TC set (RFC 1035
+/// 4.1.1), the question, as many whole answer records as fit, no authority or additional
+/// records except the OPT record (RFC 6891 7: a truncated answer still carries it). Answers
+/// keep their order, and every compression pointer in a kept record points backwards into
+/// what is kept. `None` when the message does not parse (our own encoding always does).
+pub(crate) fn fit(m: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let count = |at: usize| m.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (qd, an, ns, ar) = (count(4)?, count(6)?, count(8)?, count(10)?);
+    let mut i = QUESTION_OFFSET;
+    for _ in 0..qd {
+        i = skip_name(m, i)? + 4;
+    }
+    let question_end = i;
+    let mut answer_ends = Vec::with_capacity(usize::from(an));
+    for _ in 0..an {
+        i = skip_record(m, i)?.0;
+        answer_ends.push(i);
+    }
+    for _ in 0..ns {
+        i = skip_record(m, i)?.0;
+    }
+    let mut opt: &[u8] = &[];
+    for _ in 0..ar {
+        let (end, rtype) = skip_record(m, i)?;
+        if rtype == OPT {
+            opt = &m[i..end];
+        }
+        i = end;
+    }
+    let room = limit.saturating_sub(opt.len());
+    let end = answer_ends
+        .iter()
+        .rev()
+        .copied()
+        .find(|e| *e <= room)
+        .unwrap_or(question_end);
+    let kept = answer_ends.iter().take_while(|e| **e <= end).count();
+    let mut out = Vec::with_capacity(end + opt.len());
+    out.extend_from_slice(&m[..end]);
+    out[2] |= 0x02;
+    let kept = u16::try_from(kept).ok()?;
+    out[6..8].copy_from_slice(&kept.to_be_bytes());
+    out[8..10].copy_from_slice(&0u16.to_be_bytes());
+    out[10..12].copy_from_slice(&u16::from(!opt.is_empty()).to_be_bytes());
+    out.extend_from_slice(opt);
+    Some(out)
 }
 
 /// Answers raw query bytes from the zones only (no forwarding), encoded for a UDP client
@@ -283,8 +385,6 @@ fn emit<'a>(
 pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
     let src: SocketAddr = ([127, 0, 0, 1], 53).into();
     let request = Request::from_bytes(raw.to_vec(), src, Protocol::Udp).ok()?;
-    let edns = response_edns(&request);
-    let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
     let error = match decide(zones, &request) {
         Decision::Drop => return None,
         Decision::Error(rc) => rc,
@@ -297,17 +397,18 @@ pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
         } => {
             let mut md = response_metadata(&request, rcode);
             md.authoritative = true;
-            let r = builder.build(
+            return encode(
+                &request,
                 md,
                 answers.iter(),
+                soa.into_iter(),
                 std::iter::empty(),
-                soa,
-                std::iter::empty(),
-            );
-            return emit(r, Transport::Udp).map(|(b, _)| b);
+                Transport::Udp,
+            )
+            .map(|(b, _)| b);
         }
     };
-    emit(builder.error_msg(&request.metadata, error), Transport::Udp).map(|(b, _)| b)
+    encode_error(&request, error, Transport::Udp).map(|(b, _)| b)
 }
 
 /// The question to ask next when a local answer is a lone CNAME for an address query.
@@ -473,17 +574,13 @@ impl DnsHandler {
             }
         };
         stats.queries.fetch_add(1, Ordering::Relaxed);
-        let edns = response_edns(&request);
-        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         let zones = self.shared.zones.load();
         match decide(&zones, &request) {
             Decision::Drop => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 Step::Silent
             }
-            Decision::Error(rc) => {
-                self.reply(emit(builder.error_msg(&request.metadata, rc), transport))
-            }
+            Decision::Error(rc) => self.reply(encode_error(&request, rc, transport)),
             Decision::Local {
                 rcode,
                 answers,
@@ -492,14 +589,12 @@ impl DnsHandler {
                 let mut md = response_metadata(&request, rcode);
                 md.authoritative = true;
                 match cname_to_chase(&request, &answers) {
-                    None => self.reply(emit(
-                        builder.build(
-                            md,
-                            answers.iter(),
-                            std::iter::empty(),
-                            soa,
-                            std::iter::empty(),
-                        ),
+                    None => self.reply(encode(
+                        &request,
+                        md,
+                        answers.iter(),
+                        soa.into_iter(),
+                        std::iter::empty(),
                         transport,
                     )),
                     Some(target) => {
@@ -531,10 +626,9 @@ impl DnsHandler {
     /// SERVFAIL for work that found every forwarding slot taken.
     pub(crate) fn overloaded(&self, later: Box<Later>) -> Option<Vec<u8>> {
         self.shared.stats.over_cap.fetch_add(1, Ordering::Relaxed);
-        let edns = response_edns(&later.request);
-        let builder = MessageResponseBuilder::new(&later.request.queries, edns.as_ref());
-        let step = self.reply(emit(
-            builder.error_msg(&later.request.metadata, ResponseCode::ServFail),
+        let step = self.reply(encode_error(
+            &later.request,
+            ResponseCode::ServFail,
             later.transport,
         ));
         match step {
@@ -550,8 +644,6 @@ impl DnsHandler {
             transport,
             work,
         } = *later;
-        let edns = response_edns(&request);
-        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         let step = match work {
             Work::Chase {
                 md,
@@ -559,14 +651,13 @@ impl DnsHandler {
                 target,
             } => {
                 answers.extend(self.chase(target).await);
-                self.reply(emit(
-                    builder.build(
-                        md,
-                        answers.iter(),
-                        std::iter::empty(),
-                        std::iter::empty(),
-                        std::iter::empty(),
-                    ),
+                let none = std::iter::empty();
+                self.reply(encode(
+                    &request,
+                    md,
+                    answers.iter(),
+                    none.clone(),
+                    none,
                     transport,
                 ))
             }
@@ -578,14 +669,12 @@ impl DnsHandler {
                     Ok(msg) => {
                         let mut md = response_metadata(&request, msg.metadata.response_code);
                         md.recursion_available = msg.metadata.recursion_available;
-                        self.reply(emit(
-                            builder.build(
-                                md,
-                                msg.answers.iter(),
-                                msg.authorities.iter(),
-                                std::iter::empty(),
-                                msg.additionals.iter(),
-                            ),
+                        self.reply(encode(
+                            &request,
+                            md,
+                            msg.answers.iter(),
+                            msg.authorities.iter(),
+                            msg.additionals.iter(),
                             transport,
                         ))
                     }
@@ -603,7 +692,7 @@ impl DnsHandler {
                                 .fetch_add(1, Ordering::Relaxed);
                             ResponseCode::ServFail
                         };
-                        self.reply(emit(builder.error_msg(&request.metadata, rc), transport))
+                        self.reply(encode_error(&request, rc, transport))
                     }
                 }
             }
