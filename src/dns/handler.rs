@@ -11,6 +11,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use hickory_server::zone_handler::MessageRequest;
+use ipnet::IpNet;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ pub(crate) struct Stats {
     malformed: AtomicU64,
     dropped: AtomicU64,
     over_cap: AtomicU64,
+    clients_refused: AtomicU64,
 }
 
 const RCODE_NAMES: [&str; 7] = [
@@ -101,6 +103,8 @@ pub struct DnsStatus {
     pub upstream_errors: u64,
     /// Queries refused because every upstream is this server itself.
     pub loops_refused: u64,
+    /// Queries answered REFUSED because their source is neither a local pod nor the host.
+    pub clients_refused: u64,
     /// Queries answered SERVFAIL because `dns.max_forwards_in_flight` were already waiting on
     /// an upstream.
     pub forwards_over_cap: u64,
@@ -112,7 +116,52 @@ pub struct DnsStatus {
     pub cached: usize,
 }
 
+/// The sources the stub answers (issue: a remote node must not get answers or recursion from
+/// us by routing our DNS address into its tunnel).
+#[derive(Clone, Debug)]
+pub enum Clients {
+    /// Every source (a handler used without the daemon's config).
+    Any,
+    /// Only sources inside these networks; others get REFUSED.
+    Only(Vec<IpNet>),
+}
+
+impl Clients {
+    /// The local cluster's pods and this host, as the config places them:
+    /// - `local.pod_cidrs`: pods reach the DNS address through the host's route into the
+    ///   namespace with their own address (routed, not masqueraded);
+    /// - `namespace.transit_cidr`: the host's route to the DNS address has no preferred source,
+    ///   so the kernel picks the veth's own address, the transit CIDR's host end;
+    /// - IPv6 link-local (`fe80::/10`): the host end of the veth when the DNS address is IPv6
+    ///   (never forwarded, so no pod or tunnel source carries it);
+    /// - the DNS address itself and loopback: clients inside sdnlinkd's namespace.
+    ///
+    /// Sources from the tunnel are remote pod addresses: WireGuard accepts a packet from a peer
+    /// only when its source lies in that peer's allowed IPs, which the trust rules keep inside
+    /// the remote's pod CIDRs, so none of the above can arrive through it.
+    pub fn from_config(cfg: &crate::config::Config) -> Clients {
+        let mut nets = cfg.local.pod_cidrs.clone();
+        nets.push(IpNet::V4(cfg.namespace.transit_cidr));
+        nets.push(IpNet::from(cfg.dns.address));
+        for n in ["fe80::/10", "127.0.0.0/8", "::1/128"] {
+            nets.push(n.parse().expect("literal network"));
+        }
+        Clients::Only(nets)
+    }
+
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        match self {
+            Clients::Any => true,
+            Clients::Only(nets) => {
+                let ip = ip.to_canonical();
+                nets.iter().any(|n| n.contains(&ip))
+            }
+        }
+    }
+}
+
 pub(crate) struct Shared {
+    pub(crate) clients: Clients,
     pub(crate) zones: ArcSwap<ZoneData>,
     pub(crate) upstreams: ArcSwap<Vec<SocketAddr>>,
     pub(crate) ourselves: SocketAddr,
@@ -478,15 +527,42 @@ impl DnsHandler {
         DnsHandler { shared }
     }
 
-    /// A handler serving `zones`, forwarding to `upstreams`; `ourselves` is the server's own
-    /// listening address (never forwarded to); `cache_size` answers are cached.
+    /// A handler serving `zones` to every client, forwarding to `upstreams`; `ourselves` is
+    /// the server's own listening address (never forwarded to); `cache_size` answers are
+    /// cached.
     pub fn standalone(
         zones: Arc<ZoneData>,
         upstreams: Vec<SocketAddr>,
         ourselves: SocketAddr,
         cache_size: usize,
     ) -> DnsHandler {
+        DnsHandler::with_clients(zones, upstreams, ourselves, cache_size, Clients::Any)
+    }
+
+    /// The daemon's handler: the config's upstreams, cache and clients ([`Clients::from_config`]).
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        zones: Arc<ZoneData>,
+        ourselves: SocketAddr,
+    ) -> DnsHandler {
+        DnsHandler::with_clients(
+            zones,
+            cfg.dns.upstreams.clone(),
+            ourselves,
+            cfg.dns.cache_size,
+            Clients::from_config(cfg),
+        )
+    }
+
+    fn with_clients(
+        zones: Arc<ZoneData>,
+        upstreams: Vec<SocketAddr>,
+        ourselves: SocketAddr,
+        cache_size: usize,
+        clients: Clients,
+    ) -> DnsHandler {
         DnsHandler::new(Arc::new(Shared {
+            clients,
             zones: ArcSwap::new(zones),
             upstreams: ArcSwap::from_pointee(upstreams),
             ourselves,
@@ -525,6 +601,7 @@ impl DnsHandler {
             upstream_errors: s.upstream_errors.load(Ordering::Relaxed),
             loops_refused: s.loops_refused.load(Ordering::Relaxed),
             forwards_over_cap: s.over_cap.load(Ordering::Relaxed),
+            clients_refused: s.clients_refused.load(Ordering::Relaxed),
             zones: zones.zone_names(),
             records: zones.record_count(),
             upstreams: self.shared.upstreams.load().as_ref().clone(),
@@ -563,8 +640,13 @@ impl DnsHandler {
     /// Everything that needs no I/O: parsing, our zones, errors.
     pub(crate) fn step(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Step {
         let stats = &self.shared.stats;
+        let allowed = self.shared.clients.allows(src.ip());
         let request = match Request::from_bytes(raw.to_vec(), src, transport.protocol()) {
             Ok(r) => r,
+            Err(_) if !allowed => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return Step::Silent;
+            }
             Err(_) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
                 return match formerr(raw) {
@@ -574,6 +656,14 @@ impl DnsHandler {
             }
         };
         stats.queries.fetch_add(1, Ordering::Relaxed);
+        if !allowed {
+            if request.metadata.message_type != MessageType::Query {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return Step::Silent;
+            }
+            stats.clients_refused.fetch_add(1, Ordering::Relaxed);
+            return self.reply(encode_error(&request, ResponseCode::Refused, transport));
+        }
         let zones = self.shared.zones.load();
         match decide(&zones, &request) {
             Decision::Drop => {

@@ -16,7 +16,9 @@ mod server;
 mod zone;
 
 pub use forward::{ForwardError, FORWARD_DEADLINE, UPSTREAM_TIMEOUT};
-pub use handler::{answer_local_bytes, decide, Decision, DnsHandler, DnsStatus, Transport};
+pub use handler::{
+    answer_local_bytes, decide, Clients, Decision, DnsHandler, DnsStatus, Transport,
+};
 pub use zone::{dashed, Lookup, ZoneData, ALL_ZONE, SCHEMA_VERSION};
 
 use crate::config::Config;
@@ -88,7 +90,7 @@ impl DnsServer {
             })?,
             None => configured,
         };
-        let handler = DnsHandler::standalone(zones, dns.upstreams.clone(), local, dns.cache_size);
+        let handler = DnsHandler::from_config(cfg, zones, local);
         let serving = Serving::spawn(
             handler.clone(),
             udp,
