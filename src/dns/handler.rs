@@ -61,6 +61,7 @@ pub(crate) struct Stats {
     dropped: AtomicU64,
     over_cap: AtomicU64,
     clients_refused: AtomicU64,
+    fast: AtomicU64,
 }
 
 const RCODE_NAMES: [&str; 7] = [
@@ -103,6 +104,8 @@ pub struct DnsStatus {
     pub upstream_errors: u64,
     /// Queries refused because every upstream is this server itself.
     pub loops_refused: u64,
+    /// Answers served from the pre-rendered index (the rest went through hickory).
+    pub fast_path: u64,
     /// Queries answered REFUSED because their source is neither a local pod nor the host.
     pub clients_refused: u64,
     /// Queries answered SERVFAIL because `dns.max_forwards_in_flight` were already waiting on
@@ -430,8 +433,12 @@ pub(crate) fn fit(m: &[u8], limit: usize) -> Option<Vec<u8>> {
 }
 
 /// Answers raw query bytes from the zones only (no forwarding), encoded for a UDP client
-/// limited to the size its EDNS advertises (512 without). The fuzzing entry point.
+/// limited to the size its EDNS advertises (512 without), through the rendered fast path when
+/// it applies, as the server does. The fuzzing entry point.
 pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
+    if let Some(b) = super::wire::answer(&zones.wire, raw, Transport::Udp) {
+        return Some(b);
+    }
     let src: SocketAddr = ([127, 0, 0, 1], 53).into();
     let request = Request::from_bytes(raw.to_vec(), src, Protocol::Udp).ok()?;
     let error = match decide(zones, &request) {
@@ -602,10 +609,25 @@ impl DnsHandler {
             loops_refused: s.loops_refused.load(Ordering::Relaxed),
             forwards_over_cap: s.over_cap.load(Ordering::Relaxed),
             clients_refused: s.clients_refused.load(Ordering::Relaxed),
+            fast_path: s.fast.load(Ordering::Relaxed),
             zones: zones.zone_names(),
             records: zones.record_count(),
             upstreams: self.shared.upstreams.load().as_ref().clone(),
             cached: self.shared.cache.len(),
+        }
+    }
+
+    /// The answer hickory's path gives, never the rendered one (to compare the two in tests).
+    pub async fn answer_without_fast_path(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        match self.step_slow(raw, src, transport) {
+            Step::Reply(b) => Some(b),
+            Step::Silent => None,
+            Step::Later(l) => self.finish(l).await,
         }
     }
 
@@ -638,7 +660,52 @@ impl DnsHandler {
     }
 
     /// Everything that needs no I/O: parsing, our zones, errors.
+    /// The current zones, for a burst of [`DnsHandler::fast`] calls.
+    pub(crate) fn zones(&self) -> arc_swap::Guard<Arc<ZoneData>> {
+        self.shared.zones.load()
+    }
+
+    /// Answers from the rendered index into `out`; false when the query needs
+    /// [`DnsHandler::step`]. Not counted: the caller adds its burst with
+    /// [`DnsHandler::count_fast`].
+    pub(crate) fn fast(
+        &self,
+        zones: &ZoneData,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.shared.clients.allows(src.ip())
+            && super::wire::answer_into(&zones.wire, raw, transport, out)
+    }
+
+    /// Counts `n` answers of [`DnsHandler::fast`] (NOERROR all).
+    pub(crate) fn count_fast(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let stats = &self.shared.stats;
+        stats.queries.fetch_add(n, Ordering::Relaxed);
+        stats.fast.fetch_add(n, Ordering::Relaxed);
+        stats.rcodes[0].fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn step(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Step {
+        if self.shared.clients.allows(src.ip()) {
+            if let Some(b) = super::wire::answer(&self.shared.zones.load().wire, raw, transport) {
+                let stats = &self.shared.stats;
+                stats.queries.fetch_add(1, Ordering::Relaxed);
+                stats.fast.fetch_add(1, Ordering::Relaxed);
+                stats.count_rcode(ResponseCode::NoError);
+                return Step::Reply(b);
+            }
+        }
+        self.step_slow(raw, src, transport)
+    }
+
+    /// [`DnsHandler::step`] through hickory only.
+    fn step_slow(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Step {
         let stats = &self.shared.stats;
         let allowed = self.shared.clients.allows(src.ip());
         let request = match Request::from_bytes(raw.to_vec(), src, transport.protocol()) {

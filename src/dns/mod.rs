@@ -13,6 +13,7 @@
 mod forward;
 mod handler;
 mod server;
+mod wire;
 mod zone;
 
 pub use forward::{ForwardError, FORWARD_DEADLINE, UPSTREAM_TIMEOUT};
@@ -66,10 +67,14 @@ impl DnsServer {
             ns: ns.name().to_string(),
             source,
         };
-        let udp = ns.bind_udp(addr).await.map_err(|e| bind_err("UDP", e))?;
-        let tcp = ns.bind_tcp(addr).await.map_err(|e| bind_err("TCP", e))?;
+        let bound = ns
+            .run_async(move || bind_std(addr, sockets_per_server()))
+            .await
+            .map_err(|e| bind_err("UDP", std::io::Error::other(e)))?
+            .map_err(|e| bind_err("UDP and TCP", e))?;
+        let (udp, tcp) = to_tokio(bound).map_err(|e| bind_err("UDP", e))?;
         let zones = Arc::new(ZoneData::build(cfg, &Default::default()));
-        DnsServer::from_sockets(cfg, vec![udp], vec![tcp], zones)
+        DnsServer::from_sockets(cfg, udp, tcp, zones)
     }
 
     /// Serves on already bound sockets (the benchmark binds in the host namespace).
@@ -132,6 +137,65 @@ impl DnsServer {
         self.serving.shutdown().await;
         Ok(())
     }
+}
+
+/// UDP sockets per server: one per core the process may run on (its CPU affinity, so a
+/// `taskset` benchmark gets one), each with its own receive loop; the kernel spreads clients
+/// over them by address hash (SO_REUSEPORT, socket(7)).
+fn sockets_per_server() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16)
+}
+
+type StdSockets = (Vec<std::net::UdpSocket>, std::net::TcpListener);
+
+/// Binds `n` UDP sockets sharing `addr` (SO_REUSEPORT, set before bind as socket(7) requires)
+/// and one TCP listener, in the calling thread's namespace.
+fn bind_std(addr: SocketAddr, n: usize) -> std::io::Result<StdSockets> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let sa = SockaddrStorage::from(addr);
+    let mut udp = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fd = socket::socket(family, SockType::Datagram, flags, None)?;
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+        socket::bind(fd.as_raw_fd(), &sa)?;
+        udp.push(std::net::UdpSocket::from(fd));
+    }
+    let fd = socket::socket(family, SockType::Stream, flags, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(fd.as_raw_fd(), &sa)?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
+    Ok((udp, std::net::TcpListener::from(fd)))
+}
+
+fn to_tokio(
+    (udp, tcp): StdSockets,
+) -> std::io::Result<(Vec<tokio::net::UdpSocket>, Vec<tokio::net::TcpListener>)> {
+    let udp = udp
+        .into_iter()
+        .map(tokio::net::UdpSocket::from_std)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((udp, vec![tokio::net::TcpListener::from_std(tcp)?]))
+}
+
+/// The server's sockets at `addr` in the current namespace, as [`DnsServer::start`] binds them
+/// inside sdnlinkd's (for the benchmark and tests in the host namespace). Needs a tokio
+/// runtime.
+pub fn bind_sockets(
+    addr: SocketAddr,
+) -> std::io::Result<(Vec<tokio::net::UdpSocket>, Vec<tokio::net::TcpListener>)> {
+    to_tokio(bind_std(addr, sockets_per_server())?)
 }
 
 /// The `nameserver` entries of a resolv.conf, port 53, in file order; an IPv6 zone suffix

@@ -36,6 +36,7 @@
 //! - `<a>-<b>-<c>-<d>.<ns>.pod.cluster.all` answers addresses inside any counted cluster's pod
 //!   CIDRs (they never overlap: config validation).
 
+use super::wire::WireIndex;
 use crate::config::Config;
 use crate::model::{ClusterSnapshot, Endpoint, Service, ServiceKind, ServicePort, Snapshots};
 use hickory_proto::rr::rdata::{CNAME, PTR, SOA, SRV, TXT};
@@ -132,6 +133,8 @@ pub struct ZoneData {
     records: usize,
     /// Some zone has an unknown cluster: lookups check for it before answering.
     has_unknown: bool,
+    /// The same answers rendered to wire format (the fast path).
+    pub(crate) wire: WireIndex,
 }
 
 struct Builder {
@@ -356,7 +359,34 @@ impl ZoneData {
                 add_all(&mut b, &all, &snaps);
             }
         }
+        b.data.wire = b.data.render();
         b.data
+    }
+
+    /// Renders every node's answers for the fast path. Off while a cluster is unknown: those
+    /// answers depend on the zone walk, which only the hickory path does.
+    fn render(&self) -> WireIndex {
+        let mut wire = WireIndex::new(!self.has_unknown);
+        if self.has_unknown {
+            return wire;
+        }
+        let soas: HashMap<&LowerName, u16> = self
+            .zones
+            .iter()
+            .filter_map(|(apex, z)| wire.add_soa(&z.soa).map(|i| (apex, i)))
+            .collect();
+        for (name, node) in &self.names {
+            let zone = self
+                .zone_of(name)
+                .and_then(|(apex, _)| soas.get(apex).copied());
+            wire.add_node(name, &node.rrsets, zone);
+        }
+        wire
+    }
+
+    /// Names with rendered answers (for tests of the fast path).
+    pub fn rendered_names(&self) -> usize {
+        self.wire.len()
     }
 
     /// Number of records (excluding SOA), for status and tests.
