@@ -15,23 +15,87 @@
 use super::handler::{fit, Transport};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 /// Largest UDP answer we send even when a client advertises more (as the hickory path).
 const MAX_UDP_PAYLOAD: u16 = 4096;
 const HEADER: usize = 12;
 const OPT: u16 = 41;
 
-/// One owner name's rendered answers.
-#[derive(Debug, Default)]
-struct WireNode {
-    /// (type, answer-section bytes, record count).
-    sets: Vec<(u16, Box<[u8]>, u16)>,
-    /// The zone whose SOA a NODATA answer carries; `None`: not answered here.
-    zone: Option<u16>,
-    /// Has a CNAME: other types need the CNAME answer and its chase (hickory path).
-    cname: bool,
+/// One owner name and its rendered answers in one allocation, so a lookup touches the table
+/// slot and this blob only (the hot path is bound by cache misses, not instructions):
+/// `[name length][name][zone: u16, 0xFFFF none][flags][set count]` then per set
+/// `[type: u16][records: u16][length: u16][answer-section bytes]`.
+#[derive(Debug)]
+struct Entry(Box<[u8]>);
+
+const NO_ZONE: u16 = 0xFFFF;
+const FLAG_CNAME: u8 = 1;
+
+impl Entry {
+    fn key(&self) -> &[u8] {
+        &self.0[1..1 + usize::from(self.0[0])]
+    }
+
+    /// (zone, has a CNAME, the sets as (type, count, bytes)).
+    fn parts(&self) -> (Option<u16>, bool, SetIter<'_>) {
+        let at = 1 + usize::from(self.0[0]);
+        let b = &self.0[at..];
+        let zone = u16::from_be_bytes([b[0], b[1]]);
+        (
+            (zone != NO_ZONE).then_some(zone),
+            b[2] & FLAG_CNAME != 0,
+            SetIter {
+                rest: &b[4..],
+                left: b[3],
+            },
+        )
+    }
 }
+
+struct SetIter<'a> {
+    rest: &'a [u8],
+    left: u8,
+}
+
+impl<'a> Iterator for SetIter<'a> {
+    type Item = (u16, u16, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let h = self.rest.get(..6)?;
+        let (t, c, l) = (
+            u16::from_be_bytes([h[0], h[1]]),
+            u16::from_be_bytes([h[2], h[3]]),
+            usize::from(u16::from_be_bytes([h[4], h[5]])),
+        );
+        let bytes = self.rest.get(6..6 + l)?;
+        self.rest = &self.rest[6 + l..];
+        Some((t, c, bytes))
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
 
 /// The SOA of a zone, as a NODATA answer carries it in its authority section.
 #[derive(Debug)]
@@ -49,7 +113,7 @@ struct WireSoa {
 pub(crate) struct WireIndex {
     /// foldhash: several times faster than SipHash on short keys; the keys are names from our
     /// own zones, and a client cannot add any, so hash flooding is not a concern here.
-    nodes: HashMap<Box<[u8]>, WireNode, foldhash::fast::RandomState>,
+    nodes: HashSet<Entry, foldhash::fast::RandomState>,
     soas: Vec<WireSoa>,
     /// Off while some cluster is unknown: those answers need the zone walk (hickory path).
     enabled: bool,
@@ -140,26 +204,43 @@ impl WireIndex {
             return;
         }
         let key = wire_name(name);
-        let mut node = WireNode {
-            zone,
-            ..WireNode::default()
-        };
+        let mut zone = zone.unwrap_or(NO_ZONE);
+        let mut flags = 0;
+        let mut sets = Vec::new();
+        let mut count = 0u8;
         for (rtype, set) in rrsets {
             if *rtype == RecordType::CNAME {
-                node.cname = true;
+                flags |= FLAG_CNAME;
             }
-            let (Some(bytes), Ok(count)) = (
-                render(name, key.len(), *rtype, set),
-                u16::try_from(set.len()),
-            ) else {
+            let rendered = render(name, key.len(), *rtype, set).and_then(|b| {
+                Some((
+                    u16::try_from(set.len()).ok()?,
+                    u16::try_from(b.len()).ok()?,
+                    b,
+                ))
+            });
+            let (Some((records, len, bytes)), Some(more)) = (rendered, count.checked_add(1)) else {
                 // Not renderable (too large for a message): the hickory path answers it.
-                node.zone = None;
-                node.sets.clear();
+                zone = NO_ZONE;
+                sets.clear();
+                count = 0;
                 break;
             };
-            node.sets.push((u16::from(*rtype), bytes, count));
+            count = more;
+            sets.extend_from_slice(&u16::from(*rtype).to_be_bytes());
+            sets.extend_from_slice(&records.to_be_bytes());
+            sets.extend_from_slice(&len.to_be_bytes());
+            sets.extend_from_slice(&bytes);
         }
-        self.nodes.insert(key, node);
+        let mut blob = Vec::with_capacity(1 + key.len() + 4 + sets.len());
+        // A wire name is at most 255 bytes (RFC 1035 2.3.4).
+        blob.push(key.len() as u8);
+        blob.extend_from_slice(&key);
+        blob.extend_from_slice(&zone.to_be_bytes());
+        blob.push(flags);
+        blob.push(count);
+        blob.extend_from_slice(&sets);
+        self.nodes.insert(Entry(blob.into_boxed_slice()));
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -296,19 +377,19 @@ fn compose(index: &WireIndex, raw: &[u8], transport: Transport, out: &mut Vec<u8
     if q.qtype == u16::from(RecordType::ANY) || q.qtype >= 128 && q.qtype < 256 || q.qtype == OPT {
         return None;
     }
-    let node = index.nodes.get(&lower[..name_len])?;
-    let set = node.sets.iter().find(|(t, _, _)| *t == q.qtype);
+    let (zone, cname, mut sets) = index.nodes.get(&lower[..name_len])?.parts();
+    let set = sets.find(|(t, _, _)| *t == q.qtype);
     let size = q.edns.map(|s| s.clamp(512, MAX_UDP_PAYLOAD));
     let ar = u16::from(size.is_some());
     match set {
-        Some((_, bytes, count)) => {
-            header(raw, out, *count, 0, ar);
+        Some((_, count, bytes)) => {
+            header(raw, out, count, 0, ar);
             out.extend_from_slice(q.question);
             out.extend_from_slice(bytes);
         }
-        None if node.cname || node.zone.is_none() => return None,
+        None if cname => return None,
         None => {
-            let soa = index.soas.get(usize::from(node.zone?))?;
+            let soa = index.soas.get(usize::from(zone?))?;
             header(raw, out, 0, 1, ar);
             out.extend_from_slice(q.question);
             push_soa(out, soa, name_len);
