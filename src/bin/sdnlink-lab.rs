@@ -45,6 +45,10 @@ struct Cli {
     /// Prefix of every namespace and interface name (to run beside another lab).
     #[arg(long, global = true, default_value = run::PREFIX)]
     prefix: String,
+    /// Benchmark scale: SERVICESxENDPOINTS extra Services per cluster (e.g. 10000x10), with
+    /// the default manifests, generated under the state root. A benchmark, not a CI run.
+    #[arg(long, global = true)]
+    scale: Option<manifests::Scale>,
     /// Install missing prerequisites with apt-get instead of stopping with what to install.
     #[arg(long, global = true)]
     install_deps: bool,
@@ -190,11 +194,42 @@ fn prerequisites(cli: &Cli, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// The directory of generated manifests for `--scale`.
+fn scale_dir(opts: &Options) -> PathBuf {
+    opts.state_root
+        .join(format!("{}scale-manifests", opts.prefix))
+}
+
+/// Writes the default manifests plus `scale.yaml` per cluster and points `opts` at them.
+fn scale_manifests(opts: &mut Options, scale: manifests::Scale) -> Result<()> {
+    let plan = opts.plan()?;
+    let root = scale_dir(opts);
+    for c in &plan.clusters {
+        let dir = root.join(&c.name);
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        let mut files = manifests::cluster_files(c);
+        files.push(("scale.yaml".into(), manifests::scale_yaml(c, scale)));
+        for (file, text) in files {
+            std::fs::write(dir.join(&file), text)
+                .with_context(|| dir.join(&file).display().to_string())?;
+        }
+    }
+    opts.manifests = root;
+    Ok(())
+}
+
 fn real_main(cli: Cli) -> Result<ExitCode> {
-    let opts = options(&cli);
+    let mut opts = options(&cli);
     if matches!(cli.command, None | Some(Cmd::Up { .. }) | Some(Cmd::VmTest)) {
         prerequisites(&cli, &opts)?;
     }
+    if let (Some(scale), None | Some(Cmd::Up { .. })) = (cli.scale, &cli.command) {
+        if !cli.vm {
+            scale_manifests(&mut opts, scale)?;
+        }
+    }
+    let opts = opts;
+
     match &cli.command {
         Some(Cmd::Manifests { out }) => {
             let plan = opts.plan()?;
@@ -245,7 +280,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             )
         }
         Some(Cmd::Hold { topology_only }) => hold(&opts, *topology_only),
-        None => Ok(all(&opts)),
+        None => {
+            let code = all(&opts);
+            if cli.scale.is_some() {
+                let _ = std::fs::remove_dir_all(scale_dir(&opts));
+            }
+            Ok(code)
+        }
     }
 }
 
@@ -517,6 +558,8 @@ fn down(opts: &Options) -> Result<ExitCode> {
     if problems.is_empty() {
         run::remove_holder_log(&opts.state_root, &opts.prefix);
     }
+    // The generated manifests of `up --scale`, if any.
+    let _ = std::fs::remove_dir_all(scale_dir(opts));
     println!("lab removed");
     Ok(if problems.is_empty() {
         ExitCode::SUCCESS

@@ -18,6 +18,13 @@ mod patch;
 
 pub use admit::Refusal;
 
+/// How many objects of a YAML text the server admits, and what it refuses (for tests of
+/// generated manifests).
+pub fn admit_for_tests(file: &str, yaml: &str) -> (usize, Vec<Refusal>) {
+    let (ok, refused) = admit::admit_stream(file, yaml);
+    (ok.len(), refused)
+}
+
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -1265,20 +1272,16 @@ fn resource_version(obj: &Value) -> Option<&str> {
 }
 
 /// Admits a body for `route`'s resource and keys it (the path's namespace wins, and must agree).
-fn admit_for(res: Res, ns: Option<&str>, obj: Value) -> Result<(Key, Value), Response<Body>> {
-    match admit::admit(&obj) {
-        Ok(r) if r == res => {}
-        Ok(r) => {
-            return Err(bad_request(format!(
-                "the object is a {} ({}), this is the {} endpoint",
-                r.kind(),
-                r.api_version(),
-                res.plural()
-            )))
-        }
-        Err(e) => return Err(bad_request(e)),
+fn admit_for(res: Res, ns: Option<&str>, obj: Value) -> Result<(Key, Value), String> {
+    match admit::admit(&obj)? {
+        r if r == res => normalise(res, obj, ns),
+        r => Err(format!(
+            "the object is a {} ({}), this is the {} endpoint",
+            r.kind(),
+            r.api_version(),
+            res.plural()
+        )),
     }
-    normalise(res, obj, ns).map_err(bad_request)
 }
 
 /// Fields the server sets: a client's values are dropped on create and kept from the stored
@@ -1292,7 +1295,7 @@ fn create(inner: &Inner, route: &Route<'_>, body: &[u8], dry_run: bool) -> Respo
     };
     let (key, mut obj) = match admit_for(route.res, route.ns, obj) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     if let Some(m) = obj["metadata"].as_object_mut() {
         for f in SERVER_FIELDS {
@@ -1335,7 +1338,7 @@ fn update(
     };
     let (body_key, mut obj) = match admit_for(route.res, route.ns, obj) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return bad_request(e),
     };
     if body_key != key {
         return bad_request(format!(
