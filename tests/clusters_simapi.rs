@@ -545,3 +545,120 @@ async fn unreachable_refuses_connections_and_gone_expires_every_version() {
     }
     sim.shutdown().await;
 }
+
+/// Runs `kubectl --kubeconfig KC ARGS` (the binary in `KUBECTL`, else `kubectl` on PATH).
+async fn kubectl(kc: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let kc = kc.to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let mut child = std::process::Command::new(&bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {bin}: {e}"));
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(text.as_bytes())
+                .expect("write stdin");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("kubectl output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    })
+    .await
+    .expect("kubectl thread")
+}
+
+/// `kubectl` (Debian's kubernetes-client 1.20 in CI, `KUBECTL=...`) against the simulated
+/// server: get, apply (create, then a change), patch, a stale replace (409) and delete, each
+/// seen by the server. Needs kubectl: `.ci/run` installs it and runs this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs kubectl (kubernetes-client); .ci/run runs it"]
+async fn kubectl_gets_applies_patches_replaces_and_deletes() {
+    let sim = start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kc = tmp.path().join("kubeconfig");
+    std::fs::write(&kc, sim.kubeconfig_yaml(&sim.url())).expect("kubeconfig");
+    let (ok, out) = kubectl(&kc, &["get", "svc", "-A", "-o", "name"], None).await;
+    assert!(ok, "{out}");
+    for want in ["service/web", "service/db", "service/search"] {
+        assert!(out.lines().any(|l| l.trim() == want), "{want} in {out}");
+    }
+    let (ok, out) = kubectl(&kc, &["get", "svc", "-A"], None).await;
+    assert!(ok && out.contains("web"), "{out}");
+    let manifest = "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\n  namespace: shop\nspec:\n  clusterIP: 172.31.7.7\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n";
+    let (ok, out) = kubectl(
+        &kc,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(manifest),
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(
+        &kc,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(&manifest.replace("port: 80\n", "port: 81\n")),
+    )
+    .await;
+    assert!(ok, "{out}");
+    let port = |sim: &SimApi| -> Option<i64> {
+        let c = sim.object("Service", "shop", "api")?;
+        c["spec"]["ports"][0]["port"].as_i64()
+    };
+    assert_eq!(port(&sim), Some(81), "apply changed the port");
+    let (ok, out) = kubectl(
+        &kc,
+        &[
+            "-n",
+            "shop",
+            "patch",
+            "svc",
+            "api",
+            "-p",
+            r#"{"metadata":{"labels":{"tier":"x"}}}"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(
+        &kc,
+        &["-n", "shop", "get", "svc", "-l", "tier=x", "-o", "name"],
+        None,
+    )
+    .await;
+    assert!(ok && out.trim() == "service/api", "{out}");
+    let stale = manifest.replace(
+        "  namespace: shop\n",
+        "  namespace: shop\n  resourceVersion: \"1\"\n",
+    );
+    let (ok, out) = kubectl(
+        &kc,
+        &["replace", "--validate=false", "-f", "-"],
+        Some(&stale),
+    )
+    .await;
+    assert!(
+        !ok && out.contains("modified"),
+        "a stale replace conflicts: {out}"
+    );
+    let (ok, out) = kubectl(&kc, &["-n", "shop", "delete", "svc", "api"], None).await;
+    assert!(ok, "{out}");
+    assert!(sim.object("Service", "shop", "api").is_none());
+    sim.shutdown().await;
+}

@@ -533,6 +533,18 @@ impl SimApi {
             .cloned()
     }
 
+    /// The stored object `kind` `namespace/name` (`namespace` ignored for cluster-scoped
+    /// kinds), as clients see it.
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let res = Res::from_kind(kind)?;
+        let ns = if res.namespaced() { namespace } else { "" };
+        self.inner
+            .lock()
+            .objects
+            .get(&(res, ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
     /// Number of objects held.
     pub fn object_count(&self) -> usize {
         self.inner.lock().objects.len()
