@@ -841,6 +841,7 @@ pub struct FaultProbes {
     udp: probe::Probe<probe::Counts>,
     dns: probe::Probe<probe::DnsCounts>,
     watch: probe::Probe<probe::Withdrawals>,
+    ipvs: bool,
 }
 
 /// What [`FaultProbes`] counted.
@@ -851,6 +852,8 @@ pub struct FaultReport {
     pub udp: probe::Counts,
     pub dns: probe::DnsCounts,
     pub watch: probe::Withdrawals,
+    /// IPVS proxy: VIPs are addresses on the namespace's interface (nftables DNATs without).
+    pub ipvs: bool,
 }
 
 impl FaultProbes {
@@ -878,6 +881,7 @@ impl FaultProbes {
                 ipvs: plan.proxy == Proxy::Ipvs,
             })
             .map_err(e)?,
+            ipvs: plan.proxy == Proxy::Ipvs,
         })
     }
 
@@ -890,14 +894,15 @@ impl FaultProbes {
             udp: self.udp.stop().map_err(e)?,
             dns: self.dns.stop().map_err(e)?,
             watch: self.watch.stop().map_err(e)?,
+            ipvs: self.ipvs,
         })
     }
 }
 
 impl FaultReport {
     /// Every probe clean: no failed request, the stream never moved, every DNS answer
-    /// positive, nothing of the remote withdrawn, and the watcher saw a peer, a VIP, a route
-    /// and a service entry (so "nothing withdrawn" means something).
+    /// positive, nothing of the remote withdrawn, and the watcher saw a peer, a route, a
+    /// service entry and (IPVS) a VIP, so "nothing withdrawn" means something.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         for (what, c) in [
@@ -925,12 +930,12 @@ impl FaultReport {
             ));
         }
         let kinds = self.watch.baseline_kinds();
-        let service = kinds.contains_key("nft") || kinds.contains_key("ipvs");
-        if !(kinds.contains_key("peer")
-            && kinds.contains_key("vip")
-            && kinds.contains_key("route")
-            && service)
-        {
+        let want: &[&str] = if self.ipvs {
+            &["peer", "route", "ipvs", "vip"]
+        } else {
+            &["peer", "route", "nft"]
+        };
+        if !want.iter().all(|k| kinds.contains_key(*k)) {
             p.push(format!("the watcher saw too little to judge: {kinds:?}"));
         }
         p
