@@ -120,6 +120,12 @@ impl DnsServer {
         self.handler.status()
     }
 
+    /// A handle that reads the counters without the server (for status served outside the
+    /// reconcile task).
+    pub fn status_handle(&self) -> DnsHandler {
+        self.handler.clone()
+    }
+
     /// Stops accepting queries and waits for the ones in flight.
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
         self.server
