@@ -6,7 +6,7 @@
 //! rebuilt lazily, once per reconcile, not once per event.
 
 use super::convert::{self, HostSubnet, Skip, SkipReason, Trust};
-use crate::model::{ClusterSnapshot, Node, Service, ServiceKey, SyncState};
+use crate::model::{ClusterSnapshot, Node, Service, ServiceKey, SyncState, WarmSource};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -115,6 +115,12 @@ pub struct ClusterState {
     sync: BTreeMap<Kind, KindSync>,
     client_error: Option<(String, SystemTime)>,
     snapshot: Option<Arc<ClusterSnapshot>>,
+    /// What is served until every watch has listed in this run: a persisted snapshot, or the
+    /// snapshot of the watch this one replaced on a reload.
+    warm: Option<(Arc<ClusterSnapshot>, WarmSource)>,
+    /// Counts changes of the served snapshot (and of listing), so readers can tell cheaply
+    /// whether anything moved since they last looked.
+    generation: u64,
 }
 
 impl ClusterState {
@@ -142,7 +148,52 @@ impl ClusterState {
                 .collect(),
             client_error: None,
             snapshot: None,
+            warm: None,
+            generation: 0,
         }
+    }
+
+    /// Serves `snap` until every watch has listed in this run (see [`ClusterState::served`]).
+    pub fn set_warm(&mut self, snap: Arc<ClusterSnapshot>, source: WarmSource) {
+        self.warm = Some((snap, source));
+        self.generation += 1;
+    }
+
+    /// Changes the object cap (a reload); objects already held stay.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+    }
+
+    /// The snapshot the daemon should use: the live one once every watch has listed in this
+    /// run, before that the warm one, and `None` while the cluster is unknown (nothing listed,
+    /// nothing persisted): then what the node has for it stays as it is.
+    pub fn served(&mut self) -> Option<Arc<ClusterSnapshot>> {
+        if self.listed() {
+            return Some(self.snapshot());
+        }
+        self.warm.as_ref().map(|(s, _)| s.clone())
+    }
+
+    /// See the field.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The WireGuard annotations (public key, endpoint) of Node `name` as the watch last saw
+    /// them; `None` until the Node watch has listed, `Some(None)` when the Node is absent.
+    pub fn node_annotations(&self, name: &str) -> Option<Option<(Option<String>, Option<String>)>> {
+        let listed = self.sync.get(&Kind::Node).is_some_and(|s| s.listed_once);
+        if !listed {
+            return None;
+        }
+        Some(self.nodes.get(name).map(|n| {
+            let ann = n.metadata.annotations.as_ref();
+            let get = |k: &str| ann.and_then(|a| a.get(k)).cloned();
+            (
+                get(super::ANNOTATION_PUBLIC_KEY),
+                get(super::ANNOTATION_ENDPOINT),
+            )
+        }))
     }
 
     fn total(&self) -> usize {
@@ -185,10 +236,17 @@ impl ClusterState {
             }
             watcher::Event::InitDone => {
                 let buf = self.buffers.remove(&kind).unwrap_or_default();
+                let was_listed = self.listed();
                 let s = self.sync.entry(kind).or_default();
                 s.listed_once = true;
                 s.error = None;
-                self.replace_all(kind, buf)
+                let changed = self.replace_all(kind, buf);
+                if self.listed() && !was_listed {
+                    // The cluster moves from its warm (or no) snapshot to the live one.
+                    self.generation += 1;
+                    return true;
+                }
+                changed
             }
             watcher::Event::Apply(o) => {
                 self.clear_error(kind);
@@ -225,9 +283,13 @@ impl ClusterState {
 
     /// Records that the cluster's API lacks HostSubnets (not OpenShift SDN): nothing to wait for.
     pub fn host_subnets_absent(&mut self) {
+        let was_listed = self.listed();
         let s = self.sync.entry(Kind::HostSubnet).or_default();
         s.listed_once = true;
         s.error = None;
+        if self.listed() && !was_listed {
+            self.generation += 1;
+        }
     }
 
     /// Records (Some) or clears (None) a failure to build the cluster's client.
@@ -259,11 +321,27 @@ impl ClusterState {
 
     /// The cluster's sync state now.
     pub fn state(&self) -> SyncState {
-        if let Some((reason, since)) = &self.client_error {
-            return SyncState::Degraded {
-                reason: reason.clone(),
-                since: *since,
+        let failing = self.failure();
+        if !self.listed() {
+            let reason = failing.map(|(r, _)| r);
+            return match &self.warm {
+                Some((_, source)) => SyncState::Warm {
+                    source: source.clone(),
+                    reason,
+                },
+                None => SyncState::Unknown { reason },
             };
+        }
+        match failing {
+            Some((reason, since)) => SyncState::Degraded { reason, since },
+            None => SyncState::Current,
+        }
+    }
+
+    /// What fails now (the client, or watches that failed recently), with the earliest start.
+    fn failure(&self) -> Option<(String, SystemTime)> {
+        if let Some((reason, since)) = &self.client_error {
+            return Some((reason.clone(), *since));
         }
         let mut errs: Vec<(&str, &str, SystemTime)> = self
             .sync
@@ -275,23 +353,16 @@ impl ClusterState {
                     .map(|(r, since, _)| (k.label(), r.as_str(), *since))
             })
             .collect();
-        if !errs.is_empty() {
-            errs.sort_by_key(|e| e.2);
-            let reason = errs
-                .iter()
-                .map(|(k, r, _)| format!("{k}: {r}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return SyncState::Degraded {
-                reason,
-                since: errs[0].2,
-            };
+        if errs.is_empty() {
+            return None;
         }
-        if self.listed() {
-            SyncState::Current
-        } else {
-            SyncState::Starting
-        }
+        errs.sort_by_key(|e| e.2);
+        let reason = errs
+            .iter()
+            .map(|(k, r, _)| format!("{k}: {r}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some((reason, errs[0].2))
     }
 
     /// Counts of held objects.
@@ -614,6 +685,7 @@ impl ClusterState {
         }
         if changed {
             self.snapshot = None;
+            self.generation += 1;
         }
         changed
     }

@@ -132,6 +132,12 @@ impl DnsServer {
         self.handler.status()
     }
 
+    /// A handle that reads the counters without the server (for status served outside the
+    /// reconcile task).
+    pub fn status_handle(&self) -> DnsHandler {
+        self.handler.clone()
+    }
+
     /// Stops receiving queries and waits for the ones in flight.
     pub async fn shutdown(self) -> Result<(), DnsError> {
         self.serving.shutdown().await;

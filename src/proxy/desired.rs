@@ -131,12 +131,14 @@ pub(crate) mod tests {
             kubeconfig: None,
             pod_cidrs: pods.iter().map(|p| net(p)).collect(),
             service_cidrs: svcs.iter().map(|p| net(p)).collect(),
+            endpoint_cidrs: vec![],
             peers: vec![],
         };
         Config {
             log_level: "info".into(),
             resync_interval: Duration::from_secs(300),
             control_socket: "/run/sdnlink/control.sock".into(),
+            state_dir: "/var/lib/sdnlink".into(),
             local: LocalCluster {
                 name: "home".into(),
                 pod_cidrs: vec![net("10.0.0.0/16")],

@@ -88,7 +88,11 @@ fn relist_replaces_and_drops_what_vanished() {
         Kind::Service,
         vec![svc("a", "172.31.0.1"), svc("b", "172.31.0.2")],
     );
-    assert_eq!(s.state(), SyncState::Starting, "other kinds not listed yet");
+    assert_eq!(
+        s.state(),
+        SyncState::Unknown { reason: None },
+        "other kinds not listed yet"
+    );
     for k in [Kind::EndpointSlice, Kind::Node] {
         list(&mut s, k, vec![]);
     }
