@@ -11,7 +11,7 @@ pub mod convert;
 pub mod persist;
 pub mod publish;
 pub mod simapi;
-mod state;
+pub mod state;
 
 pub use convert::{SkipReason, ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY};
 pub use state::ObjectCounts;
