@@ -182,7 +182,14 @@ fn population(n: usize, per: usize, headless: Option<(usize, usize)>) -> Populat
     for i in 0..n {
         let name = format!("svc-{i}");
         services.push(service("bench", &name, Some(SVC_BASE + 1 + i as u32), rv));
-        slices.push(slice("bench", &name, &format!("{name}-abcde"), next_ip, per, rv + 1));
+        slices.push(slice(
+            "bench",
+            &name,
+            &format!("{name}-abcde"),
+            next_ip,
+            per,
+            rv + 1,
+        ));
         next_ip += per as u32;
         rv += 2;
     }
@@ -190,7 +197,14 @@ fn population(n: usize, per: usize, headless: Option<(usize, usize)>) -> Populat
     if let Some((k, m)) = headless {
         services.push(service("bench", "big", None, rv));
         for j in 0..k {
-            slices.push(slice("bench", "big", &format!("big-{j:03}"), next_ip, m, rv + 1 + j as u64));
+            slices.push(slice(
+                "bench",
+                "big",
+                &format!("big-{j:03}"),
+                next_ip,
+                m,
+                rv + 1 + j as u64,
+            ));
             next_ip += m as u32;
         }
         endpoints += k * m;
@@ -204,7 +218,12 @@ fn population(n: usize, per: usize, headless: Option<(usize, usize)>) -> Populat
 
 fn memory(n: usize, per: usize) -> (isize, u64, usize, usize) {
     let pop = population(n, per, None);
-    let wire: usize = pop.services.iter().chain(&pop.slices).map(String::len).sum();
+    let wire: usize = pop
+        .services
+        .iter()
+        .chain(&pop.slices)
+        .map(String::len)
+        .sum();
     let before = live();
     let rss_before = rss_kib();
     let mut s = store();
@@ -281,7 +300,9 @@ fn main() {
     );
     println!("  per Service (with its slice, without endpoints): {per_svc:.0} B; per endpoint: {per_ep:.0} B");
 
-    println!("== time: {n} Services x 10 endpoints + one headless Service with 100 slices x 1000 ==");
+    println!(
+        "== time: {n} Services x 10 endpoints + one headless Service with 100 slices x 1000 =="
+    );
     let pop = population(n, 10, Some((100, 1000)));
     let mut s = store();
     let t_decode = Instant::now();
@@ -320,7 +341,14 @@ fn main() {
             events: vec![(
                 Kind::EndpointSlice,
                 false,
-                slice("bench", "svc-7", "svc-7-abcde", POD_BASE + 70 + 1, 10, next()),
+                slice(
+                    "bench",
+                    "svc-7",
+                    "svc-7-abcde",
+                    POD_BASE + 70 + 1,
+                    10,
+                    next(),
+                ),
             )],
         },
         Batch {
@@ -338,7 +366,14 @@ fn main() {
                     (
                         Kind::EndpointSlice,
                         false,
-                        slice("bench", "big", &format!("big-{j:03}"), big_ip + j * 1000 + 2, 1000, next()),
+                        slice(
+                            "bench",
+                            "big",
+                            &format!("big-{j:03}"),
+                            big_ip + j * 1000 + 2,
+                            1000,
+                            next(),
+                        ),
                     )
                 })
                 .collect(),
@@ -348,7 +383,11 @@ fn main() {
             events: (0..1000)
                 .map(|i| {
                     let name = format!("svc-{i}");
-                    (Kind::Service, true, service("bench", &name, Some(SVC_BASE + 1 + i as u32), next()))
+                    (
+                        Kind::Service,
+                        true,
+                        service("bench", &name, Some(SVC_BASE + 1 + i as u32), next()),
+                    )
                 })
                 .collect(),
         },
@@ -357,7 +396,11 @@ fn main() {
             events: (0..1000)
                 .map(|i| {
                     let name = format!("svc-{i}");
-                    (Kind::Service, false, service("bench", &name, Some(SVC_BASE + 1 + i as u32), next()))
+                    (
+                        Kind::Service,
+                        false,
+                        service("bench", &name, Some(SVC_BASE + 1 + i as u32), next()),
+                    )
                 })
                 .collect(),
         },

@@ -692,7 +692,10 @@ async fn reload_keeps_unchanged_watches_and_serves_a_changed_one_until_it_relist
     let r = set.reconfigure(&config_for(&kc, None, 999));
     assert_eq!(r.kept, ["east"], "{r}");
     assert!(r.restarted.is_empty() && r.added.is_empty() && r.removed.is_empty());
-    assert!(std::sync::Arc::ptr_eq(&before, &east(&set)), "same snapshot value");
+    assert!(
+        std::sync::Arc::ptr_eq(&before, &east(&set)),
+        "same snapshot value"
+    );
     assert_eq!(state_of(&set, "east"), SyncState::Current);
 
     // The API server hangs, and a reload changes the watch settings (sync.api_timeout): the
@@ -709,7 +712,10 @@ async fn reload_keeps_unchanged_watches_and_serves_a_changed_one_until_it_relist
     );
     assert_eq!(*east(&set), *before, "the old snapshot keeps being served");
     let (pods, _) = set.held(&changed);
-    assert!(!pods.is_empty(), "nothing of east is withdrawn until it lists");
+    assert!(
+        !pods.is_empty(),
+        "nothing of east is withdrawn until it lists"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(*east(&set), *before);
 

@@ -203,7 +203,7 @@ pub(crate) mod tests {
             terminating,
             hostname: None,
             node_name: None,
-            ports: vec![],
+            ports: Vec::new().into(),
         }
     }
 

@@ -1,5 +1,39 @@
 use super::*;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use serde_json::json;
+
+/// An object as the watch delivers it.
+fn dynamic<T: serde::Serialize>(o: &T) -> DynamicObject {
+    serde_json::from_value(serde_json::to_value(o).expect("test object serializes"))
+        .expect("test object is a DynamicObject")
+}
+
+/// [`super::service`] on typed test objects.
+fn service(
+    svc: &core::Service,
+    slices: &[&discovery::EndpointSlice],
+    trust: Trust<'_>,
+) -> Converted<Service> {
+    let slices: Vec<DynamicObject> = slices.iter().map(|s| dynamic(*s)).collect();
+    let refs: Vec<&DynamicObject> = slices.iter().collect();
+    super::service(&dynamic(svc), &refs, trust)
+}
+
+/// [`node_record`] then [`super::node`] on a typed test Node.
+fn node(n: &core::Node, host_subnets: &[&HostSubnet], trust: Trust<'_>) -> Converted<Node> {
+    let rec = node_record(&dynamic(n), trust);
+    let mut skips = rec.skips;
+    let Some(rec) = rec.value else {
+        return Converted { value: None, skips };
+    };
+    let out = super::node(&rec, host_subnets, trust);
+    skips.extend(out.skips);
+    Converted {
+        value: out.value,
+        skips,
+    }
+}
 
 fn nets(s: &[&str]) -> Vec<IpNet> {
     s.iter().map(|n| n.parse().expect("test CIDR")).collect()
@@ -64,7 +98,7 @@ fn web_slice(
             if let Some(t) = terminating {
                 cond.insert("terminating".into(), t.into());
             }
-            json!({"addresses": [a], "conditions": cond, "hostname": format!("h-{a}")})
+            json!({"addresses": [a], "conditions": cond, "hostname": format!("h-{}", a.replace('.', "-"))})
         })
         .collect();
     slice(json!({
@@ -100,7 +134,7 @@ fn named_target_port_resolves_through_slice_ports() {
         .find(|p| p.name == v.ports[0].name)
         .expect("named port");
     assert_eq!(http.port, 8080);
-    assert_eq!(ep.hostname.as_deref(), Some("h-10.128.0.5"));
+    assert_eq!(ep.hostname.as_deref(), Some("h-10-128-0-5"));
 }
 
 #[test]
@@ -287,7 +321,6 @@ fn nodes_with_pod_cidrs_host_subnets_and_annotations() {
     let hs = HostSubnet {
         host: "w1".into(),
         subnet: "10.129.4.0/23".into(),
-        ..Default::default()
     };
     let out = node(&n, &[&hs], c.trust());
     assert!(out.skips.is_empty(), "{:?}", out.skips);
