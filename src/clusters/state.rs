@@ -488,12 +488,20 @@ impl ClusterState {
         }
     }
 
-    fn total(&self) -> usize {
-        Kind::ALL.iter().map(|k| self.held_count(*k)).sum()
-    }
-
     fn bytes(&self) -> usize {
         self.kind_bytes.iter().sum()
+    }
+
+    /// Objects and bytes the store will hold once the lists in progress are done: a kind that
+    /// is listing counts what its list has taken so far, the others what they hold. Caps are
+    /// judged by this, so lists of several kinds at once cannot each fill the whole cap.
+    fn projected(&self) -> (usize, usize) {
+        Kind::ALL
+            .iter()
+            .fold((0, 0), |(n, b), k| match self.staging.get(k) {
+                Some(st) => (n + st.count, b + st.bytes),
+                None => (n + self.held_count(*k), b + self.kind_bytes[k.index()]),
+            })
     }
 
     /// Bytes of the held version of object `k` (0 when not held).
@@ -904,12 +912,18 @@ impl ClusterState {
             }
         };
         let held = self.held_bytes(kind, &k);
-        if held.is_none() && self.total() >= self.cap {
+        let (count, bytes) = self.projected();
+        if held.is_none() && count >= self.cap {
             let skip = self.cap_skip(kind, &ks, SkipReason::ObjectCap, 0);
             self.refuse(kind, ks, skip, false);
             return false;
         }
-        let after = self.bytes() - held.unwrap_or(0) + rec.bytes();
+        let replaced = if self.staging.contains_key(&kind) {
+            0
+        } else {
+            held.unwrap_or(0)
+        };
+        let after = bytes - replaced + rec.bytes();
         if after > self.max_bytes {
             // A held object keeps its last good version.
             let skip = self.cap_skip(kind, &ks, SkipReason::ByteCap, rec.bytes());
@@ -935,8 +949,9 @@ impl ClusterState {
             return;
         };
         let converted = self.convert(kind, &k, o);
-        let others = self.total() - self.held_count(kind);
-        let other_bytes = self.bytes() - self.kind_bytes[kind.index()];
+        // A list without `Init` (not sent by kube-runtime) starts here.
+        self.staging.entry(kind).or_default();
+        let (count, bytes) = self.projected();
         let (cap, max_bytes) = (self.cap, self.max_bytes);
         let st = self.staging.entry(kind).or_default();
         let rec = match converted {
@@ -952,9 +967,9 @@ impl ClusterState {
         if st.over.is_some() {
             return;
         }
-        let over = if others + st.count + 1 > cap {
+        let over = if count + 1 > cap {
             Some(SkipReason::ObjectCap)
-        } else if other_bytes + st.bytes + b > max_bytes {
+        } else if bytes + b > max_bytes {
             Some(SkipReason::ByteCap)
         } else {
             None
