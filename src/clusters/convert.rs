@@ -16,6 +16,7 @@ use kube::core::DynamicObject;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
+use std::mem::size_of;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -284,37 +285,59 @@ const READY: u8 = 1;
 const SERVING: u8 = 2;
 const TERMINATING: u8 = 4;
 
-/// One endpoint of a slice as the store keeps it: about half the size of a snapshot
-/// [`Endpoint`] (one address inline, conditions in a byte, ports kept once per slice).
+/// One endpoint of a slice as the store keeps it: under half the size of a snapshot
+/// [`Endpoint`] with its address allocation (one address inline, conditions in a byte, ports
+/// kept once per slice, the rare parts boxed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceEndpoint {
     /// The lowest address.
     pub address: IpAddr,
-    /// Further addresses, sorted (the EndpointSlice controller writes exactly one).
-    pub more: Option<Box<[IpAddr]>>,
-    /// `hostname`, a DNS-1123 label.
-    pub hostname: Option<Box<str>>,
+    flags: u8,
     /// `nodeName`, shared by every endpoint on that node.
     pub node_name: Option<Arc<str>>,
-    flags: u8,
+    /// Further addresses and the hostname: the EndpointSlice controller writes one address,
+    /// and only StatefulSet pods have a hostname.
+    extra: Option<Box<EndpointExtra>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EndpointExtra {
+    more: Vec<IpAddr>,
+    hostname: Option<String>,
 }
 
 impl SliceEndpoint {
-    fn addresses(&self) -> (IpAddr, &[IpAddr]) {
-        (self.address, self.more.as_deref().unwrap_or_default())
+    /// The lowest address and the others, sorted.
+    pub fn addresses(&self) -> (IpAddr, &[IpAddr]) {
+        (self.address, self.extra.as_ref().map_or(&[], |e| &e.more))
+    }
+
+    /// `hostname`, a DNS-1123 label.
+    pub fn hostname(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.hostname.as_deref())
+    }
+
+    /// Heap bytes of the boxed parts.
+    pub fn extra_bytes(&self) -> usize {
+        self.extra.as_ref().map_or(0, |e| {
+            size_of::<EndpointExtra>()
+                + e.more.capacity() * size_of::<IpAddr>()
+                + e.hostname.as_ref().map_or(0, String::capacity)
+        })
     }
 
     /// The snapshot endpoint, with the slice's `ports`.
     pub fn to_endpoint(&self, ports: &Arc<[EndpointPort]>) -> Endpoint {
-        let mut addresses = Vec::with_capacity(1 + self.more.as_ref().map_or(0, |m| m.len()));
-        addresses.push(self.address);
-        addresses.extend(self.more.iter().flat_map(|m| m.iter().copied()));
+        let (first, more) = self.addresses();
+        let mut addresses = Vec::with_capacity(1 + more.len());
+        addresses.push(first);
+        addresses.extend_from_slice(more);
         Endpoint {
             addresses,
             ready: self.flags & READY != 0,
             serving: self.flags & SERVING != 0,
             terminating: self.flags & TERMINATING != 0,
-            hostname: self.hostname.as_deref().map(str::to_string),
+            hostname: self.hostname().map(str::to_string),
             node_name: self.node_name.clone(),
             ports: ports.clone(),
         }
@@ -843,18 +866,22 @@ fn slice_body(
             flags |= TERMINATING;
         }
         let address = addresses[0];
-        let more = (addresses.len() > 1).then(|| addresses[1..].to_vec().into_boxed_slice());
+        let extra = (addresses.len() > 1 || hostname.is_some()).then(|| {
+            Box::new(EndpointExtra {
+                more: addresses[1..].to_vec(),
+                hostname: hostname.map(str::to_string),
+            })
+        });
         out.push(SliceEndpoint {
             address,
-            more,
-            hostname: hostname.map(Box::from),
-            node_name,
             flags,
+            node_name,
+            extra,
         });
     }
     // The order `sort_endpoints` gives the snapshot endpoints (the ports are the slice's own,
     // equal for all).
-    out.sort_by(|a, b| (a.addresses(), &a.hostname).cmp(&(b.addresses(), &b.hostname)));
+    out.sort_by(|a, b| (a.addresses(), a.hostname()).cmp(&(b.addresses(), b.hostname())));
     Ok(Ok((ports, out, skips)))
 }
 

@@ -204,14 +204,13 @@ fn service_bytes(s: &Service) -> usize {
 
 /// One endpoint as the slice record keeps it plus its copy in the snapshot.
 fn endpoint_bytes(e: &SliceEndpoint) -> usize {
-    let more = e.more.as_ref().map_or(0, |m| m.len());
-    let host = e.hostname.as_ref().map_or(0, |h| h.len());
+    let more = e.addresses().1.len();
+    let host = e.hostname().map_or(0, str::len);
     // The node name is shared (interned); it is counted per endpoint anyway, so the figure
     // stays an upper bound whatever the remote sends.
     let node = e.node_name.as_ref().map_or(0, |n| n.len());
     size_of::<SliceEndpoint>()
-        + more * size_of::<IpAddr>()
-        + host
+        + e.extra_bytes()
         + node
         + size_of::<Endpoint>()
         + (1 + more) * size_of::<IpAddr>()
@@ -1081,8 +1080,22 @@ impl ClusterState {
         for k in &gone {
             changed |= self.delete(kind, k);
         }
+        let many = recs.len() > 64;
         for (k, rec) in recs {
             changed |= self.upsert(kind, &k, rec);
+        }
+        if many {
+            // Built one insert at a time, B-tree nodes stay about half full; a rebuild from
+            // the sorted entries packs them.
+            match kind {
+                Kind::Service => {
+                    self.claims = std::mem::take(&mut self.claims).into_iter().collect()
+                }
+                Kind::EndpointSlice => {
+                    self.slices_of = std::mem::take(&mut self.slices_of).into_iter().collect()
+                }
+                Kind::Node | Kind::HostSubnet => {}
+            }
         }
         // The list's refusals replace the kind's; those refused before for the same reason
         // are not logged again.

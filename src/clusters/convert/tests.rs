@@ -435,7 +435,7 @@ fn endpoint_hostnames_port_names_external_names_and_node_names_follow_the_api_ru
         );
         let v = out.value.expect("slice kept");
         assert_eq!(v.endpoints.len(), 1, "{host}");
-        assert_eq!(v.endpoints[0].hostname.as_deref(), Some("ok-0"));
+        assert_eq!(v.endpoints[0].hostname(), Some("ok-0"));
         assert_eq!(
             reason_of(&out.skips),
             Some(SkipReason::InvalidEndpointHostname),
