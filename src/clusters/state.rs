@@ -332,13 +332,27 @@ struct Staging {
     /// taken and the rest refused one by one.
     strict: bool,
     recs: Vec<(ObjKey, Rec)>,
+    /// At most [`MAX_TRACKED_REFUSALS`]; the rest only counted in `refused_more`.
     refused: Vec<(String, Skip)>,
+    refused_more: BTreeMap<SkipReason, u64>,
     count: usize,
     bytes: usize,
     /// Every object of the list, also those past a cap.
     seen: usize,
     seen_bytes: usize,
     over: Option<SkipReason>,
+}
+
+impl Staging {
+    /// Keeps a refusal for `list_done`; past the bound only its reason is counted, so a list
+    /// of malformed objects costs no memory per object.
+    fn refuse(&mut self, key: String, skip: Skip) {
+        if self.refused.len() < MAX_TRACKED_REFUSALS {
+            self.refused.push((key, skip));
+        } else {
+            *self.refused_more.entry(skip.reason).or_default() += 1;
+        }
+    }
 }
 
 /// What one cluster's watches have delivered so far.
@@ -943,8 +957,7 @@ impl ClusterState {
             self.staging
                 .entry(kind)
                 .or_default()
-                .refused
-                .push(("<unnamed>".into(), skip));
+                .refuse("<unnamed>".into(), skip);
             return;
         };
         let converted = self.convert(kind, &k, o);
@@ -956,7 +969,7 @@ impl ClusterState {
         let rec = match converted {
             Ok(rec) => rec,
             Err(skip) => {
-                st.refused.push((key_str(&k), skip));
+                st.refuse(key_str(&k), skip);
                 return;
             }
         };
@@ -981,11 +994,7 @@ impl ClusterState {
             Some(r) => {
                 let ks = key_str(&k);
                 let skip = self.cap_skip(kind, &ks, r, b);
-                self.staging
-                    .entry(kind)
-                    .or_default()
-                    .refused
-                    .push((ks, skip));
+                self.staging.entry(kind).or_default().refuse(ks, skip);
             }
             None => {
                 st.count += 1;
@@ -1032,6 +1041,14 @@ impl ClusterState {
             tracing::info!(cluster = %self.name, watch = kind.label(), "a relist fits the caps again");
         }
         let changed = self.replace_all(kind, st.recs, st.refused);
+        for (r, n) in st.refused_more {
+            let o = self.refused_overflow.entry((kind, r)).or_default();
+            if *o == 0 {
+                tracing::warn!(cluster = %self.name, reason = r.as_str(), "more than {MAX_TRACKED_REFUSALS} objects refused; further {} refusals are counted until the next relist, not logged", kind.label());
+            }
+            *o += n;
+            self.count(r, n, 0);
+        }
         if self.listed() && !was_listed {
             // The cluster moves from its warm (or no) snapshot to the live one.
             self.generation += 1;

@@ -488,6 +488,29 @@ fn refusals_are_tracked_up_to_a_bound_then_only_counted() {
 }
 
 #[test]
+fn a_list_of_refused_objects_keeps_a_bounded_list_and_counts_the_rest() {
+    let mut s = state(1_000_000);
+    let n = MAX_TRACKED_REFUSALS + 50;
+    s.handle(Kind::Service, Ok(watcher::Event::Init));
+    for i in 0..n {
+        let o = svc(&format!("bad.{i}"), "172.31.0.1");
+        s.handle(Kind::Service, Ok(watcher::Event::InitApply(o)));
+    }
+    let st = &s.staging[&Kind::Service];
+    assert_eq!(st.refused.len(), MAX_TRACKED_REFUSALS);
+    assert_eq!(
+        st.refused_more.get(&SkipReason::InvalidServiceName),
+        Some(&50)
+    );
+    s.handle(Kind::Service, Ok(watcher::Event::InitDone));
+    assert_eq!(s.skipped().get("invalid_service_name"), Some(&(n as u64)));
+    assert!(s.refused.len() <= MAX_TRACKED_REFUSALS);
+    // The next relist counts afresh, also what was past the bound.
+    list(&mut s, Kind::Service, vec![svc("bad.0", "172.31.0.1")]);
+    assert_eq!(s.skipped().get("invalid_service_name"), Some(&1));
+}
+
+#[test]
 fn node_annotations_and_bytes_ignore_foreign_annotations() {
     let mut s = state(100);
     let node = |extra: &str| {
