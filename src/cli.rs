@@ -177,7 +177,7 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let (cfg, broken) = config::load_for_cleanup(path)?;
             if let Some(e) = broken {
                 eprintln!(
-                    "{}: {e}\ncleaning up with its [namespace], [tunnel] and control_socket settings, which are valid (cleanup needs nothing else)",
+                    "{}: {e}\ncleaning up with its [namespace], [tunnel], control_socket and state_dir settings, which are valid (cleanup needs nothing else)",
                     path.display()
                 );
             }

@@ -843,3 +843,61 @@ async fn token_file_outside_the_config_directory_is_refused_at_check_and_at_load
     }
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_the_api_down_serves_the_persisted_snapshot() {
+    use sdnlinkd::clusters::persist::{SnapshotStore, DEFAULT_MAX_BYTES};
+    let (tmp, sim, kc) = serve_east(&["east"]);
+    let cfg = config_for(&kc, None, 1000);
+    let state = tmp.path().join("state");
+    let store = || SnapshotStore::new(&state, DEFAULT_MAX_BYTES);
+    let set = ClusterSet::start(&cfg, Some(store())).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let good = east(&set);
+    let file = store().path_of("east");
+    wait_until("the snapshot to be written after the list", 30, || {
+        store().load("east").ok().flatten().as_ref() == Some(&*good)
+    })
+    .await;
+    set.shutdown();
+
+    // Every API server is down at start: the persisted snapshot is served at once.
+    sim.shutdown().await;
+    let set = ClusterSet::start(&cfg, Some(store())).expect("restart");
+    assert!(
+        matches!(
+            state_of(&set, "east"),
+            SyncState::Warm {
+                source: sdnlinkd::model::WarmSource::Persisted { .. },
+                ..
+            }
+        ),
+        "{:?}",
+        state_of(&set, "east")
+    );
+    assert_eq!(*east(&set), *good);
+    assert!(set.all_known() && !set.all_listed());
+    assert!(
+        !set.held(&cfg).1.is_empty(),
+        "warm is still held: nothing is withdrawn"
+    );
+    set.shutdown();
+
+    // A corrupt file is ignored (one warning), never half-used: the cluster is unknown.
+    let mut bytes = std::fs::read(&file).expect("snapshot file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("corrupt it");
+    let set = ClusterSet::start(&cfg, Some(store())).expect("restart with a corrupt file");
+    assert!(matches!(state_of(&set, "east"), SyncState::Unknown { .. }));
+    assert!(!set.snapshots().contains_key("east"));
+    set.shutdown();
+
+    // A cluster that left the config while the daemon was down loses its file.
+    std::fs::write(&file, "junk").expect("write");
+    let mut without = cfg.clone();
+    without.remote.clear();
+    let set = ClusterSet::start(&without, Some(store())).expect("start without east");
+    assert!(!file.exists(), "{} should be gone", file.display());
+    set.shutdown();
+}

@@ -2,6 +2,7 @@
 //! background process, a second `up` refuses naming `sdnlink-lab down`, `down` removes exactly
 //! what `up` created. Uses its own prefix (`labc-`) so it never meets a user's lab.
 
+mod common;
 use std::process::Command;
 
 const PREFIX: &str = "labc-";
@@ -37,6 +38,10 @@ impl Drop for Down {
 
 #[test]
 fn root_lab_cli_up_refuses_twice_and_down_removes_everything() {
+    // What a killed earlier run left: its holder process and state go with `down` (a no-op
+    // without state), stray namespaces directly.
+    let _ = lab(&["down"]);
+    common::remove_leftover_namespaces(PREFIX);
     assert!(
         namespaces().is_empty(),
         "a previous {PREFIX} lab is still up"

@@ -558,6 +558,13 @@ async fn run_persister(view: ClusterView, store: Arc<SnapshotStore>, wake: Arc<N
             let n = name.clone();
             let res = tokio::task::spawn_blocking(move || st.save(&n, &snap)).await;
             match res {
+                Ok(Ok(_)) if !view.read().cells.contains_key(&name) => {
+                    // The cluster left the config while its file was being written: the
+                    // removal may have run before the rename, so remove again.
+                    let st = store.clone();
+                    let n = name.clone();
+                    let _ = tokio::task::spawn_blocking(move || st.remove(&n)).await;
+                }
                 Ok(Ok(_)) => {
                     written.insert(name.clone(), generation);
                     if failing.remove(&name).is_some() {
@@ -695,11 +702,6 @@ impl ClusterSet {
             if let Some(e) = self.entries.remove(&name) {
                 e.task.abort();
             }
-            if let Some(st) = &self.store {
-                if let Err(e) = st.remove(&name) {
-                    tracing::warn!(cluster = %name, "deleting the persisted snapshot: {e}");
-                }
-            }
             report.removed.push(name);
         }
         self.reconfigure_publisher(cfg);
@@ -755,6 +757,14 @@ impl ClusterSet {
             .map(|r| r.name.clone())
             .collect();
         drop(inner);
+        // After the view no longer has them, so the snapshot writer cannot bring them back.
+        if let Some(st) = &self.store {
+            for name in &report.removed {
+                if let Err(e) = st.remove(name) {
+                    tracing::warn!(cluster = %name, "deleting the persisted snapshot: {e}");
+                }
+            }
+        }
         if let Some(p) = &self.publisher {
             p.set_source(self.entries.get(&cfg.local.name).map(|e| e.cell.clone()));
         }

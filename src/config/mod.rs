@@ -89,9 +89,10 @@ pub fn config_dir(path: &Path) -> PathBuf {
 
 /// The configuration `sdnlinkd cleanup` acts on, and why the full one did not load if it did
 /// not. Cleanup only needs the settings that name sdnlinkd's objects (`[namespace]`, `[tunnel]`,
-/// `control_socket`): an admin's broken `[proxy]` or `[[remote]]` must not leave the namespace,
-/// routes and tunnel behind when the package is removed. Those three are still validated, and
-/// the file must exist: cleanup never guesses names from built-in defaults alone.
+/// `control_socket`, `state_dir`): an admin's broken `[proxy]` or `[[remote]]` must not leave
+/// the namespace, routes, tunnel and snapshot files behind when the package is removed. Those
+/// are still validated, and the file must exist: cleanup never guesses names from built-in
+/// defaults alone.
 pub fn load_for_cleanup(path: &Path) -> Result<(Config, Option<ConfigError>), ConfigError> {
     let full = match load(path) {
         Ok(cfg) => return Ok((cfg, None)),
@@ -110,6 +111,10 @@ pub fn load_for_cleanup(path: &Path) -> Result<(Config, Option<ConfigError>), Co
     }
     match fig.extract_inner("control_socket") {
         Ok(v) => raw.control_socket = v,
+        Err(e) => errors.extend(figment_errors(e).0),
+    }
+    match fig.extract_inner("state_dir") {
+        Ok(v) => raw.state_dir = v,
         Err(e) => errors.extend(figment_errors(e).0),
     }
     if !errors.is_empty() {

@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub log_level: String,
     pub resync_interval: u64,
     pub control_socket: String,
+    pub state_dir: String,
     pub local: RawLocal,
     pub namespace: RawNamespace,
     pub tunnel: RawTunnel,
@@ -25,6 +26,9 @@ impl Default for RawConfig {
             log_level: "info".into(),
             resync_interval: 30,
             control_socket: "/run/sdnlink/control.sock".into(),
+            // The unit's StateDirectory=, the only place under /var that ProtectSystem=strict
+            // lets the daemon write.
+            state_dir: "/var/lib/sdnlink".into(),
             local: RawLocal::default(),
             namespace: RawNamespace::default(),
             tunnel: RawTunnel::default(),
@@ -187,6 +191,8 @@ pub struct RawRemote {
     pub kubeconfig: Option<String>,
     pub pod_cidrs: Vec<String>,
     pub service_cidrs: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_cidrs: Vec<String>,
     pub peers: Vec<RawPeer>,
 }
 

@@ -16,7 +16,8 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Unix socket of `sdnlinkd status` / `sdnlinkd reload`.
     pub control_socket: PathBuf,
-    /// TEMP stub field.
+    /// Where the daemon keeps what must survive a restart: the last good snapshot of each
+    /// cluster, under `snapshots/` ([`crate::clusters::persist::SnapshotStore`]).
     pub state_dir: PathBuf,
     /// The directory of the main config file (`/etc/sdnlink` for the default file): a
     /// kubeconfig's `tokenFile` must lie inside it. Not a config key.
@@ -141,6 +142,8 @@ pub struct RemoteCluster {
     pub kubeconfig: Option<PathBuf>,
     pub pod_cidrs: Vec<IpNet>,
     pub service_cidrs: Vec<IpNet>,
+    /// Where this cluster's nodes may announce WireGuard endpoints; empty = anywhere unicast.
+    pub endpoint_cidrs: Vec<IpNet>,
     pub peers: Vec<StaticPeer>,
 }
 

@@ -206,6 +206,12 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
     if raw.sync.max_objects_per_cluster == 0 {
         v.err("sync.max_objects_per_cluster = 0: must be at least 1 (default 200000)".into());
     }
+    if !Path::new(&raw.state_dir).is_absolute() {
+        v.err(format!(
+            "state_dir = {:?}: must be an absolute path (where the last good cluster snapshots are kept; default \"/var/lib/sdnlink\")",
+            raw.state_dir
+        ));
+    }
     if raw.resync_interval == 0 {
         v.err("resync_interval = 0: must be at least 1 second (default 30)".into());
     }
@@ -235,6 +241,7 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
         names.push((raw.local.name.clone(), "local.name".into()));
     }
     let mut remotes = Vec::new();
+    let mut static_keys: Vec<(String, String)> = Vec::new(); // (public key, config key)
     for (i, r) in raw.remote.iter().enumerate() {
         let key = format!("remote[{i}]");
         if r.name.is_empty() {
@@ -253,6 +260,7 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
         }
         let pods = v.cidrs(&format!("{key}.pod_cidrs"), &r.pod_cidrs, true);
         let svcs = v.cidrs(&format!("{key}.service_cidrs"), &r.service_cidrs, false);
+        let endpoint_cidrs = v.cidrs(&format!("{key}.endpoint_cidrs"), &r.endpoint_cidrs, false);
         let kube = r
             .kubeconfig
             .as_deref()
@@ -261,7 +269,17 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
         for (j, p) in r.peers.iter().enumerate() {
             let pkey = format!("{key}.peers[{j}]");
             match base64::engine::general_purpose::STANDARD.decode(p.public_key.trim()) {
-                Ok(b) if b.len() == 32 => {}
+                Ok(b) if b.len() == 32 => {
+                    if let Some((_, other)) =
+                        static_keys.iter().find(|(k, _)| *k == p.public_key.trim())
+                    {
+                        v.err(format!(
+                            "{pkey}.public_key = {:?}: already used by {other}; a WireGuard key belongs to one peer",
+                            p.public_key
+                        ));
+                    }
+                    static_keys.push((p.public_key.trim().to_string(), pkey.clone()));
+                }
                 _ => v.err(format!(
                     "{pkey}.public_key = {:?}: not a WireGuard key (base64 of 32 bytes, as `wg pubkey` prints)",
                     p.public_key
@@ -292,6 +310,7 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
             kubeconfig: kube,
             pod_cidrs: pods,
             service_cidrs: svcs,
+            endpoint_cidrs,
             peers,
         });
     }
@@ -504,7 +523,7 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
         log_level: raw.log_level,
         resync_interval: Duration::from_secs(raw.resync_interval),
         control_socket: PathBuf::from(raw.control_socket),
-        state_dir: PathBuf::from("/var/lib/sdnlink"),
+        state_dir: PathBuf::from(raw.state_dir),
         config_dir: config_dir.to_path_buf(),
         local: LocalCluster {
             name: raw.local.name,

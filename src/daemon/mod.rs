@@ -296,7 +296,7 @@ impl Daemon {
         });
         let mut control_task =
             tokio::spawn(async move { control::serve(&sock, ctl_tx, status_fn).await });
-        let node_events = node::watch_events(&self.host, &self.ns)
+        let node_events = node::watch_events(&self.host, &self.ns, self.plumbing.owned())
             .await
             .context("subscribing to netlink events")?;
 
@@ -321,17 +321,27 @@ impl Daemon {
         loop {
             let due = self.sched.due_at();
             let drain_at = self.proxy.next_deadline();
+            let keepalive_at = self.tunnel.next_wakeup().map(|t| {
+                let now = Instant::now();
+                match t.duration_since(SystemTime::now()) {
+                    Ok(d) => now + d,
+                    Err(_) => now,
+                }
+            });
             let grace_end = self.started + self.cfg.sync.startup_grace;
             let far = Instant::now() + Duration::from_secs(3600);
 
             tokio::select! {
                 _ = changed.notified() => self.sched.mark(Instant::now(), Reason::Clusters),
-                _ = node_events.notified() => {
-                    tracing::debug!("an owned network object was removed out of band; repairing");
+                notice = node_events.notified() => {
+                    tracing::info!(%notice, "an owned network object changed out of band; repairing");
                     self.sched.mark(Instant::now(), Reason::Repair);
                 }
                 _ = tokio::time::sleep_until(drain_at.unwrap_or(far).into()), if drain_at.is_some() && !self.sched.is_pending() => {
                     self.sched.mark(Instant::now(), Reason::Drain);
+                }
+                _ = tokio::time::sleep_until(keepalive_at.unwrap_or(far).into()), if keepalive_at.is_some() && !self.sched.is_pending() => {
+                    self.sched.mark(Instant::now(), Reason::Keepalive);
                 }
                 _ = resync.tick() => self.sched.mark(Instant::now(), Reason::Resync),
                 _ = tokio::time::sleep_until(due.unwrap_or(far).into()), if due.is_some() => {
@@ -636,10 +646,24 @@ pub async fn cleanup(cfg: &Config) -> anyhow::Result<String> {
         Ok(r) => lines.push(format!("tunnel: {r}")),
         Err(e) => lines.push(format!("tunnel: {e}")),
     }
+    // A package reinstalled later must not warm-start from these, so a failure here fails the
+    // cleanup, after the dataplane steps have run.
+    let store = crate::clusters::persist::SnapshotStore::new(
+        &cfg.state_dir,
+        crate::clusters::persist::DEFAULT_MAX_BYTES,
+    );
+    let snapshots = store.remove_all();
+    lines.push(match &snapshots {
+        Ok(n) => format!("snapshots: removed {n} files in {}", store.dir().display()),
+        Err(e) => format!("snapshots: {e}"),
+    });
     let r = node::cleanup(cfg)
         .await
         .context("removing the namespace, veth and routes")?;
     lines.push(format!("node: {r}"));
     let _ = std::fs::remove_file(&cfg.control_socket);
+    if snapshots.is_err() {
+        anyhow::bail!("{}\nnot every snapshot file was removed", lines.join("\n"));
+    }
     Ok(lines.join("\n"))
 }

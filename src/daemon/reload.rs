@@ -286,6 +286,10 @@ impl Daemon {
         let replaced =
             new.tunnel.interface != old.tunnel.interface || new.tunnel.mode != old.tunnel.mode;
         if replaced {
+            // Our own deletion of the old device must not come back as a repair.
+            self.plumbing
+                .owned()
+                .set_tunnel(&old.tunnel.interface, None);
             let r = tunnel::cleanup_in(old, &self.host, Some(&self.ns))
                 .await
                 .map_err(|e| format!("tunnel: removing {}: {e}", old.tunnel.interface))?;

@@ -23,6 +23,8 @@ pub enum Reason {
     Resync,
     /// A draining IPVS destination's grace period ended.
     Drain,
+    /// A WireGuard peer's held keepalive falls due (the higher key of a new pair waits).
+    Keepalive,
     /// A reload applied a new configuration.
     Reload,
     /// The previous sync failed.

@@ -131,6 +131,7 @@ pub(crate) mod tests {
             kubeconfig: None,
             pod_cidrs: pods.iter().map(|p| net(p)).collect(),
             service_cidrs: svcs.iter().map(|p| net(p)).collect(),
+            endpoint_cidrs: vec![],
             peers: vec![],
         };
         Config {
