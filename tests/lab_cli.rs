@@ -82,3 +82,36 @@ fn root_lab_cli_up_refuses_twice_and_down_removes_everything() {
     assert!(!std::path::Path::new("/run/sdnlink-lab/labc").exists());
     assert!(!std::path::Path::new("/run/sdnlink-lab/labc-holder.log").exists());
 }
+
+/// A fresh machine without one prerequisite: the lab stops before building anything, with one
+/// line naming the program and the exact apt-get command, and a non-zero exit. Not root: it
+/// creates nothing.
+#[test]
+fn lab_without_nft_names_it_and_the_apt_get_line_and_builds_nothing() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    // Every other prerequisite is present (as /bin/true), so the message is the same on any
+    // machine.
+    for tool in ["ip", "wg", "wireguard-go", "ipvsadm", "apt-get", "dpkg"] {
+        std::os::unix::fs::symlink("/bin/true", bin.path().join(tool)).expect("symlink");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sdnlink-lab"))
+        .args(["--prefix", "labp-"])
+        .env("PATH", bin.path())
+        // Under `cargo run` the lab builds the daemon first; the check must come before that.
+        .env("CARGO", bin.path().join("cargo-that-must-not-run"))
+        .output()
+        .expect("running sdnlink-lab");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit 0 without nft: {stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "sdnlink-lab: missing nft: run `apt-get install -y nftables` (or pass --install-deps)"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!std::path::Path::new("/run/sdnlink-lab/labp").exists());
+    assert!(!std::path::Path::new("/run/netns/labp-underlay").exists());
+}

@@ -138,6 +138,8 @@ pub struct RawDns {
     pub cache_size: usize,
     /// Where the default upstreams come from when `upstreams` is empty.
     pub resolv_conf: String,
+    pub log_queries: bool,
+    pub max_forwards_in_flight: usize,
 }
 
 impl Default for RawDns {
@@ -151,6 +153,8 @@ impl Default for RawDns {
             ttl: 5,
             cache_size: 4096,
             resolv_conf: "/etc/resolv.conf".into(),
+            log_queries: false,
+            max_forwards_in_flight: 256,
         }
     }
 }

@@ -113,6 +113,11 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Entries of the forwarding cache.
     pub cache_size: usize,
+    /// One info line per query (off: nothing is logged per query).
+    pub log_queries: bool,
+    /// Forwarded queries waiting on an upstream at once; more are answered SERVFAIL. Each holds
+    /// one UDP socket (a fresh source port per query, RFC 5452), so this also bounds sockets.
+    pub max_forwards_in_flight: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

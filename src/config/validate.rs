@@ -453,6 +453,12 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
     if d.port == 0 {
         v.err("dns.port = 0: give a port, normally 53".into());
     }
+    if d.max_forwards_in_flight == 0 || d.max_forwards_in_flight > 65536 {
+        v.err(format!(
+            "dns.max_forwards_in_flight = {}: give 1 to 65536 (default 256); each holds one socket",
+            d.max_forwards_in_flight
+        ));
+    }
     let mut upstreams: Vec<SocketAddr> = Vec::new();
     for (i, u) in d.upstreams.iter().enumerate() {
         let key = format!("dns.upstreams[{i}]");
@@ -563,6 +569,8 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
             all_zone: d.all_zone,
             ttl: d.ttl,
             cache_size: d.cache_size,
+            log_queries: d.log_queries,
+            max_forwards_in_flight: d.max_forwards_in_flight,
         },
         sync: SyncConfig {
             startup_grace: Duration::from_secs(raw.sync.startup_grace),

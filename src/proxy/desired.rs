@@ -178,6 +178,8 @@ pub(crate) mod tests {
                 all_zone: true,
                 ttl: 5,
                 cache_size: 1000,
+                log_queries: false,
+                max_forwards_in_flight: 256,
             },
             sync: SyncConfig {
                 startup_grace: Duration::from_secs(60),

@@ -1413,6 +1413,30 @@ impl TunnelProbe {
     /// Reads the device and reports it (on the probe's namespace thread).
     pub async fn status(&self) -> TunnelStatus {
         let (name, backend) = (self.wg_name, self.backend);
+        // wireguard-go's sockets in /run/wireguard are visible from every namespace: a socket
+        // of our name served from another namespace is not our device (the probe's namespace
+        // is the host one for the userspace backend).
+        if backend == Backend::Userspace {
+            if let Some(pid) = socket_owner(&self.iface) {
+                if !in_namespace(pid, &self.ns) && running(pid) {
+                    return TunnelStatus {
+                        backend,
+                        interface: self.iface.clone(),
+                        public_key: self.public,
+                        listen_port: self.listen_port,
+                        peers: Vec::new(),
+                        skipped: self.skipped.clone(),
+                        error: Some(
+                            TunnelError::OtherNamespace {
+                                iface: self.iface.clone(),
+                                pid,
+                            }
+                            .to_string(),
+                        ),
+                    };
+                }
+            }
+        }
         let read = self
             .ns
             .run_async(move || {
