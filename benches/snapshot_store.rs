@@ -54,8 +54,8 @@ fn snapshot(services: usize, endpoints: usize) -> ClusterSnapshot {
                     serving: true,
                     terminating: false,
                     hostname: None,
-                    node_name: Some(format!("node-{}", (i + e) % NODES)),
-                    ports: vec![port("http", 8080), port("metrics", 9090)],
+                    node_name: Some(format!("node-{}", (i + e) % NODES).into()),
+                    ports: vec![port("http", 8080), port("metrics", 9090)].into(),
                 }
             })
             .collect();

@@ -53,7 +53,8 @@ service_cidrs = ["172.31.0.0/16", "fd00:31::/112"]
             name: "pg".into(),
             protocol: Protocol::Tcp,
             port: 5432,
-        }],
+        }]
+        .into(),
     };
     let port = ServicePort {
         name: "pg".into(),

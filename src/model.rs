@@ -93,7 +93,7 @@ pub enum TargetPort {
 }
 
 /// A resolved port of an endpoint, from its EndpointSlice's `ports` list.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EndpointPort {
     /// Matches [`ServicePort::name`] (kube-proxy matches slice ports to service ports by name).
     pub name: String,
@@ -113,9 +113,11 @@ pub struct Endpoint {
     /// `conditions.terminating`; absent counts as false.
     pub terminating: bool,
     pub hostname: Option<String>,
-    pub node_name: Option<String>,
-    /// The ports of the EndpointSlice this endpoint came from.
-    pub ports: Vec<EndpointPort>,
+    /// Shared by every endpoint on the same node (the cluster store interns it).
+    pub node_name: Option<Arc<str>>,
+    /// The ports of the EndpointSlice this endpoint came from, shared by every endpoint of that
+    /// slice (and of slices with the same ports): a Service's endpoints cost one copy of them.
+    pub ports: Arc<[EndpointPort]>,
 }
 
 /// A Service with its endpoints.

@@ -51,6 +51,10 @@ fn serve_east(sets: &[&str]) -> (tempfile::TempDir, SimApi, PathBuf) {
 /// Remote "east" (pod 10.132.0.0/14, services 172.31.0.0/16) watched through `kubeconfig`;
 /// optionally the local cluster "here" watched too.
 fn config_for(east: &Path, local: Option<&Path>, cap: usize) -> Config {
+    config::parse_str(&config_toml(east, local, cap)).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+fn config_toml(east: &Path, local: Option<&Path>, cap: usize) -> String {
     let local_kc = local
         .map(|p| format!("kubeconfig = {:?}\n", p.display().to_string()))
         .unwrap_or_default();
@@ -75,7 +79,7 @@ service_cidrs = ["172.31.0.0/16"]
 "#,
         east = east.display().to_string()
     );
-    config::parse_str(&toml).unwrap_or_else(|e| panic!("test config: {e}"))
+    toml
 }
 
 async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -740,6 +744,103 @@ async fn reload_keeps_unchanged_watches_and_serves_a_changed_one_until_it_relist
     wait_until("east to list after being added", 30, || set.all_listed()).await;
     assert_eq!(*east(&set), *before);
     set.shutdown();
+    sim.shutdown().await;
+}
+
+/// A kubeconfig for `sim` whose user reads its token from `token_file` (as written).
+fn token_file_kubeconfig(path: &Path, sim: &SimApi, token_file: &str) {
+    let yaml = sim.kubeconfig_yaml(&sim.url()).replace(
+        &format!("token: {TOKEN}"),
+        &format!("tokenFile: {token_file:?}"),
+    );
+    assert!(yaml.contains("tokenFile"), "{yaml}");
+    std::fs::write(path, yaml).expect("write kubeconfig");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_inside_the_config_directory_is_read() {
+    let (tmp, sim, _) = serve_east(&["east"]);
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir_all(etc.join("east")).expect("mkdir");
+    std::fs::write(etc.join("east/token"), TOKEN).expect("write token");
+    // Relative to the kubeconfig's directory, as kubectl reads it.
+    let kc = etc.join("east/kubeconfig");
+    token_file_kubeconfig(&kc, &sim, "token");
+    let cfg =
+        config::parse_str_in(&config_toml(&kc, None, 1000), &etc).expect("config check accepts it");
+    // A kubeconfig outside the config directory may use a token file inside it.
+    let outside_kc = tmp.path().join("elsewhere.kubeconfig");
+    token_file_kubeconfig(
+        &outside_kc,
+        &sim,
+        &etc.join("east/token").display().to_string(),
+    );
+    config::parse_str_in(&config_toml(&outside_kc, None, 1000), &etc)
+        .expect("inside the config directory");
+
+    let set = ClusterSet::start(&cfg, None).expect("start");
+    wait_until("east to list with the token from the file", 30, || {
+        set.all_listed()
+    })
+    .await;
+    assert!(!east(&set).services.is_empty());
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_outside_the_config_directory_is_refused_at_check_and_at_load() {
+    let (tmp, sim, _) = serve_east(&["east"]);
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir_all(etc.join("east")).expect("mkdir");
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "root-only secret").expect("write secret");
+    std::fs::write(etc.join("shared-token"), TOKEN).expect("write token");
+    std::os::unix::fs::symlink(&secret, etc.join("east/link")).expect("symlink");
+    let kc = etc.join("east/kubeconfig");
+    let cases = [
+        ("absolute path outside", secret.display().to_string()),
+        ("symlink inside pointing out", "link".to_string()),
+        ("relative path climbing out", "../../secret".to_string()),
+        // The kubeconfig lives in etc/east, so its token must too.
+        (
+            "beside the kubeconfig's directory",
+            "../shared-token".to_string(),
+        ),
+    ];
+    for (what, tf) in cases {
+        // What config check says.
+        token_file_kubeconfig(&kc, &sim, &tf);
+        let err = config::parse_str_in(&config_toml(&kc, None, 1000), &etc)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted by config check"))
+            .to_string();
+        for want in [
+            format!("remote[0].kubeconfig = {:?}", kc.display().to_string()),
+            "user \"sim\"".to_string(),
+            format!("tokenFile {tf:?}"),
+            "move the token file there or write the token inline".to_string(),
+        ] {
+            assert!(err.contains(&want), "{what}: {want:?} missing from: {err}");
+        }
+        // What the daemon says when the file changed after the config was loaded.
+        std::fs::write(&kc, sim.kubeconfig_yaml(&sim.url())).expect("write good kubeconfig");
+        let cfg =
+            config::parse_str_in(&config_toml(&kc, None, 1000), &etc).expect("good kubeconfig");
+        token_file_kubeconfig(&kc, &sim, &tf);
+        match ClusterSet::start(&cfg, None) {
+            Err(e @ ClustersError::RefusedTokenFile { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&kc.display().to_string()), "{what}: {msg}");
+                assert!(
+                    msg.contains("outside") || msg.contains("cannot be read"),
+                    "{what}: {msg}"
+                );
+            }
+            Err(e) => panic!("{what}: wrong error {e}"),
+            Ok(_) => panic!("{what}: token file accepted at load"),
+        }
+    }
     sim.shutdown().await;
 }
 

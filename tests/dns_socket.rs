@@ -96,7 +96,8 @@ fn snapshots() -> Snapshots {
                 name: "pg".into(),
                 protocol: Protocol::Tcp,
                 port: 5432,
-            }],
+            }]
+            .into(),
         })
         .collect();
     let svcs = [

@@ -126,7 +126,8 @@ service_cidrs = ["172.31.0.0/16"]
                 name: "pg".into(),
                 protocol: Protocol::Tcp,
                 port: 5432,
-            }],
+            }]
+            .into(),
         });
     }
     services.push(Service {

@@ -11,7 +11,7 @@ pub mod convert;
 pub mod persist;
 pub mod publish;
 pub mod simapi;
-mod state;
+pub mod state;
 
 pub use convert::{SkipReason, ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY};
 pub use state::ObjectCounts;
@@ -55,6 +55,15 @@ pub enum ClustersError {
         user: String,
         mechanism: &'static str,
     },
+    /// A `tokenFile` outside the config directory: kube-client would read any file as root and
+    /// send it to the API server as a bearer token.
+    #[error("cluster {cluster}: kubeconfig {path}: user {user:?}: {reason}")]
+    RefusedTokenFile {
+        cluster: String,
+        path: PathBuf,
+        user: String,
+        reason: String,
+    },
     /// The kubeconfig is readable but no client can be built from it (bad CA, bad server URL).
     #[error("cluster {cluster}: building the client: {reason}")]
     Client { cluster: String, reason: String },
@@ -79,8 +88,71 @@ pub struct ClusterStatus {
     pub skipped: BTreeMap<String, u64>,
 }
 
-/// Reads a kubeconfig and refuses users with `exec` or `auth-provider`.
-fn read_kubeconfig(cluster: &str, path: &Path) -> Result<Kubeconfig, ClustersError> {
+/// Where the `tokenFile` of kubeconfig `kubeconfig` may lie: the kubeconfig's own directory
+/// when that is inside `config_dir` (the directory of the main config file), else `config_dir`
+/// itself; both with symlinks resolved. Without a `config_dir` (a caller that does not know
+/// it), the kubeconfig's own directory.
+fn token_root(kubeconfig: &Path, config_dir: Option<&Path>) -> std::io::Result<PathBuf> {
+    let own = std::fs::canonicalize(kubeconfig)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let Some(dir) = config_dir else {
+        return Ok(own);
+    };
+    let dir = std::fs::canonicalize(dir)?;
+    Ok(if own.starts_with(&dir) { own } else { dir })
+}
+
+/// Why `token_file` (as written in kubeconfig `kubeconfig`, relative to its directory) may not
+/// be read, or `None` when it lies inside [`token_root`]. Symlinks are resolved first, so a
+/// link inside the directory that points out of it is refused too.
+pub fn token_file_problem(
+    kubeconfig: &Path,
+    token_file: &str,
+    config_dir: Option<&Path>,
+) -> Option<String> {
+    let root = match token_root(kubeconfig, config_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            return Some(format!(
+                "tokenFile {token_file:?}: cannot resolve the config directory ({e})"
+            ))
+        }
+    };
+    let raw = Path::new(token_file);
+    let joined = if raw.is_relative() {
+        kubeconfig
+            .parent()
+            .map_or_else(|| raw.to_path_buf(), |d| d.join(raw))
+    } else {
+        raw.to_path_buf()
+    };
+    let fix = format!(
+        "sdnlinkd reads a token file as root and sends its content to the API server, so it must lie inside {}; move the token file there or write the token inline (`token:`)",
+        root.display()
+    );
+    match std::fs::canonicalize(&joined) {
+        Ok(real) if real.starts_with(&root) => None,
+        Ok(real) => Some(format!(
+            "tokenFile {token_file:?} is {}, outside {}: {fix}",
+            real.display(),
+            root.display()
+        )),
+        Err(e) => Some(format!(
+            "tokenFile {token_file:?} ({}) cannot be read ({e}): {fix}",
+            joined.display()
+        )),
+    }
+}
+
+/// Reads a kubeconfig and refuses users with `exec` or `auth-provider`, and a `tokenFile`
+/// outside the config directory (see [`token_file_problem`]).
+fn read_kubeconfig(
+    cluster: &str,
+    path: &Path,
+    config_dir: Option<&Path>,
+) -> Result<Kubeconfig, ClustersError> {
     let kc = Kubeconfig::read_from(path).map_err(|source| ClustersError::Kubeconfig {
         cluster: cluster.to_string(),
         path: path.to_path_buf(),
@@ -102,15 +174,45 @@ fn read_kubeconfig(cluster: &str, path: &Path) -> Result<Kubeconfig, ClustersErr
             mechanism,
         });
     }
+    for named in &kc.auth_infos {
+        let Some(tf) = named
+            .auth_info
+            .as_ref()
+            .and_then(|a| a.token_file.as_deref())
+        else {
+            continue;
+        };
+        if let Some(reason) = token_file_problem(path, tf, config_dir) {
+            return Err(ClustersError::RefusedTokenFile {
+                cluster: cluster.to_string(),
+                path: path.to_path_buf(),
+                user: named.name.clone(),
+                reason,
+            });
+        }
+    }
     Ok(kc)
 }
 
+/// A client for `cluster` from kubeconfig `path`; a `tokenFile` must lie inside the
+/// kubeconfig's own directory (see [`make_watch_client`] for the config-directory rule).
 async fn make_client(
     cluster: &str,
     path: &Path,
     api_timeout: Duration,
 ) -> Result<Client, ClustersError> {
-    let kc = read_kubeconfig(cluster, path)?;
+    make_watch_client(cluster, path, None, api_timeout).await
+}
+
+/// A client for `cluster` from kubeconfig `path`, whose `tokenFile` must lie inside
+/// `config_dir` (or the kubeconfig's own directory when that is inside it).
+async fn make_watch_client(
+    cluster: &str,
+    path: &Path,
+    config_dir: Option<&Path>,
+    api_timeout: Duration,
+) -> Result<Client, ClustersError> {
+    let kc = read_kubeconfig(cluster, path, config_dir)?;
     let err = |reason: String| ClustersError::Client {
         cluster: cluster.to_string(),
         reason,
@@ -176,6 +278,8 @@ impl Wakers {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct WatchSettings {
     kubeconfig: PathBuf,
+    /// The main config file's directory: where a kubeconfig's `tokenFile` may lie.
+    config_dir: PathBuf,
     pod_cidrs: Vec<IpNet>,
     service_cidrs: Vec<IpNet>,
     api_timeout: Duration,
@@ -186,6 +290,7 @@ impl WatchSettings {
     fn of(cfg: &Config, name: &str, kubeconfig: &Path) -> WatchSettings {
         WatchSettings {
             kubeconfig: kubeconfig.to_path_buf(),
+            config_dir: cfg.config_dir.clone(),
             pod_cidrs: cfg.pod_cidrs_of(name).unwrap_or_default().to_vec(),
             service_cidrs: cfg.service_cidrs_of(name).unwrap_or_default().to_vec(),
             api_timeout: cfg.sync.api_timeout,
@@ -197,7 +302,14 @@ impl WatchSettings {
 async fn run_cluster(name: String, set: WatchSettings, cell: StateCell, wake: Wakers) {
     let mut attempt = 0;
     let client = loop {
-        match make_client(&name, &set.kubeconfig, set.api_timeout).await {
+        match make_watch_client(
+            &name,
+            &set.kubeconfig,
+            Some(&set.config_dir),
+            set.api_timeout,
+        )
+        .await
+        {
             Ok(c) => break c,
             Err(e) => {
                 lock(&cell).set_client_error(Some(e.to_string()));
@@ -482,7 +594,7 @@ impl ClusterSet {
     pub fn start(cfg: &Config, store: Option<SnapshotStore>) -> Result<ClusterSet, ClustersError> {
         let rt = tokio::runtime::Handle::try_current().map_err(ClustersError::NoRuntime)?;
         for (name, path) in cfg.watched_clusters() {
-            read_kubeconfig(name, path)?;
+            read_kubeconfig(name, path, Some(&cfg.config_dir))?;
         }
         let store = store.map(Arc::new);
         if let Some(st) = &store {
@@ -595,9 +707,13 @@ impl ClusterSet {
         self.reconfigure_publisher(cfg);
         for (name, set) in wanted {
             let cap = cfg.sync.max_objects_per_cluster;
+            let max_bytes = usize::try_from(cfg.sync.max_bytes_per_cluster).unwrap_or(usize::MAX);
             match self.entries.get(&name) {
                 Some(e) if e.settings == set => {
-                    lock(&e.cell).set_cap(cap);
+                    let mut st = lock(&e.cell);
+                    st.set_cap(cap);
+                    st.set_max_bytes(max_bytes);
+                    drop(st);
                     report.kept.push(name);
                 }
                 Some(e) => {
@@ -610,6 +726,7 @@ impl ClusterSet {
                     e.task.abort();
                     let mut state =
                         ClusterState::new(&name, &set.pod_cidrs, &set.service_cidrs, cap);
+                    state.set_max_bytes(max_bytes);
                     if let Some(prev) = previous {
                         let snap = retrust(&prev, &set.pod_cidrs, &set.service_cidrs);
                         state.set_warm(Arc::new(snap), WarmSource::Reload);
@@ -620,6 +737,7 @@ impl ClusterSet {
                 None => {
                     let mut state =
                         ClusterState::new(&name, &set.pod_cidrs, &set.service_cidrs, cap);
+                    state.set_max_bytes(max_bytes);
                     self.load_persisted(&name, &set, &mut state);
                     self.spawn(&name, set, Arc::new(Mutex::new(state)));
                     report.added.push(name);

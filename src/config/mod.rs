@@ -76,7 +76,15 @@ fn env_provider() -> Env {
 /// Loads `path` (must exist), its drop-ins and the environment, and validates.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment(path)?.extract().map_err(figment_errors)?;
-    validate::validate(raw)
+    validate::validate(raw, &config_dir(path))
+}
+
+/// The directory of main file `path`: kubeconfig token files must lie inside it.
+pub fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// The configuration `sdnlinkd cleanup` acts on, and why the full one did not load if it did
@@ -117,7 +125,7 @@ pub fn load_for_cleanup(path: &Path) -> Result<(Config, Option<ConfigError>), Co
     raw.local.name = "cleanup".into();
     raw.local.pod_cidrs = vec!["240.0.0.0/32".into()];
     raw.dns.enabled = false;
-    let cfg = validate::validate(raw)?;
+    let cfg = validate::validate(raw, &config_dir(path))?;
     Ok((cfg, Some(full)))
 }
 
@@ -127,7 +135,16 @@ pub fn parse_str(toml: &str) -> Result<Config, ConfigError> {
         .merge(Toml::string(toml))
         .extract()
         .map_err(figment_errors)?;
-    validate::validate(raw)
+    validate::validate(raw, &config_dir(Path::new(DEFAULT_CONFIG)))
+}
+
+/// [`parse_str`] for a main file in `config_dir` (where kubeconfig token files may lie).
+pub fn parse_str_in(toml: &str, config_dir: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::string(toml))
+        .extract()
+        .map_err(figment_errors)?;
+    validate::validate(raw, config_dir)
 }
 
 fn figment_errors(e: figment::Error) -> ConfigError {

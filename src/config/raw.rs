@@ -159,6 +159,10 @@ impl Default for RawDns {
     }
 }
 
+/// Default of `sync.max_bytes_per_cluster`: 256 MiB, about eight times what a cluster of
+/// 10,000 Services with 10 endpoints each takes in the store.
+pub const DEFAULT_MAX_BYTES_PER_CLUSTER: u64 = 256 << 20;
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSync {
@@ -166,6 +170,7 @@ pub struct RawSync {
     pub min_interval_ms: u64,
     pub max_delay_ms: u64,
     pub max_objects_per_cluster: usize,
+    pub max_bytes_per_cluster: u64,
     pub api_timeout: u64,
 }
 
@@ -176,6 +181,7 @@ impl Default for RawSync {
             min_interval_ms: 200,
             max_delay_ms: 2000,
             max_objects_per_cluster: 200_000,
+            max_bytes_per_cluster: DEFAULT_MAX_BYTES_PER_CLUSTER,
             api_timeout: 60,
         }
     }

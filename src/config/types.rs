@@ -19,6 +19,10 @@ pub struct Config {
     /// Where the daemon keeps what must survive a restart: the last good snapshot of each
     /// cluster, under `snapshots/` ([`crate::clusters::persist::SnapshotStore`]).
     pub state_dir: PathBuf,
+    /// The directory of the main config file (`/etc/sdnlink` for the default file): a
+    /// kubeconfig's `tokenFile` must lie inside it. Not a config key.
+    #[serde(skip)]
+    pub config_dir: PathBuf,
     pub local: LocalCluster,
     pub namespace: NamespaceConfig,
     pub tunnel: TunnelConfig,
@@ -129,6 +133,8 @@ pub struct SyncConfig {
     pub max_delay: Duration,
     /// Per-cluster cap on Services + EndpointSlices + Nodes.
     pub max_objects_per_cluster: usize,
+    /// Per-cluster cap on the bytes the cluster's store holds (records and snapshot).
+    pub max_bytes_per_cluster: u64,
     /// How long an API request may stay silent before the cluster counts as unreachable. Watches
     /// are asked to end after half of it, so a healthy idle watch never trips it.
     #[serde(with = "secs")]

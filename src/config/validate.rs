@@ -17,6 +17,8 @@ const IFNAMSIZ_MAX: usize = 15;
 
 struct V {
     errors: Vec<String>,
+    /// Where a kubeconfig's `tokenFile` may lie.
+    config_dir: PathBuf,
 }
 
 impl V {
@@ -123,6 +125,14 @@ impl V {
                             ));
                         }
                     }
+                    let token_file = spec
+                        .and_then(|s| s.get("tokenFile"))
+                        .and_then(|t| t.as_str());
+                    if let Some(problem) = token_file.and_then(|t| {
+                        crate::clusters::token_file_problem(&path, t, Some(&self.config_dir))
+                    }) {
+                        self.err(format!("{key} = {value:?}: user {name:?}: {problem}"));
+                    }
                 }
             }
             Err(e) => self.err(format!(
@@ -168,8 +178,12 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let mut v = V { errors: Vec::new() };
+/// Validates `raw`, read from a main file in `config_dir` (where kubeconfig token files may lie).
+pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, ConfigError> {
+    let mut v = V {
+        errors: Vec::new(),
+        config_dir: config_dir.to_path_buf(),
+    };
 
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
         v.err(format!(
@@ -182,6 +196,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "sync.api_timeout = {}: expected 2..=3600 seconds (how long a silent API server is tolerated before its cluster shows degraded; default 60)",
             raw.sync.api_timeout
         ));
+    }
+    if raw.sync.max_bytes_per_cluster < 1 << 20 {
+        v.err(format!(
+            "sync.max_bytes_per_cluster = {}: expected at least 1048576 (1 MiB); the default {} (256 MiB) holds about 80,000 Services with 10 endpoints each",
+            raw.sync.max_bytes_per_cluster, DEFAULT_MAX_BYTES_PER_CLUSTER
+        ));
+    }
+    if raw.sync.max_objects_per_cluster == 0 {
+        v.err("sync.max_objects_per_cluster = 0: must be at least 1 (default 200000)".into());
     }
     if !Path::new(&raw.state_dir).is_absolute() {
         v.err(format!(
@@ -507,6 +530,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         resync_interval: Duration::from_secs(raw.resync_interval),
         control_socket: PathBuf::from(raw.control_socket),
         state_dir: PathBuf::from(raw.state_dir),
+        config_dir: config_dir.to_path_buf(),
         local: LocalCluster {
             name: raw.local.name,
             pod_cidrs: local_pods,
@@ -553,6 +577,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             min_interval: Duration::from_millis(raw.sync.min_interval_ms),
             max_delay: Duration::from_millis(raw.sync.max_delay_ms.max(raw.sync.min_interval_ms)),
             max_objects_per_cluster: raw.sync.max_objects_per_cluster,
+            max_bytes_per_cluster: raw.sync.max_bytes_per_cluster,
             api_timeout: Duration::from_secs(raw.sync.api_timeout),
         },
         remote: remotes,

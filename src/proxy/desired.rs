@@ -139,6 +139,7 @@ pub(crate) mod tests {
             resync_interval: Duration::from_secs(300),
             control_socket: "/run/sdnlink/control.sock".into(),
             state_dir: "/var/lib/sdnlink".into(),
+            config_dir: "/etc/sdnlink".into(),
             local: LocalCluster {
                 name: "home".into(),
                 pod_cidrs: vec![net("10.0.0.0/16")],
@@ -185,6 +186,7 @@ pub(crate) mod tests {
                 min_interval: Duration::from_millis(100),
                 max_delay: Duration::from_millis(1000),
                 max_objects_per_cluster: 100_000,
+                max_bytes_per_cluster: 256 << 20,
                 api_timeout: Duration::from_secs(60),
             },
             remote: vec![
@@ -206,7 +208,7 @@ pub(crate) mod tests {
             terminating,
             hostname: None,
             node_name: None,
-            ports: vec![],
+            ports: Vec::new().into(),
         }
     }
 

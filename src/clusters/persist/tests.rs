@@ -36,7 +36,8 @@ fn rich() -> ClusterSnapshot {
                         protocol: Protocol::Udp,
                         port: 5353,
                     },
-                ],
+                ]
+                .into(),
             }
         };
     let services = vec![
