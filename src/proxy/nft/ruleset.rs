@@ -13,13 +13,15 @@
 //!   map per protocol because the key is declared with `typeof ... tcp dport`, and nft 1.0.6
 //!   fails to re-evaluate a cached `typeof` key whose protocol differs from the rule's
 //!   ("conflicting protocols specified: udp vs. tcp") or is `th`;
-//! - `svc-<key>`: one rule, `dnat to daddr . dport . (numgen random mod N) map
-//!   @endpoints-<proto>` (or `jhash` of the client address for the consistent IPVS schedulers
-//!   `sh`/`mh`): the choice among N endpoints is one map lookup, and endpoints are map
-//!   elements, not rules;
-//! - with ClientIP affinity, `svc-<key>` instead holds the affinity lookups and a cascade of
-//!   selection rules, `ep-<key>-<endpoint>` refreshes the affinity set and DNATs, and
-//!   `aff-<key>-<endpoint>` is the dynamic set of client addresses with the affinity timeout.
+//! - `pick<4|6>-<proto>-<random|hash>-<N>`, shared by every service with N endpoints: one
+//!   rule, `dnat to daddr . dport . (numgen random mod N) map @endpoints-<proto>` (or `jhash`
+//!   of the client address for the consistent IPVS schedulers `sh`/`mh`). A service's element
+//!   in `service-ips` jumps to the chain of its endpoint count; the choice among its endpoints
+//!   is one map lookup, and endpoints are map elements, not rules;
+//! - with ClientIP affinity, the element jumps to `svc-<key>` instead, which holds the
+//!   affinity lookups and a cascade of selection rules; `ep-<key>-<endpoint>` refreshes the
+//!   affinity set and DNATs, and `aff-<key>-<endpoint>` is the dynamic set of client
+//!   addresses with the affinity timeout.
 //!
 //! Only DNAT is done: the client's address crosses the tunnel and the remote node routes the
 //! reply back through its own sdnlinkd (design.md), exactly like IPVS masquerade there.
@@ -30,7 +32,7 @@ use super::table::{
 use crate::model::{Protocol, ServiceKey};
 use crate::proxy::{DesiredProxy, Destination, VirtualKey, VirtualService};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// Family of the owned table.
@@ -358,6 +360,106 @@ fn dnat_rule(k: &VirtualKey, d: &Destination) -> Rule {
     )
 }
 
+/// Which shared selection chains a service without affinity jumps to: per family, protocol
+/// and selection method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pick {
+    v6: bool,
+    protocol: Protocol,
+    hashed: bool,
+}
+
+impl Pick {
+    fn of(vs: &VirtualService) -> Pick {
+        Pick {
+            v6: v6(vs.key.vip),
+            protocol: vs.key.protocol,
+            hashed: consistent(&vs.scheduler),
+        }
+    }
+}
+
+/// `pick4-tcp-random-10`: DNAT to one of 10 endpoints, of the service whose address and port
+/// the packet is sent to.
+fn pick_chain(p: &Pick, n: u32) -> String {
+    format!(
+        "pick{}-{}-{}-{n}",
+        if p.v6 { "6" } else { "4" },
+        p.protocol,
+        if p.hashed { "hash" } else { "random" }
+    )
+}
+
+/// Pick chains exist for N = 1..=K per kind in use, K the largest endpoint count of that kind
+/// rounded up to a power of two, at least 16: a service whose endpoint count changes then
+/// (nearly always) finds its new chain already there, so an endpoint change costs map element
+/// updates only. Services share these chains instead of holding one rule each because every
+/// rule that looks up a map binds it, and the kernel walks all of a map's bindings for each
+/// element added (nft_add_set_elem) and all of its elements for each binding added
+/// (nf_tables_bind_check_setelem): with a rule per service, 10k services x 10 endpoints took
+/// minutes of system time.
+const MIN_PICKS: u32 = 16;
+
+fn add_picks<'a>(t: &mut Table, services: impl IntoIterator<Item = &'a VirtualService>) {
+    let mut kinds: BTreeMap<Pick, u32> = BTreeMap::new();
+    for vs in services {
+        if vs.affinity_timeout.is_some() || vs.destinations.is_empty() {
+            continue;
+        }
+        let n = u32::try_from(vs.destinations.len()).unwrap_or(u32::MAX);
+        let max = kinds.entry(Pick::of(vs)).or_insert(0);
+        *max = (*max).max(n);
+    }
+    for (p, max) in kinds {
+        let k = max
+            .checked_next_power_of_two()
+            .unwrap_or(max)
+            .max(MIN_PICKS);
+        for n in 1..=k {
+            t.chains.insert(
+                pick_chain(&p, n),
+                Chain {
+                    base: None,
+                    rules: vec![pick_rule(&p, n)],
+                },
+            );
+        }
+    }
+}
+
+fn pick_rule(p: &Pick, n: u32) -> Rule {
+    let a: IpAddr = if p.v6 {
+        IpAddr::from([0u16; 8])
+    } else {
+        IpAddr::from([0u8; 4])
+    };
+    let (fam, emap) = (ip_kw(a), endpoints_map(a, p.protocol));
+    // `tcp dport` rather than `th dport`: the port half of the DNAT target needs a transport
+    // protocol in nft's context, which the `tcp` payload gives (with its implicit
+    // `meta l4proto tcp` match).
+    let proto = p.protocol.as_lower();
+    let (sel_text, sel) = if p.hashed {
+        (
+            format!("jhash {fam} saddr mod {n} seed 0x0"),
+            expr::jhash(n, expr::payload(fam, "saddr")),
+        )
+    } else {
+        (format!("numgen random mod {n}"), expr::numgen(n))
+    };
+    Rule::new(
+        format!("dnat {fam} to {fam} daddr . {proto} dport . {sel_text} map @{emap}"),
+        json!([expr::dnat_map(
+            fam,
+            expr::concat(vec![
+                expr::payload(fam, "daddr"),
+                expr::payload(proto, "dport"),
+                sel
+            ]),
+            &emap
+        )]),
+    )
+}
+
 /// Adds the objects of one virtual service to `t`.
 fn add_service(t: &mut Table, vs: &VirtualService) {
     let k = &vs.key;
@@ -376,35 +478,20 @@ fn add_service(t: &mut Table, vs: &VirtualService) {
     let svc = service_chain(k);
     let rules = match vs.affinity_timeout {
         None => {
-            let emap = endpoints_map(k.vip, k.protocol);
-            let items = &mut t.elements.entry(emap.clone()).or_default().items;
+            let items = &mut t
+                .elements
+                .entry(endpoints_map(k.vip, k.protocol))
+                .or_default()
+                .items;
             for (i, d) in (0u32..).zip(&vs.destinations) {
                 items.insert(endpoint_key(k, i), ElemValue::Target(d.addr, d.port));
             }
-            // `tcp dport` rather than `th dport`: the port half of the DNAT target needs a
-            // transport protocol in nft's context, which the `tcp` payload gives (with its
-            // implicit `meta l4proto tcp` match).
-            let proto = k.protocol.as_lower();
-            let (sel_text, sel) = if hashed {
-                (
-                    format!("jhash {fam} saddr mod {n} seed 0x0"),
-                    expr::jhash(n, expr::payload(fam, "saddr")),
-                )
-            } else {
-                (format!("numgen random mod {n}"), expr::numgen(n))
-            };
-            vec![Rule::new(
-                format!("dnat {fam} to {fam} daddr . {proto} dport . {sel_text} map @{emap}"),
-                json!([expr::dnat_map(
-                    fam,
-                    expr::concat(vec![
-                        expr::payload(fam, "daddr"),
-                        expr::payload(proto, "dport"),
-                        sel
-                    ]),
-                    &emap
-                )]),
-            )]
+            t.elements
+                .entry(service_map(k.vip))
+                .or_default()
+                .items
+                .insert(ek, ElemValue::Goto(pick_chain(&Pick::of(vs), n)));
+            return;
         }
         // ClientIP affinity needs a per-endpoint chain: the set update must run for the
         // endpoint finally chosen, whether by affinity or by the selection below.
@@ -487,6 +574,7 @@ pub fn desired_table(desired: &DesiredProxy) -> Table {
     for vs in desired.services.values() {
         add_service(&mut t, vs);
     }
+    add_picks(&mut t, desired.services.values());
     t
 }
 
@@ -520,6 +608,11 @@ pub fn incremental_transaction(old: &DesiredProxy, new: &DesiredProxy) -> Tx {
             add_service(&mut after, n);
         }
     }
+    if before == after {
+        return Tx::default();
+    }
+    add_picks(&mut before, old.services.values());
+    add_picks(&mut after, new.services.values());
     diff(TARGET, &after, &before)
 }
 

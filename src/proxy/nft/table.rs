@@ -594,10 +594,22 @@ pub fn diff(target: &str, want: &Table, have: &Table) -> Tx {
         let n = have.elements.get(*map).map_or(0, |e| e.items.len().max(1));
         tx.cmd(n, format_args!("flush map {target} {map}"));
     }
+    // Deleting a chain deletes its rules with it (nf_tables_delchain), but only at that
+    // command: a gone chain is flushed first when its rules jump to other chains or use a set
+    // that goes, because the kernel refuses (EBUSY) to delete a chain or set while a rule
+    // still refers to it, and the sets and chains are deleted before the chains below.
+    let blocks = |c: &Chain| {
+        c.rules.iter().any(|r| {
+            let (sets, chains) = r.references();
+            !chains.is_empty() || sets.iter().any(|s| gone_sets.contains(s))
+        })
+    };
+    let mut flushed: BTreeSet<&str> = BTreeSet::new();
     for name in rewrite.iter().chain(gone_chains.iter()) {
-        if have.chains.get(*name).is_some_and(|c| !c.rules.is_empty()) {
-            let n = have.chains[*name].rules.len();
-            tx.cmd(n, format_args!("flush chain {target} {name}"));
+        let c = &have.chains[*name];
+        if !c.rules.is_empty() && (rewrite.contains(name) || blocks(c)) {
+            tx.cmd(c.rules.len(), format_args!("flush chain {target} {name}"));
+            flushed.insert(name);
         }
     }
     for name in &gone_sets {
@@ -609,7 +621,12 @@ pub fn diff(target: &str, want: &Table, have: &Table) -> Tx {
         tx.cmd(1, format_args!("delete {kind} {target} {name}"));
     }
     for name in &gone_chains {
-        tx.cmd(1, format_args!("delete chain {target} {name}"));
+        let rules = if flushed.contains(name) {
+            0
+        } else {
+            have.chains[*name].rules.len()
+        };
+        tx.cmd(1 + rules, format_args!("delete chain {target} {name}"));
     }
     for name in &new_sets {
         let d = &want.sets[*name];
@@ -844,6 +861,43 @@ mod tests {
              add rule inet t b ip daddr . meta l4proto . th dport vmap @m\n\
              add element inet t m {\n\t10.0.0.1 . 6 . 80 : goto b\n}\n"
         );
+    }
+
+    #[test]
+    fn a_gone_chain_is_flushed_first_only_when_its_rules_refer_to_what_goes() {
+        let want = sample();
+        let mut have = sample();
+        let accept = rule("accept", json!([{"accept": null}]));
+        have.chains.insert(
+            "plain".into(),
+            Chain {
+                base: None,
+                rules: vec![accept.clone(), accept],
+            },
+        );
+        let mut s = map_decl();
+        s.is_map = false;
+        have.sets.insert("s".into(), s);
+        have.chains.insert(
+            "uses-s".into(),
+            Chain {
+                base: None,
+                rules: vec![rule(
+                    "ip saddr @s accept",
+                    json!([expr::matches("==", expr::payload("ip", "saddr"), json!("@s")), {"accept": null}]),
+                )],
+            },
+        );
+        let tx = diff("inet t", &want, &have);
+        assert_eq!(
+            tx.text(),
+            "flush chain inet t uses-s\n\
+             delete set inet t s\n\
+             delete chain inet t plain\n\
+             delete chain inet t uses-s\n"
+        );
+        // The unflushed chain's two rules go with it.
+        assert_eq!((tx.commands(), tx.objects()), (4, 6));
     }
 
     #[test]

@@ -201,7 +201,7 @@ fn drift_deleted_service_element_is_re_added_alone() {
     let tx = full_transaction(&before(), &t);
     assert_eq!(
         tx.text(),
-        "add element inet sdnlink service-ips {\n\t10.97.0.10 . 6 . 80 : goto svc-10.97.0.10-tcp-80\n}\n"
+        "add element inet sdnlink service-ips {\n\t10.97.0.10 . 6 . 80 : goto pick4-tcp-random-2\n}\n"
     );
     assert_eq!((tx.commands(), tx.objects()), (1, 1));
 }
@@ -229,7 +229,8 @@ fn drift_changed_and_stray_endpoint_elements_are_replaced_and_removed() {
 #[test]
 fn drift_deleted_chain_is_recreated_with_its_rules() {
     let mut t = listed();
-    t.chains.remove("svc-10.97.0.14-tcp-80");
+    // The kernel deletes a chain only once nothing points at it: 10.97.0.14's element first.
+    t.chains.remove("pick4-tcp-random-1");
     t.elements
         .get_mut("service-ips")
         .expect("map")
@@ -238,22 +239,22 @@ fn drift_deleted_chain_is_recreated_with_its_rules() {
     let tx = full_transaction(&before(), &t);
     assert_eq!(
         tx.text(),
-        "add chain inet sdnlink svc-10.97.0.14-tcp-80\n\
-         add rule inet sdnlink svc-10.97.0.14-tcp-80 dnat ip to ip daddr . tcp dport . numgen random mod 1 map @endpoints-tcp\n\
-         add element inet sdnlink service-ips {\n\t10.97.0.14 . 6 . 80 : goto svc-10.97.0.14-tcp-80\n}\n"
+        "add chain inet sdnlink pick4-tcp-random-1\n\
+         add rule inet sdnlink pick4-tcp-random-1 dnat ip to ip daddr . tcp dport . numgen random mod 1 map @endpoints-tcp\n\
+         add element inet sdnlink service-ips {\n\t10.97.0.14 . 6 . 80 : goto pick4-tcp-random-1\n}\n"
     );
 }
 
 #[test]
 fn drift_edited_rule_rewrites_its_chain_only() {
     let mut t = listed();
-    let c = t.chains.get_mut("svc-10.98.0.20-tcp-443").expect("chain");
+    let c = t.chains.get_mut("pick4-tcp-hash-2").expect("chain");
     c.rules[0].expr = serde_json::json!([{"accept": null}]);
     let tx = full_transaction(&before(), &t);
     assert_eq!(
         tx.text(),
-        "flush chain inet sdnlink svc-10.98.0.20-tcp-443\n\
-         add rule inet sdnlink svc-10.98.0.20-tcp-443 dnat ip to ip daddr . tcp dport . jhash ip saddr mod 2 seed 0x0 map @endpoints-tcp\n"
+        "flush chain inet sdnlink pick4-tcp-hash-2\n\
+         add rule inet sdnlink pick4-tcp-hash-2 dnat ip to ip daddr . tcp dport . jhash ip saddr mod 2 seed 0x0 map @endpoints-tcp\n"
     );
 }
 
@@ -366,9 +367,9 @@ fn one_endpoint_change_at_scale_costs_constant_commands() {
         desired(list)
     };
     let tx = incremental_transaction(&big(false), &big(true));
-    // Flush the service chain, its one selection rule (now mod 11), one endpoint element:
-    // proportional to that service's change, independent of the 10k other services, and
-    // within the 12 commands of the rule-per-endpoint layout this replaced.
+    // The service's element now jumps to the 11-endpoint chain (delete and add), plus one
+    // endpoint element: proportional to that service's change, independent of the 10k other
+    // services, and within the 12 commands of the rule-per-endpoint layout this replaced.
     assert_eq!(tx.commands(), 3, "{}", tx.text());
     assert!(tx.commands() <= 12);
     let back = incremental_transaction(&big(true), &big(false));
@@ -494,9 +495,7 @@ fn held_cluster_keeps_its_services_and_endpoints_in_a_full_sync() {
     assert_eq!(
         tx.text(),
         "delete element inet sdnlink endpoints-tcp {\n\t10.97.0.14 . 80 . 0\n}\n\
-         delete element inet sdnlink service-ips {\n\t10.97.0.14 . 6 . 80\n}\n\
-         flush chain inet sdnlink svc-10.97.0.14-tcp-80\n\
-         delete chain inet sdnlink svc-10.97.0.14-tcp-80\n"
+         delete element inet sdnlink service-ips {\n\t10.97.0.14 . 6 . 80\n}\n"
     );
 
     // The persisted snapshot has the Service with one endpoint only, and a new one: the
