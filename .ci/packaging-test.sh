@@ -51,7 +51,7 @@ die() { fail "$*"; finish; }
 
 # ---- tools ---------------------------------------------------------------------------------
 [ "$(id -u)" -eq 0 ] || die "must run as root (dpkg -i)"
-tools=(rpm rpmlint vagrant systemd binutils dpkg-dev iproute2 nftables)
+tools=(rpm rpmlint vagrant systemd binutils dpkg-dev iproute2 nftables man-db)
 missing=()
 for p in "${tools[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -99,9 +99,28 @@ deb_files_ok() {
         deb_has -rw-r--r-- 0/0 usr/lib/sysctl.d/60-sdnlinkd.conf &&
         deb_has -rw-r--r-- 0/0 usr/lib/modules-load.d/sdnlinkd.conf &&
         deb_has -rw-r--r-- 0/0 usr/share/doc/sdnlinkd/README.md &&
-        deb_has -rw-r--r-- 0/0 usr/share/doc/sdnlinkd/copyright
+        deb_has -rw-r--r-- 0/0 usr/share/doc/sdnlinkd/copyright &&
+        deb_has -rw-r--r-- 0/0 usr/share/man/man1/sdnlinkd.1.gz &&
+        deb_has -rw-r--r-- 0/0 usr/share/bash-completion/completions/sdnlinkd &&
+        deb_has -rw-r--r-- 0/0 usr/share/zsh/vendor-completions/_sdnlinkd &&
+        deb_has -rw-r--r-- 0/0 usr/share/fish/vendor_completions.d/sdnlinkd.fish
 }
 check "deb: files and modes" deb_files_ok
+# The shipped page renders (man's own parser, warnings are errors) and names every subcommand
+# the binary has; the bash completion loads in bash and completes a subcommand.
+man_ok() {
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/share/man/man1/sdnlinkd.1.gz | gunzip >"$work/sdnlinkd.1" &&
+        ! man --warnings -l "$work/sdnlinkd.1" 2>&1 >/dev/null | grep . &&
+        for sub in status reload cleanup check-config pubkey completions man; do
+            grep -q -- "$(sed 's/-/\\\\-/g' <<<"$sub")" "$work/sdnlinkd.1" || { echo "man page lacks $sub"; return 1; }
+        done
+}
+check "deb: man page renders and lists the subcommands" man_ok
+bash_completion_ok() {
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/share/bash-completion/completions/sdnlinkd >"$work/completion.bash" &&
+        bash -c "source '$work/completion.bash' && COMP_WORDS=(sdnlinkd sta) COMP_CWORD=1 && _sdnlinkd sdnlinkd sta sdnlinkd && printf '%s\n' \"\${COMPREPLY[@]}\"" | grep -qx status
+}
+check "deb: bash completion completes 'sta' to status" bash_completion_ok
 check "deb: the lab binary is not packaged" bash -c "! grep -q sdnlink-lab '$work/deb-contents'"
 check "deb: /usr/bin/sdnlinkd is stripped" bash -c \
     "dpkg-deb --fsys-tarfile '$deb' | tar -xO ./usr/bin/sdnlinkd >'$work/bin' && ! readelf -S --wide '$work/bin' | grep -qE '\.debug_(info|line|str) '"
@@ -231,7 +250,11 @@ rpm_files_ok() {
         "-rw-r--r-- root:root /usr/lib/tmpfiles.d/sdnlinkd.conf" \
         "-rw-r--r-- root:root /usr/lib/sysctl.d/60-sdnlinkd.conf" \
         "-rw-r--r-- root:root /usr/lib/modules-load.d/sdnlinkd.conf" \
-        "-rw-r--r-- root:root /usr/share/doc/sdnlinkd/README.md"; do
+        "-rw-r--r-- root:root /usr/share/doc/sdnlinkd/README.md" \
+        "-rw-r--r-- root:root /usr/share/man/man1/sdnlinkd.1.gz" \
+        "-rw-r--r-- root:root /usr/share/bash-completion/completions/sdnlinkd" \
+        "-rw-r--r-- root:root /usr/share/zsh/site-functions/_sdnlinkd" \
+        "-rw-r--r-- root:root /usr/share/fish/vendor_completions.d/sdnlinkd.fish"; do
         grep -qxF -- "$line" "$work/rpm-files" || { echo "missing: $line"; cat "$work/rpm-files"; return 1; }
     done
     ! grep -q sdnlink-lab "$work/rpm-files"

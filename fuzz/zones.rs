@@ -1,5 +1,6 @@
 //! Zone data covering every record form the stub serves (ClusterIP v4/v6, headless with and
-//! without hostnames, ExternalName, pods, reverse, cluster.all): shared by the libFuzzer target
+//! without hostnames, ExternalName, pods, reverse, cluster.all) and answers too large for UDP
+//! (a headless service with 100 endpoints): shared by the libFuzzer target
 //! (fuzz_targets/dns_query.rs) and the stable mutation test (tests/dns_mutation.rs).
 
 use sdnlinkd::dns::ZoneData;
@@ -8,8 +9,22 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Remote cluster "west" with services web (ClusterIP 172.31.0.10, fd00:31::10), db (headless:
-/// 10.132.0.5 as db-0, fd00:132::5) and ext (ExternalName example.org), all in `default`.
+/// 10.132.0.5 as db-0, fd00:132::5), ext (ExternalName example.org) and big (headless,
+/// 10.132.1.1-100 as big-0..99, port pg), all in `default`.
+/// East (local, watched) has listed and is empty, so every zone is known and the rendered fast
+/// path is on.
 pub fn zone_data() -> ZoneData {
+    build(true)
+}
+
+/// The same with east not listed yet: its zone and reverse zones answer SERVFAIL, and every
+/// query takes the hickory path.
+#[allow(dead_code)]
+pub fn zone_data_with_unknown() -> ZoneData {
+    build(false)
+}
+
+fn build(east_listed: bool) -> ZoneData {
     let mut cfg = sdnlinkd::config::parse_str(
         r#"
 [local]
@@ -38,7 +53,8 @@ service_cidrs = ["172.31.0.0/16", "fd00:31::/112"]
             name: "pg".into(),
             protocol: Protocol::Tcp,
             port: 5432,
-        }],
+        }]
+        .into(),
     };
     let port = ServicePort {
         name: "pg".into(),
@@ -78,6 +94,13 @@ service_cidrs = ["172.31.0.0/16", "fd00:31::/112"]
             ServiceKind::ExternalName("example.org".into()),
             vec![],
         ),
+        svc(
+            "big",
+            ServiceKind::Headless,
+            (0..100u8)
+                .map(|i| ep(IpAddr::from([10, 132, 1, i + 1]), Some(&format!("big-{i}"))))
+                .collect(),
+        ),
     ];
     let mut snaps = Snapshots::new();
     snaps.insert(
@@ -87,5 +110,8 @@ service_cidrs = ["172.31.0.0/16", "fd00:31::/112"]
             nodes: Default::default(),
         }),
     );
+    if east_listed {
+        snaps.insert("east".into(), Arc::new(ClusterSnapshot::default()));
+    }
     ZoneData::build(&cfg, &snaps)
 }

@@ -51,6 +51,13 @@ rm -rf "$stage" "$out"/*.deb "$out"/*.rpm
 mkdir -p "$stage/release" "$out"
 install -m 0755 "$binary" "$stage/release/sdnlinkd"
 strip --strip-unneeded "$stage/release/sdnlinkd"
+# The manual page and the completions come from the binary's own clap definition, so they
+# always match the options it has. Man pages ship gzipped (Debian policy 12.1; rpm's
+# brp-compress would do the same, but cargo-generate-rpm runs no brp scripts).
+"$stage/release/sdnlinkd" man | gzip -9n >"$stage/release/sdnlinkd.1.gz"
+for shell in bash zsh fish; do
+    "$stage/release/sdnlinkd" completions "$shell" >"$stage/release/sdnlinkd.$shell"
+done
 
 CARGO_TARGET_DIR="$stage" cargo deb --no-build --no-strip --output "$out/"
 cargo generate-rpm --target-dir "$stage" --output "$out/"

@@ -47,6 +47,13 @@ pub enum Cmd {
         #[command(subcommand)]
         action: NetnsCmd,
     },
+    /// Print a shell completion script (the packages install them for bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, roff source (the packages install it as sdnlinkd(1)).
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,9 +122,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "sdnlinkd", &mut out);
+    out
+}
+
+/// The manual page, roff source.
+pub fn man_page() -> anyhow::Result<Vec<u8>> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .render(&mut out)
+        .context("rendering the manual page")?;
+    Ok(out)
+}
+
 fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
     match cmd {
         Cmd::Run => unreachable!("handled by main"),
+        Cmd::Completions { shell } => {
+            std::io::stdout()
+                .write_all(&completions(shell))
+                .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man => {
+            std::io::stdout()
+                .write_all(&man_page()?)
+                .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::CheckConfig { print } => match config::load(path) {
             Ok(cfg) => {
                 if print {
@@ -177,7 +215,7 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let (cfg, broken) = config::load_for_cleanup(path)?;
             if let Some(e) = broken {
                 eprintln!(
-                    "{}: {e}\ncleaning up with its [namespace], [tunnel] and control_socket settings, which are valid (cleanup needs nothing else)",
+                    "{}: {e}\ncleaning up with its [namespace], [tunnel], control_socket and state_dir settings, which are valid (cleanup needs nothing else)",
                     path.display()
                 );
             }
@@ -231,5 +269,45 @@ mod tests {
                 action: NetnsCmd::Ensure
             })
         ));
+    }
+
+    #[test]
+    fn completions_name_every_subcommand_for_each_shell() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let text = String::from_utf8(completions(shell)).expect("completions are UTF-8");
+            for sub in Cli::command().get_subcommands() {
+                assert!(
+                    text.contains(sub.get_name()),
+                    "{shell:?} completion lacks {}",
+                    sub.get_name()
+                );
+            }
+            // fish spells long options `-l config`.
+            assert!(
+                text.contains("--config") || text.contains("-l config"),
+                "{shell:?} completion lacks --config"
+            );
+        }
+    }
+
+    #[test]
+    fn man_page_has_name_synopsis_and_subcommands() {
+        let roff = String::from_utf8(man_page().expect("renders")).expect("roff is UTF-8");
+        // roff escapes a hyphen in names as `\-`.
+        let text = roff.replace("\\-", "-");
+        assert!(text.contains(".TH sdnlinkd 1"), "no title header");
+        for section in ["NAME", "SYNOPSIS", "SUBCOMMANDS"] {
+            assert!(
+                text.contains(&format!(".SH {section}")),
+                "no {section} section"
+            );
+        }
+        for sub in ["status", "reload", "cleanup", "check-config"] {
+            assert!(text.contains(sub), "man page lacks {sub}");
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! The control socket under /run/sdnlink: one JSON request line, one JSON response line.
 //!
-//! The daemon's reconcile task owns all state, so the server only forwards requests to it over
-//! a channel and writes back what it answers; `status` and `reload` are therefore always
-//! consistent with what the loop is doing.
+//! `status` is answered here, from the status board (see `daemon::board`), never by the
+//! reconcile task, so it answers while a long sync runs; `reload` is forwarded to the task over
+//! a channel and answered once the new configuration is applied.
 
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -34,6 +34,11 @@ pub struct Response {
     pub status: Option<serde_json::Value>,
 }
 
+/// Produces the status document (`None` before the daemon published one).
+pub type StatusFn = std::sync::Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Option<serde_json::Value>> + Send + Sync,
+>;
+
 /// A request handed to the reconcile task.
 pub struct Pending {
     pub cmd: Command,
@@ -59,7 +64,11 @@ pub enum ControlError {
 }
 
 /// Binds the socket (replacing a stale one) and serves until the task is dropped.
-pub async fn serve(path: &Path, to_daemon: mpsc::Sender<Pending>) -> Result<(), ControlError> {
+pub async fn serve(
+    path: &Path,
+    to_daemon: mpsc::Sender<Pending>,
+    status: StatusFn,
+) -> Result<(), ControlError> {
     let err = |source| ControlError::Io {
         path: path.display().to_string(),
         source,
@@ -89,21 +98,32 @@ pub async fn serve(path: &Path, to_daemon: mpsc::Sender<Pending>) -> Result<(), 
             }
         };
         let tx = to_daemon.clone();
+        let status = status.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, tx).await {
+            if let Err(e) = handle(stream, tx, status).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, tx: mpsc::Sender<Pending>) -> io::Result<()> {
+async fn handle(stream: UnixStream, tx: mpsc::Sender<Pending>, status: StatusFn) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     // A request is one short line; cap it so a client cannot make us buffer without bound.
     let mut reader = BufReader::new(read.take(64 * 1024));
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request {
+            cmd: Command::Status,
+        }) => match status().await {
+            Some(doc) => Response {
+                ok: true,
+                error: None,
+                status: Some(doc),
+            },
+            None => Response::error("the daemon is starting and has no status yet"),
+        },
         Ok(req) => {
             let (reply, rx) = oneshot::channel();
             if tx
@@ -188,15 +208,14 @@ mod tests {
         let path = dir.path().join("control.sock");
         let (tx, mut rx) = mpsc::channel(4);
         let server_path = path.clone();
-        tokio::spawn(async move { serve(&server_path, tx).await });
+        let status: StatusFn =
+            std::sync::Arc::new(|| Box::pin(async { Some(serde_json::json!({"phase": "ready"})) }));
+        tokio::spawn(async move { serve(&server_path, tx, status).await });
+        // The task only ever sees reloads: status is answered by the server itself.
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
                 let r = match p.cmd {
-                    Command::Status => Response {
-                        ok: true,
-                        error: None,
-                        status: Some(serde_json::json!({"phase": "ready"})),
-                    },
+                    Command::Status => Response::error("status must not reach the daemon task"),
                     Command::Reload => Response::error("local.name: bad"),
                 };
                 let _ = p.reply.send(r);

@@ -93,7 +93,7 @@ pub enum TargetPort {
 }
 
 /// A resolved port of an endpoint, from its EndpointSlice's `ports` list.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EndpointPort {
     /// Matches [`ServicePort::name`] (kube-proxy matches slice ports to service ports by name).
     pub name: String,
@@ -113,9 +113,11 @@ pub struct Endpoint {
     /// `conditions.terminating`; absent counts as false.
     pub terminating: bool,
     pub hostname: Option<String>,
-    pub node_name: Option<String>,
-    /// The ports of the EndpointSlice this endpoint came from.
-    pub ports: Vec<EndpointPort>,
+    /// Shared by every endpoint on the same node (the cluster store interns it).
+    pub node_name: Option<Arc<str>>,
+    /// The ports of the EndpointSlice this endpoint came from, shared by every endpoint of that
+    /// slice (and of slices with the same ports): a Service's endpoints cost one copy of them.
+    pub ports: Arc<[EndpointPort]>,
 }
 
 /// A Service with its endpoints.
@@ -156,11 +158,22 @@ pub type Snapshots = BTreeMap<String, Arc<ClusterSnapshot>>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum SyncState {
-    /// Not every watch has listed once yet.
-    Starting,
-    /// Every watch listed once and is following changes.
+    /// Not every watch has listed in this run and no snapshot is there to serve: what the node
+    /// has for the cluster is kept as it is, and its DNS zone answers SERVFAIL.
+    Unknown {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Not every watch has listed in this run; a warm snapshot is served, and nothing the node
+    /// has for the cluster is withdrawn until it lists.
+    Warm {
+        source: WarmSource,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Every watch listed in this run and is following changes.
     Current,
-    /// Something failed; the last good snapshot stays in use.
+    /// Listed in this run, and something fails now; the last good snapshot stays in use.
     Degraded {
         reason: String,
         #[serde(with = "unix_seconds")]
@@ -170,7 +183,55 @@ pub enum SyncState {
     Static,
 }
 
-mod unix_seconds {
+impl SyncState {
+    /// The state's name as serialized (`unknown`, `warm`, `current`, `degraded`, `static`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SyncState::Unknown { .. } => "unknown",
+            SyncState::Warm { .. } => "warm",
+            SyncState::Current => "current",
+            SyncState::Degraded { .. } => "degraded",
+            SyncState::Static => "static",
+        }
+    }
+
+    /// Why the cluster is not current, if it fails.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            SyncState::Unknown { reason } | SyncState::Warm { reason, .. } => reason.as_deref(),
+            SyncState::Degraded { reason, .. } => Some(reason),
+            SyncState::Current | SyncState::Static => None,
+        }
+    }
+}
+
+/// Where a warm snapshot comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "from")]
+pub enum WarmSource {
+    /// Loaded from the state directory at start; written at `saved_at` by an earlier run.
+    Persisted {
+        #[serde(with = "unix_seconds")]
+        saved_at: SystemTime,
+    },
+    /// The previous watch of this cluster, replaced by a reload that changed its settings.
+    Reload,
+}
+
+/// `Option<SystemTime>` as Unix seconds or null.
+pub(crate) mod unix_seconds_opt {
+    use serde::Serializer;
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::unix_seconds::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+pub(crate) mod unix_seconds {
     use serde::Serializer;
     use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -51,6 +51,10 @@ fn serve_east(sets: &[&str]) -> (tempfile::TempDir, SimApi, PathBuf) {
 /// Remote "east" (pod 10.132.0.0/14, services 172.31.0.0/16) watched through `kubeconfig`;
 /// optionally the local cluster "here" watched too.
 fn config_for(east: &Path, local: Option<&Path>, cap: usize) -> Config {
+    config::parse_str(&config_toml(east, local, cap)).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+fn config_toml(east: &Path, local: Option<&Path>, cap: usize) -> String {
     let local_kc = local
         .map(|p| format!("kubeconfig = {:?}\n", p.display().to_string()))
         .unwrap_or_default();
@@ -75,7 +79,7 @@ service_cidrs = ["172.31.0.0/16"]
 "#,
         east = east.display().to_string()
     );
-    config::parse_str(&toml).unwrap_or_else(|e| panic!("test config: {e}"))
+    toml
 }
 
 async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -114,7 +118,7 @@ fn state_of(set: &ClusterSet, name: &str) -> SyncState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_list_converts_the_fixtures() {
     let (_tmp, sim, kc) = serve_east(&["east"]);
-    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    let set = ClusterSet::start(&config_for(&kc, None, 1000), None).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
 
     let s = east(&set);
@@ -171,7 +175,7 @@ async fn initial_list_converts_the_fixtures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_out_of_cidr_objects_never_reach_the_snapshot() {
     let (_tmp, sim, kc) = serve_east(&["east", "hostile"]);
-    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    let set = ClusterSet::start(&config_for(&kc, None, 1000), None).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
 
     let check = |s: &ClusterSnapshot| {
@@ -240,7 +244,7 @@ async fn hostile_out_of_cidr_objects_never_reach_the_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openshift_host_subnets_add_node_subnets() {
     let (_tmp, sim, kc) = serve_east(&["east", "openshift"]);
-    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    let set = ClusterSet::start(&config_for(&kc, None, 1000), None).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     wait_until("the HostSubnet to be merged", 20, || {
         east(&set).nodes["east-2"].pod_cidrs.len() == 2
@@ -284,7 +288,7 @@ impl Rng {
 async fn churn_of_1000_changes_converges_to_a_fresh_list() {
     let (_tmp, sim, kc) = serve_east(&["east"]);
     let cfg = config_for(&kc, None, 10_000);
-    let follower = ClusterSet::start(&cfg).expect("start");
+    let follower = ClusterSet::start(&cfg, None).expect("start");
     wait_until("east to list", 30, || follower.all_listed()).await;
 
     let mut rng = Rng(0x5eed_1234_abcd);
@@ -332,7 +336,7 @@ async fn churn_of_1000_changes_converges_to_a_fresh_list() {
         }
     }
 
-    let fresh = ClusterSet::start(&cfg).expect("start a fresh watcher");
+    let fresh = ClusterSet::start(&cfg, None).expect("start a fresh watcher");
     wait_until("the fresh list", 30, || fresh.all_listed()).await;
     let want = east(&fresh);
     assert!(want.services.len() > 3, "churn produced services");
@@ -355,7 +359,7 @@ async fn restart_with_expired_versions_relists_and_drops_objects_deleted_in_the_
     let sim = SimApi::start(l, Some(&dir), TOKEN).expect("simapi");
     let ca = sim.ca();
     let kc = write_kubeconfig(tmp.path(), "east", &sim);
-    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    let set = ClusterSet::start(&config_for(&kc, None, 1000), None).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     assert!(east(&set).services.contains_key(&key("shop", "db")));
 
@@ -409,7 +413,7 @@ async fn restart_with_expired_versions_relists_and_drops_objects_deleted_in_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_forces_a_410_relist_that_keeps_the_snapshot_right() {
     let (_tmp, sim, kc) = serve_east(&["east"]);
-    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    let set = ClusterSet::start(&config_for(&kc, None, 1000), None).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     let before = east(&set);
     let changed = set.changed();
@@ -436,17 +440,29 @@ async fn compaction_forces_a_410_relist_that_keeps_the_snapshot_right() {
 async fn unauthorized_shows_degraded_with_the_reason_and_recovers() {
     let (_tmp, sim, kc) = serve_east(&["east"]);
     sim.set_token("rotated-token");
-    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
-    wait_until("degraded", 30, || {
-        matches!(state_of(&set, "east"), SyncState::Degraded { .. })
+    let set = ClusterSet::start(&config_for(&kc, None, 1000), None).expect("start");
+    // Never listed and nothing persisted: unknown (not empty), with the reason.
+    wait_until("unknown with a reason", 30, || {
+        matches!(
+            state_of(&set, "east"),
+            SyncState::Unknown { reason: Some(_) }
+        )
     })
     .await;
-    let SyncState::Degraded { reason, .. } = state_of(&set, "east") else {
+    let SyncState::Unknown {
+        reason: Some(reason),
+    } = state_of(&set, "east")
+    else {
         unreachable!("checked just above")
     };
     assert!(reason.contains("401"), "reason: {reason}");
     assert!(!set.all_listed());
-    assert!(east(&set).services.is_empty());
+    assert!(
+        !set.snapshots().contains_key("east"),
+        "an unknown cluster has no snapshot to serve"
+    );
+    let (pods, svcs) = set.held(&config_for(&kc, None, 1000));
+    assert!(!pods.is_empty() && !svcs.is_empty(), "its CIDRs are held");
 
     sim.set_token(TOKEN);
     wait_until("recovery after the token is accepted again", 90, || {
@@ -487,7 +503,7 @@ async fn degraded_keeps_snapshot_then_recovers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_after_a_good_list_keeps_the_snapshot_and_shows_degraded() {
     let (_tmp, sim, kc) = serve_east(&["east"]);
-    let set = ClusterSet::start(&config_for(&kc, None, 1000)).expect("start");
+    let set = ClusterSet::start(&config_for(&kc, None, 1000), None).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     let good = east(&set);
 
@@ -508,7 +524,7 @@ async fn hung_api_server_shows_degraded_within_the_api_timeout_and_recovers() {
     let (_tmp, sim, kc) = serve_east(&["east"]);
     let mut cfg = config_for(&kc, None, 1000);
     cfg.sync.api_timeout = Duration::from_secs(4);
-    let set = ClusterSet::start(&cfg).expect("start");
+    let set = ClusterSet::start(&cfg, None).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     let good = east(&set);
 
@@ -527,7 +543,7 @@ async fn hung_api_server_shows_degraded_within_the_api_timeout_and_recovers() {
 async fn object_cap_protects_the_node() {
     let (_tmp, sim, kc) = serve_east(&["east"]);
     // 7 objects in the fixtures, cap 5.
-    let set = ClusterSet::start(&config_for(&kc, None, 5)).expect("start");
+    let set = ClusterSet::start(&config_for(&kc, None, 5), None).expect("start");
     wait_until("east to list", 30, || set.all_listed()).await;
     let st = set.status();
     let e = st.iter().find(|c| c.name == "east").expect("east");
@@ -548,17 +564,20 @@ async fn publish_node_patches_the_local_node_only_when_changed() {
         SimApi::start(listener(), Some(&local_dir), "local-token").expect("local simapi");
     let east_kc = write_kubeconfig(tmp.path(), "east", &east_sim);
     let local_kc = write_kubeconfig(tmp.path(), "here", &local_sim);
-    let set = ClusterSet::start(&config_for(&east_kc, Some(&local_kc), 1000)).expect("start");
+    let set = ClusterSet::start(&config_for(&east_kc, Some(&local_kc), 1000), None).expect("start");
     wait_until("both to list", 30, || set.all_listed()).await;
 
     let key_b64 = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
     let ep = "198.51.100.7:51820".parse().expect("endpoint");
-    assert!(set.publish_node(key_b64, Some(ep)).await.expect("publish"));
+    // The publisher runs in its own task: publish() only hands the values over.
+    set.publish(key_b64, Some(ep));
+    wait_until("the Node to carry the key", 30, || {
+        local_sim.get_node("here-1").expect("node")["metadata"]["annotations"]
+            [ANNOTATION_PUBLIC_KEY]
+            == key_b64
+    })
+    .await;
     let node = local_sim.get_node("here-1").expect("node");
-    assert_eq!(
-        node["metadata"]["annotations"][ANNOTATION_PUBLIC_KEY],
-        key_b64
-    );
     assert_eq!(
         node["metadata"]["annotations"][ANNOTATION_ENDPOINT],
         "198.51.100.7:51820"
@@ -566,12 +585,6 @@ async fn publish_node_patches_the_local_node_only_when_changed() {
     assert_eq!(
         node["metadata"]["annotations"]["keep"], "me",
         "other annotations survive"
-    );
-    assert!(
-        !set.publish_node(key_b64, Some(ep))
-            .await
-            .expect("publish again"),
-        "no patch when unchanged"
     );
     // The local cluster is watched too: its snapshot sees the published annotations.
     wait_until("the local snapshot to show the key", 30, || {
@@ -581,14 +594,40 @@ async fn publish_node_patches_the_local_node_only_when_changed() {
             == Some(key_b64)
     })
     .await;
-    assert!(set
-        .publish_node(key_b64, None)
-        .await
-        .expect("publish without endpoint"));
-    let node = local_sim.get_node("here-1").expect("node");
-    assert!(node["metadata"]["annotations"]
-        .get(ANNOTATION_ENDPOINT)
-        .is_none());
+    let st = set
+        .publish_status()
+        .expect("a local kubeconfig has a publisher");
+    assert_eq!((st.state, st.patches), ("published", 1), "{st:?}");
+    // Asking again for the same values, and other changes of the local cluster, patch nothing:
+    // the publisher compares with what the watch shows.
+    set.publish(key_b64, Some(ep));
+    local_sim
+        .apply_yaml("apiVersion: v1\nkind: Service\nmetadata: {namespace: x, name: y}\nspec: {clusterIP: None}\n")
+        .expect("apply");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        set.publish_status().expect("publisher").patches,
+        1,
+        "no patch when unchanged"
+    );
+    // Someone removes the annotation: it comes back.
+    local_sim
+        .apply_yaml("apiVersion: v1\nkind: Node\nmetadata: {name: here-1, annotations: {keep: me}}\nspec: {podCIDRs: [10.128.4.0/24]}\n")
+        .expect("apply");
+    wait_until("the key to be published again", 30, || {
+        local_sim.get_node("here-1").expect("node")["metadata"]["annotations"]
+            [ANNOTATION_PUBLIC_KEY]
+            == key_b64
+    })
+    .await;
+    set.publish(key_b64, None);
+    wait_until("the endpoint annotation to go", 30, || {
+        local_sim.get_node("here-1").expect("node")["metadata"]["annotations"]
+            .get(ANNOTATION_ENDPOINT)
+            .is_none()
+    })
+    .await;
+    assert_eq!(set.publish_status().expect("publisher").patches, 3);
     set.shutdown();
     east_sim.shutdown().await;
     local_sim.shutdown().await;
@@ -633,7 +672,7 @@ async fn exec_and_auth_provider_kubeconfigs_are_refused() {
             format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'https://127.0.0.1:1'}}\nusers:\n- name: u\n  user:\n{user}contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"),
         )
         .expect("write");
-        match ClusterSet::start(&cfg) {
+        match ClusterSet::start(&cfg, None) {
             Err(ClustersError::RefusedAuth { mechanism, user, .. }) => {
                 assert_eq!(mechanism, mech);
                 assert_eq!(user, "u");
@@ -642,4 +681,223 @@ async fn exec_and_auth_provider_kubeconfigs_are_refused() {
             Ok(_) => panic!("{mech}: kubeconfig accepted"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_unchanged_watches_and_serves_a_changed_one_until_it_relists() {
+    let (_tmp, sim, kc) = serve_east(&["east"]);
+    let cfg = config_for(&kc, None, 1000);
+    let mut set = ClusterSet::start(&cfg, None).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let before = east(&set);
+    assert!(!before.services.is_empty());
+
+    // Only the object cap changed: the watch and its snapshot are untouched.
+    let r = set.reconfigure(&config_for(&kc, None, 999));
+    assert_eq!(r.kept, ["east"], "{r}");
+    assert!(r.restarted.is_empty() && r.added.is_empty() && r.removed.is_empty());
+    assert!(
+        std::sync::Arc::ptr_eq(&before, &east(&set)),
+        "same snapshot value"
+    );
+    assert_eq!(state_of(&set, "east"), SyncState::Current);
+
+    // The API server hangs, and a reload changes the watch settings (sync.api_timeout): the
+    // new watch cannot list, so the old snapshot is served, warm, and east stays held.
+    sim.set_fault(Fault::Hang);
+    let mut changed = cfg.clone();
+    changed.sync.api_timeout = Duration::from_secs(4);
+    let r = set.reconfigure(&changed);
+    assert_eq!(r.restarted, ["east"], "{r}");
+    assert!(
+        matches!(state_of(&set, "east"), SyncState::Warm { .. }),
+        "{:?}",
+        state_of(&set, "east")
+    );
+    assert_eq!(*east(&set), *before, "the old snapshot keeps being served");
+    let (pods, _) = set.held(&changed);
+    assert!(
+        !pods.is_empty(),
+        "nothing of east is withdrawn until it lists"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(*east(&set), *before);
+
+    // The server answers again: the new watch lists and east is current.
+    sim.set_fault(Fault::None);
+    wait_until("east to list again", 60, || set.all_listed()).await;
+    assert_eq!(state_of(&set, "east"), SyncState::Current);
+    assert_eq!(*east(&set), *before);
+    assert!(set.held(&changed).0.is_empty());
+
+    // east leaves the config: exactly its snapshot goes.
+    let mut gone = changed.clone();
+    gone.remote.clear();
+    let r = set.reconfigure(&gone);
+    assert_eq!(r.removed, ["east"], "{r}");
+    assert!(set.snapshots().is_empty());
+    assert!(set.status().is_empty());
+
+    // And comes back: unknown until it lists.
+    let r = set.reconfigure(&changed);
+    assert_eq!(r.added, ["east"], "{r}");
+    wait_until("east to list after being added", 30, || set.all_listed()).await;
+    assert_eq!(*east(&set), *before);
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+/// A kubeconfig for `sim` whose user reads its token from `token_file` (as written).
+fn token_file_kubeconfig(path: &Path, sim: &SimApi, token_file: &str) {
+    let yaml = sim.kubeconfig_yaml(&sim.url()).replace(
+        &format!("token: {TOKEN}"),
+        &format!("tokenFile: {token_file:?}"),
+    );
+    assert!(yaml.contains("tokenFile"), "{yaml}");
+    std::fs::write(path, yaml).expect("write kubeconfig");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_inside_the_config_directory_is_read() {
+    let (tmp, sim, _) = serve_east(&["east"]);
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir_all(etc.join("east")).expect("mkdir");
+    std::fs::write(etc.join("east/token"), TOKEN).expect("write token");
+    // Relative to the kubeconfig's directory, as kubectl reads it.
+    let kc = etc.join("east/kubeconfig");
+    token_file_kubeconfig(&kc, &sim, "token");
+    let cfg =
+        config::parse_str_in(&config_toml(&kc, None, 1000), &etc).expect("config check accepts it");
+    // A kubeconfig outside the config directory may use a token file inside it.
+    let outside_kc = tmp.path().join("elsewhere.kubeconfig");
+    token_file_kubeconfig(
+        &outside_kc,
+        &sim,
+        &etc.join("east/token").display().to_string(),
+    );
+    config::parse_str_in(&config_toml(&outside_kc, None, 1000), &etc)
+        .expect("inside the config directory");
+
+    let set = ClusterSet::start(&cfg, None).expect("start");
+    wait_until("east to list with the token from the file", 30, || {
+        set.all_listed()
+    })
+    .await;
+    assert!(!east(&set).services.is_empty());
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_outside_the_config_directory_is_refused_at_check_and_at_load() {
+    let (tmp, sim, _) = serve_east(&["east"]);
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir_all(etc.join("east")).expect("mkdir");
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "root-only secret").expect("write secret");
+    std::fs::write(etc.join("shared-token"), TOKEN).expect("write token");
+    std::os::unix::fs::symlink(&secret, etc.join("east/link")).expect("symlink");
+    let kc = etc.join("east/kubeconfig");
+    let cases = [
+        ("absolute path outside", secret.display().to_string()),
+        ("symlink inside pointing out", "link".to_string()),
+        ("relative path climbing out", "../../secret".to_string()),
+        // The kubeconfig lives in etc/east, so its token must too.
+        (
+            "beside the kubeconfig's directory",
+            "../shared-token".to_string(),
+        ),
+    ];
+    for (what, tf) in cases {
+        // What config check says.
+        token_file_kubeconfig(&kc, &sim, &tf);
+        let err = config::parse_str_in(&config_toml(&kc, None, 1000), &etc)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted by config check"))
+            .to_string();
+        for want in [
+            format!("remote[0].kubeconfig = {:?}", kc.display().to_string()),
+            "user \"sim\"".to_string(),
+            format!("tokenFile {tf:?}"),
+            "move the token file there or write the token inline".to_string(),
+        ] {
+            assert!(err.contains(&want), "{what}: {want:?} missing from: {err}");
+        }
+        // What the daemon says when the file changed after the config was loaded.
+        std::fs::write(&kc, sim.kubeconfig_yaml(&sim.url())).expect("write good kubeconfig");
+        let cfg =
+            config::parse_str_in(&config_toml(&kc, None, 1000), &etc).expect("good kubeconfig");
+        token_file_kubeconfig(&kc, &sim, &tf);
+        match ClusterSet::start(&cfg, None) {
+            Err(e @ ClustersError::RefusedTokenFile { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&kc.display().to_string()), "{what}: {msg}");
+                assert!(
+                    msg.contains("outside") || msg.contains("cannot be read"),
+                    "{what}: {msg}"
+                );
+            }
+            Err(e) => panic!("{what}: wrong error {e}"),
+            Ok(_) => panic!("{what}: token file accepted at load"),
+        }
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_the_api_down_serves_the_persisted_snapshot() {
+    use sdnlinkd::clusters::persist::{SnapshotStore, DEFAULT_MAX_BYTES};
+    let (tmp, sim, kc) = serve_east(&["east"]);
+    let cfg = config_for(&kc, None, 1000);
+    let state = tmp.path().join("state");
+    let store = || SnapshotStore::new(&state, DEFAULT_MAX_BYTES);
+    let set = ClusterSet::start(&cfg, Some(store())).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let good = east(&set);
+    let file = store().path_of("east");
+    wait_until("the snapshot to be written after the list", 30, || {
+        store().load("east").ok().flatten().as_ref() == Some(&*good)
+    })
+    .await;
+    set.shutdown();
+
+    // Every API server is down at start: the persisted snapshot is served at once.
+    sim.shutdown().await;
+    let set = ClusterSet::start(&cfg, Some(store())).expect("restart");
+    assert!(
+        matches!(
+            state_of(&set, "east"),
+            SyncState::Warm {
+                source: sdnlinkd::model::WarmSource::Persisted { .. },
+                ..
+            }
+        ),
+        "{:?}",
+        state_of(&set, "east")
+    );
+    assert_eq!(*east(&set), *good);
+    assert!(set.all_known() && !set.all_listed());
+    assert!(
+        !set.held(&cfg).1.is_empty(),
+        "warm is still held: nothing is withdrawn"
+    );
+    set.shutdown();
+
+    // A corrupt file is ignored (one warning), never half-used: the cluster is unknown.
+    let mut bytes = std::fs::read(&file).expect("snapshot file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("corrupt it");
+    let set = ClusterSet::start(&cfg, Some(store())).expect("restart with a corrupt file");
+    assert!(matches!(state_of(&set, "east"), SyncState::Unknown { .. }));
+    assert!(!set.snapshots().contains_key("east"));
+    set.shutdown();
+
+    // A cluster that left the config while the daemon was down loses its file.
+    std::fs::write(&file, "junk").expect("write");
+    let mut without = cfg.clone();
+    without.remote.clear();
+    let set = ClusterSet::start(&without, Some(store())).expect("start without east");
+    assert!(!file.exists(), "{} should be gone", file.display());
+    set.shutdown();
 }

@@ -99,9 +99,13 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let _ = Command::new("ip")
-            .args(["netns", "del", HOST.as_str()])
-            .status();
+        // Leftovers of a killed earlier run with the same pid.
+        for n in [NS.as_str(), HOST.as_str()] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", n])
+                .stderr(Stdio::null())
+                .status();
+        }
         let ok = Command::new("ip")
             .args(["netns", "add", HOST.as_str()])
             .status()
@@ -121,6 +125,7 @@ impl Lab {
 log_level = "debug"
 resync_interval = 2
 control_socket = "{d}/control.sock"
+state_dir = "{d}/state"
 [local]
 name = "east"
 node_name = "node-1"

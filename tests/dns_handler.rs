@@ -1,20 +1,15 @@
-//! Handler tests without sockets: build zone data from a config and snapshots, call the hickory
-//! request handler with a request, decode what it sends.
+//! Handler tests without sockets: build zone data from a config and snapshots, give the handler
+//! a raw request, decode the raw answer it returns.
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::net::runtime::TokioTime;
-use hickory_server::net::xfer::Protocol as NetProto;
-use hickory_server::net::NetError;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_proto::rr::{LowerName, Name, RData, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use sdnlinkd::config::{self, Config};
-use sdnlinkd::dns::{answer_local_bytes, DnsHandler, ZoneData};
+use sdnlinkd::dns::{answer_local_bytes, DnsHandler, Transport, ZoneData};
 use sdnlinkd::model::*;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const CFG: &str = r#"
 [local]
@@ -201,44 +196,10 @@ fn handler() -> DnsHandler {
     handler_with(&config(), &snapshots())
 }
 
-/// Encodes what the handler sends exactly as hickory's `ResponseHandle` does: UDP limited to
-/// the response's EDNS size, 512 bytes without EDNS (RFC 1035 4.2.1), TCP unlimited.
-#[derive(Clone)]
-struct Capture {
-    proto: NetProto,
-    out: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let max = match self.proto {
-            NetProto::Udp => response.edns().map(|e| e.max_payload()).unwrap_or(512),
-            _ => u16::MAX,
-        };
-        let mut buf = Vec::new();
-        let mut enc = BinEncoder::new(&mut buf);
-        enc.set_max_size(max);
-        let info = response.destructive_emit(&mut enc)?;
-        *self.out.lock().expect("test mutex") = Some(buf);
-        Ok(info)
-    }
-}
-
 struct Ask<'a> {
     name: &'a str,
     rtype: RecordType,
-    proto: NetProto,
+    proto: Transport,
     edns: Option<u16>,
 }
 
@@ -246,7 +207,7 @@ fn q(name: &str, rtype: RecordType) -> Ask<'_> {
     Ask {
         name,
         rtype,
-        proto: NetProto::Udp,
+        proto: Transport::Udp,
         edns: Some(1232),
     }
 }
@@ -266,22 +227,21 @@ fn query_bytes(a: &Ask<'_>) -> Vec<u8> {
     m.to_vec().expect("encode query")
 }
 
-async fn send_raw(h: &DnsHandler, raw: Vec<u8>, proto: NetProto) -> (Option<Message>, usize) {
-    let req = Request::from_bytes(raw, "10.128.3.3:5353".parse().expect("literal"), proto)
-        .expect("test request decodes");
-    let cap = Capture {
-        proto,
-        out: Arc::new(Mutex::new(None)),
-    };
-    h.handle_request::<_, TokioTime>(&req, cap.clone()).await;
-    let out = cap.out.lock().expect("test mutex").take();
-    match out {
-        Some(bytes) => (
-            Some(Message::from_vec(&bytes).expect("response decodes")),
-            bytes.len(),
-        ),
+async fn send_raw(h: &DnsHandler, raw: Vec<u8>, proto: Transport) -> (Option<Message>, usize) {
+    let src: SocketAddr = "10.128.3.3:5353".parse().expect("literal");
+    match h.answer(&raw, src, proto).await {
+        Some(bytes) => (Some(strict(&bytes)), bytes.len()),
         None => (None, 0),
     }
+}
+
+/// Decodes an answer strictly: every section as its count says, no byte left over (hickory's
+/// `Message::from_vec` alone ignores trailing bytes such as half a record).
+fn strict(bytes: &[u8]) -> Message {
+    let mut d = BinDecoder::new(bytes);
+    let m = Message::read(&mut d).expect("response decodes");
+    assert!(d.is_empty(), "{} bytes after the last record", d.len());
+    m
 }
 
 async fn ask(h: &DnsHandler, a: Ask<'_>) -> Message {
@@ -633,10 +593,10 @@ async fn truncation_without_and_with_edns_and_tcp_in_full() {
         query_bytes(&Ask {
             name,
             rtype: RecordType::A,
-            proto: NetProto::Udp,
+            proto: Transport::Udp,
             edns: None,
         }),
-        NetProto::Udp,
+        Transport::Udp,
     )
     .await;
     let m = m.expect("answered");
@@ -648,10 +608,10 @@ async fn truncation_without_and_with_edns_and_tcp_in_full() {
         query_bytes(&Ask {
             name,
             rtype: RecordType::A,
-            proto: NetProto::Udp,
+            proto: Transport::Udp,
             edns: Some(1232),
         }),
-        NetProto::Udp,
+        Transport::Udp,
     )
     .await;
     let m = m.expect("answered");
@@ -664,10 +624,10 @@ async fn truncation_without_and_with_edns_and_tcp_in_full() {
         query_bytes(&Ask {
             name,
             rtype: RecordType::A,
-            proto: NetProto::Udp,
+            proto: Transport::Udp,
             edns: Some(4096),
         }),
-        NetProto::Udp,
+        Transport::Udp,
     )
     .await;
     let m = m.expect("answered");
@@ -678,10 +638,10 @@ async fn truncation_without_and_with_edns_and_tcp_in_full() {
         query_bytes(&Ask {
             name,
             rtype: RecordType::A,
-            proto: NetProto::Tcp,
+            proto: Transport::Tcp,
             edns: None,
         }),
-        NetProto::Tcp,
+        Transport::Tcp,
     )
     .await;
     let m = m.expect("answered");
@@ -702,7 +662,7 @@ async fn bad_requests() {
         Name::from_ascii("b.cluster.east.").expect("n"),
         RecordType::A,
     ));
-    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), NetProto::Udp).await;
+    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), Transport::Udp).await;
     assert_eq!(
         r.expect("answered").metadata.response_code,
         ResponseCode::FormErr
@@ -713,7 +673,7 @@ async fn bad_requests() {
         Name::from_ascii("cluster.east.").expect("n"),
         RecordType::SOA,
     ));
-    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), NetProto::Udp).await;
+    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), Transport::Udp).await;
     assert_eq!(
         r.expect("answered").metadata.response_code,
         ResponseCode::NotImp
@@ -724,7 +684,7 @@ async fn bad_requests() {
         Name::from_ascii("cluster.east.").expect("n"),
         RecordType::SOA,
     ));
-    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), NetProto::Udp).await;
+    let (r, _) = send_raw(&h, m.to_vec().expect("enc"), Transport::Udp).await;
     assert!(r.is_none());
 }
 
@@ -763,6 +723,8 @@ fn build_is_pure_and_indexes_ten_thousand_services() {
     assert_eq!(a.record_count(), b.record_count());
     assert_eq!(a.zone_names(), b.zone_names());
     let mut big = Snapshots::new();
+    // East is watched (a kubeconfig): listed and empty, so its zone is served.
+    big.insert("east".into(), snap(vec![]));
     big.insert(
         "west".into(),
         snap(
@@ -788,4 +750,334 @@ fn build_is_pure_and_indexes_ten_thousand_services() {
         sdnlinkd::dns::Lookup::Answer(r) => assert_eq!(r.len(), 1),
         other => panic!("{other:?}"),
     }
+}
+
+/// `config()` with west watched too (a kubeconfig): east and west must list before their
+/// zones can deny a name; north (static peers only) never lists and is authoritative.
+fn watched_config() -> Config {
+    let mut cfg = config();
+    cfg.remote[0].kubeconfig = Some(PathBuf::from("/nonexistent/west.kubeconfig"));
+    cfg
+}
+
+async fn rcode(h: &DnsHandler, name: &str, rtype: RecordType) -> ResponseCode {
+    ask(h, q(name, rtype)).await.metadata.response_code
+}
+
+#[tokio::test]
+async fn an_unknown_cluster_answers_servfail_in_its_zone_and_reverse_zones() {
+    let cfg = watched_config();
+    let mut snaps = snapshots();
+    snaps.remove("east");
+    let h = handler_with(&cfg, &snaps);
+    for (name, t) in [
+        ("web.default.svc.cluster.east.", RecordType::A),
+        ("nope.default.svc.cluster.east.", RecordType::A),
+        ("default.svc.cluster.east.", RecordType::A),
+        ("cluster.east.", RecordType::SOA),
+        ("dns-version.cluster.east.", RecordType::TXT),
+        ("10-128-3-4.any-ns.pod.cluster.east.", RecordType::A),
+        // East's service and pod CIDRs in the reverse zones.
+        ("10.0.30.172.in-addr.arpa.", RecordType::PTR),
+        ("99.0.30.172.in-addr.arpa.", RecordType::PTR),
+        ("30.172.in-addr.arpa.", RecordType::SOA),
+        ("5.0.128.10.in-addr.arpa.", RecordType::PTR),
+    ] {
+        let m = ask(&h, q(name, t)).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{name}");
+        assert!(m.answers.is_empty() && m.authorities.is_empty(), "{name}");
+    }
+    // West listed: authoritative, positive and negative, forward and reverse.
+    let m = ask(&h, q("web.default.svc.cluster.west.", RecordType::A)).await;
+    assert_eq!(addrs(&m), vec![ip("172.31.0.10")]);
+    assert_eq!(
+        rcode(&h, "nope.default.svc.cluster.west.", RecordType::A).await,
+        ResponseCode::NXDomain
+    );
+    let m = ask(&h, q("10.0.31.172.in-addr.arpa.", RecordType::PTR)).await;
+    assert_eq!(ptr_target(&m), vec!["web.default.svc.cluster.west."]);
+    assert_eq!(
+        rcode(&h, "99.0.31.172.in-addr.arpa.", RecordType::PTR).await,
+        ResponseCode::NXDomain
+    );
+    // North never lists (no kubeconfig): its empty zone is the truth.
+    assert_eq!(
+        rcode(&h, "web.default.svc.cluster.north.", RecordType::A).await,
+        ResponseCode::NXDomain
+    );
+    // cluster.all: what the known clusters have is answered from them alone.
+    let m = ask(&h, q("web.default.svc.cluster.all.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addrs(&m), vec![ip("172.31.0.10")]);
+    let m = ask(&h, q("db.default.svc.cluster.all.", RecordType::A)).await;
+    assert_eq!(addrs(&m), vec![ip("10.132.0.5")]);
+    // A name found nowhere may exist in east: SERVFAIL, not NXDOMAIN. `empty` is east's.
+    for name in [
+        "nowhere.default.svc.cluster.all.",
+        "empty.default.svc.cluster.all.",
+        "ext.default.svc.cluster.all.",
+    ] {
+        assert_eq!(
+            rcode(&h, name, RecordType::A).await,
+            ResponseCode::ServFail,
+            "{name}"
+        );
+    }
+    // The pod form answers from config for any cluster's pod CIDRs.
+    let m = ask(&h, q("10-128-3-4.any-ns.pod.cluster.all.", RecordType::A)).await;
+    assert_eq!(addrs(&m), vec![ip("10.128.3.4")]);
+    assert_eq!(h.status().answers.get("SERVFAIL"), Some(&13));
+}
+
+#[tokio::test]
+async fn unknown_then_known_empty_then_known_with_the_record() {
+    let cfg = watched_config();
+    let mut snaps = snapshots();
+    snaps.remove("west");
+    // Before west's first list (what `DnsServer::start` serves: no snapshot at all).
+    let h = handler_with(&cfg, &Snapshots::new());
+    for name in [
+        "web.default.svc.cluster.west.",
+        "web.default.svc.cluster.east.",
+        "web.default.svc.cluster.all.",
+    ] {
+        assert_eq!(
+            rcode(&h, name, RecordType::A).await,
+            ResponseCode::ServFail,
+            "{name}"
+        );
+    }
+    // East listed, west not yet.
+    h.update(Arc::new(ZoneData::build(&cfg, &snaps)));
+    assert_eq!(
+        rcode(&h, "web.default.svc.cluster.west.", RecordType::A).await,
+        ResponseCode::ServFail
+    );
+    assert_eq!(
+        rcode(&h, "big.default.svc.cluster.all.", RecordType::A).await,
+        ResponseCode::ServFail
+    );
+    // West listed empty: authoritative NXDOMAIN.
+    snaps.insert("west".into(), snap(vec![]));
+    h.update(Arc::new(ZoneData::build(&cfg, &snaps)));
+    let m = ask(&h, q("web.default.svc.cluster.west.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(soa_only(&m));
+    let m = ask(&h, q("big.default.svc.cluster.all.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        rcode(&h, "10.0.31.172.in-addr.arpa.", RecordType::PTR).await,
+        ResponseCode::NXDomain
+    );
+    // West lists the Service.
+    snaps.insert(
+        "west".into(),
+        snap(vec![svc(
+            "default",
+            "web",
+            ServiceKind::ClusterIp(vec![ip("172.31.0.10")]),
+            vec![],
+            vec![],
+        )]),
+    );
+    h.update(Arc::new(ZoneData::build(&cfg, &snaps)));
+    let m = ask(&h, q("web.default.svc.cluster.west.", RecordType::A)).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addrs(&m), vec![ip("172.31.0.10")]);
+    let m = ask(&h, q("10.0.31.172.in-addr.arpa.", RecordType::PTR)).await;
+    assert_eq!(ptr_target(&m), vec!["web.default.svc.cluster.west."]);
+    let m = ask(&h, q("web.default.svc.cluster.all.", RecordType::A)).await;
+    assert_eq!(addrs(&m), vec![ip("172.30.0.10"), ip("172.31.0.10")]);
+}
+
+#[tokio::test]
+async fn truncated_answers_hold_whole_records_for_every_size_limit() {
+    let h = handler();
+    let names = [
+        ("big.default.svc.cluster.west.", RecordType::A),
+        ("_pg._tcp.big.default.svc.cluster.west.", RecordType::SRV),
+        ("big.default.svc.cluster.all.", RecordType::A),
+        ("_pg._tcp.big.default.svc.cluster.all.", RecordType::SRV),
+    ];
+    let mut truncated = 0;
+    for (name, rtype) in names {
+        let full = ask(
+            &h,
+            Ask {
+                name,
+                rtype,
+                proto: Transport::Tcp,
+                edns: None,
+            },
+        )
+        .await;
+        assert_eq!(full.answers.len(), 100, "{name} over TCP is complete");
+        assert!(!full.metadata.truncation);
+        for edns in [
+            None,
+            Some(0),
+            Some(511),
+            Some(512),
+            Some(600),
+            Some(1232),
+            Some(1400),
+            Some(2048),
+            Some(4096),
+            Some(8192),
+            Some(65535),
+        ] {
+            let limit = edns.map_or(512, |e: u16| usize::from(e.clamp(512, 4096)));
+            let raw = query_bytes(&Ask {
+                name,
+                rtype,
+                proto: Transport::Udp,
+                edns,
+            });
+            let src: SocketAddr = "10.128.3.3:5353".parse().expect("literal");
+            let bytes = h.answer(&raw, src, Transport::Udp).await.expect("answered");
+            let m = strict(&bytes);
+            let what = format!("{name} {rtype} EDNS {edns:?}: {} bytes", bytes.len());
+            assert!(bytes.len() <= limit, "{what}");
+            assert_eq!(m.edns.is_some(), edns.is_some(), "OPT kept: {what}");
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{what}");
+            // Whole records, the first ones of the full answer, in order.
+            assert_eq!(m.answers[..], full.answers[..m.answers.len()], "{what}");
+            assert_eq!(
+                m.metadata.truncation,
+                m.answers.len() < 100,
+                "TC exactly when records are missing: {what}"
+            );
+            if m.metadata.truncation {
+                truncated += 1;
+                assert!(m.authorities.is_empty(), "{what}");
+            }
+            if !m.answers.is_empty() {
+                // The first answer's owner is a pointer to the question's name at offset 12.
+                let at = 12 + raw[12..].iter().position(|b| *b == 0).expect("root") + 1 + 4;
+                assert_eq!(&bytes[at..at + 2], &[0xC0, 0x0C], "{what}");
+            }
+        }
+    }
+    assert!(truncated >= 20, "{truncated} of the cases were truncated");
+}
+
+/// Mixed case, as resolvers using the 0x20 bit send it (the answer must echo it).
+fn mixed_case(name: &str) -> String {
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_rendered_fast_path_answers_exactly_as_hickory_does() {
+    let h = handler();
+    let v6 = Name::from(ip("fd00:31::10")).to_string();
+    let names = [
+        "web.default.svc.cluster.east.",
+        "web.default.svc.cluster.west.",
+        "_http._tcp.web.default.svc.cluster.east.",
+        "_dns._udp.web.default.svc.cluster.east.",
+        "_tcp.web.default.svc.cluster.east.",
+        "db.default.svc.cluster.east.",
+        "db-0.db.default.svc.cluster.east.",
+        "10-128-0-6.db.default.svc.cluster.east.",
+        "_pg._tcp.db.default.svc.cluster.east.",
+        "big.default.svc.cluster.west.",
+        "_pg._tcp.big.default.svc.cluster.west.",
+        "big.default.svc.cluster.all.",
+        "_pg._tcp.big.default.svc.cluster.all.",
+        "ext.default.svc.cluster.east.",
+        "alias.default.svc.cluster.east.",
+        "default.svc.cluster.east.",
+        "svc.cluster.east.",
+        "cluster.east.",
+        "cluster.all.",
+        "dns-version.cluster.west.",
+        "pod.cluster.east.",
+        "10-128-3-4.any-ns.pod.cluster.east.",
+        "web.default.svc.cluster.all.",
+        "db.default.svc.cluster.all.",
+        "ext.default.svc.cluster.all.",
+        "nope.default.svc.cluster.east.",
+        "10.0.30.172.in-addr.arpa.",
+        "5.0.128.10.in-addr.arpa.",
+        "99.0.30.172.in-addr.arpa.",
+        "30.172.in-addr.arpa.",
+        &v6,
+    ];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::SRV,
+        RecordType::PTR,
+        RecordType::TXT,
+        RecordType::SOA,
+        RecordType::CNAME,
+        RecordType::MX,
+        RecordType::NS,
+    ];
+    let src: SocketAddr = "10.128.3.3:5353".parse().expect("literal");
+    let mut compared = 0;
+    for name in names {
+        for spelled in [name.to_string(), mixed_case(name)] {
+            for rtype in types {
+                for edns in [None, Some(512), Some(1232), Some(4096)] {
+                    for proto in [Transport::Udp, Transport::Tcp] {
+                        let raw = query_bytes(&Ask {
+                            name: &spelled,
+                            rtype,
+                            proto,
+                            edns,
+                        });
+                        let fast = h.answer(&raw, src, proto).await.expect("answered");
+                        let slow = h
+                            .answer_without_fast_path(&raw, src, proto)
+                            .await
+                            .expect("answered");
+                        let what = format!("{spelled} {rtype} {edns:?} {proto:?}");
+                        let (mut f, mut s) = (strict(&fast), strict(&slow));
+                        if f.metadata.truncation {
+                            // hickory compresses only names spelled as the question is, so for
+                            // a mixed-case question it fits fewer records than the rendered
+                            // answer, which always points at the question: both are whole
+                            // records, the first ones of the same answer.
+                            assert!(s.answers.len() <= f.answers.len(), "{what}");
+                            f.answers.truncate(s.answers.len());
+                        }
+                        assert_eq!(f.answers.len(), s.answers.len(), "{what}");
+                        for (a, b) in f.answers.iter_mut().zip(s.answers.iter_mut()) {
+                            // Owner names compare without case (RFC 4343).
+                            assert_eq!(LowerName::new(&a.name), LowerName::new(&b.name), "{what}");
+                            a.name = b.name.clone();
+                        }
+                        assert_eq!(f, s, "{what}");
+                        // The client's spelling comes back in the question.
+                        assert_eq!(&fast[12..12 + spelled.len()], &slow[12..12 + spelled.len()]);
+                        assert_eq!(
+                            f.queries[0].name.to_ascii(),
+                            spelled,
+                            "{what}: question echoed as sent"
+                        );
+                        compared += 1;
+                    }
+                }
+            }
+        }
+    }
+    let st = h.status();
+    assert!(compared > 2000);
+    // Most of these are answered from the rendered index (positive and NODATA answers); the
+    // rest (NXDOMAIN, CNAME, the pod form) went through hickory both times.
+    assert!(
+        st.fast_path > compared as u64 / 2,
+        "{} of {compared} from the fast path",
+        st.fast_path
+    );
 }

@@ -1,5 +1,7 @@
 //! The DNS fuzz target's check on stable Rust, in every `cargo test`: pods are untrusted, so
-//! no byte string may panic the stub, and every answer it gives must decode. Inputs are
+//! no byte string may panic the stub, and every answer it gives must decode strictly (every
+//! section as counted, no byte left over) and fit the client's UDP limit, also when the answer
+//! is too large and truncated. Inputs are
 //! seeded mutations (bit flips, truncation, insertion, overwritten length and count fields)
 //! of well-formed queries for every record form the zones hold. The libFuzzer target
 //! (fuzz/fuzz_targets/dns_query.rs, nightly) explores further from the same zones.
@@ -9,6 +11,7 @@ mod zones;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use sdnlinkd::dns::answer_local_bytes;
 
 /// xorshift64*: deterministic, so a failure names an input that reproduces.
@@ -55,6 +58,10 @@ fn seeds() -> Vec<Vec<u8>> {
         ("10-132-0-5.default.pod.cluster.west.", RecordType::A),
         ("cluster.west.", RecordType::SOA),
         ("missing.default.svc.cluster.west.", RecordType::A),
+        // Too large for 512 bytes and for 1232 (the seeds' EDNS size): truncated.
+        ("big.default.svc.cluster.west.", RecordType::A),
+        ("_pg._tcp.big.default.svc.cluster.west.", RecordType::SRV),
+        ("_pg._tcp.big.default.svc.cluster.all.", RecordType::SRV),
     ];
     names
         .iter()
@@ -99,13 +106,39 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     b
 }
 
+/// Decodes strictly: hickory's `Message::from_vec` alone ignores trailing bytes.
+fn strict(out: &[u8]) -> Result<Message, String> {
+    let mut d = BinDecoder::new(out);
+    let m = Message::read(&mut d).map_err(|e| e.to_string())?;
+    if !d.is_empty() {
+        return Err(format!("{} bytes after the last record", d.len()));
+    }
+    Ok(m)
+}
+
+/// The UDP limit a query asks for: its EDNS size (512..=4096 as the stub caps it), else 512.
+fn limit(query: &[u8]) -> usize {
+    Message::from_vec(query)
+        .ok()
+        .and_then(|m| {
+            m.edns
+                .map(|e| usize::from(e.max_payload().clamp(512, 4096)))
+        })
+        .unwrap_or(512)
+}
+
 #[test]
 fn seeds_are_answered_as_the_specification_says() {
     let z = zones::zone_data();
     for (i, s) in seeds().iter().enumerate() {
         let out = answer_local_bytes(&z, s).unwrap_or_else(|| panic!("seed {i} not answered"));
-        let m = Message::from_vec(&out).expect("answer decodes");
+        let m = strict(&out).unwrap_or_else(|e| panic!("seed {i}: {e}"));
+        assert!(out.len() <= limit(s), "seed {i}: {} bytes", out.len());
         assert_eq!(m.metadata.id, 0x5a5a);
+        if i / 2 >= 12 {
+            assert!(m.metadata.truncation, "seed {i} is truncated");
+            assert!(!m.answers.is_empty(), "seed {i} keeps whole records");
+        }
         let want = if i / 2 == 11 {
             ResponseCode::NXDomain
         } else {
@@ -120,19 +153,29 @@ fn seeds_are_answered_as_the_specification_says() {
 
 #[test]
 fn mutated_queries_never_panic_and_every_answer_decodes() {
-    let z = zones::zone_data();
+    // Half the inputs against all-known zones (the rendered fast path), half against zones
+    // with an unknown cluster (the hickory path, SERVFAIL answers).
+    let both = [zones::zone_data(), zones::zone_data_with_unknown()];
     let seeds = seeds();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut answered, total) = (0usize, 100_000usize);
     for n in 0..total {
         let seed = &seeds[rng.below(seeds.len())];
         let input = mutate(&mut rng, seed);
-        let out = std::panic::catch_unwind(|| answer_local_bytes(&z, &input))
+        let z = &both[n % 2];
+        let out = std::panic::catch_unwind(|| answer_local_bytes(z, &input))
             .unwrap_or_else(|_| panic!("input {n} panicked: {input:02x?}"));
         if let Some(out) = out {
             answered += 1;
-            if let Err(e) = Message::from_vec(&out) {
+            if let Err(e) = strict(&out) {
                 panic!("input {n}: our answer does not decode ({e}): {input:02x?}");
+            }
+            if out.len() > limit(&input) {
+                panic!(
+                    "input {n}: {} bytes for a limit of {}: {input:02x?}",
+                    out.len(),
+                    limit(&input)
+                );
             }
         }
     }

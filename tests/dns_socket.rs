@@ -96,7 +96,8 @@ fn snapshots() -> Snapshots {
                 name: "pg".into(),
                 protocol: Protocol::Tcp,
                 port: 5432,
-            }],
+            }]
+            .into(),
         })
         .collect();
     let svcs = [
@@ -527,5 +528,45 @@ async fn root_unreachable_upstream_gives_servfail_and_loops_are_refused() {
     );
     assert_eq!(r.metadata.response_code, ResponseCode::Refused);
     assert_eq!(server.status().loops_refused, 1);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_start_answers_servfail_for_watched_clusters_until_the_first_update() {
+    let tns = TestNs::new("s");
+    let ns = NetNs::open(&tns.name).expect("open namespace");
+    let mut cfg = config(vec![]);
+    cfg.remote[0].kubeconfig = Some("/nonexistent/west.kubeconfig".into());
+    let server = DnsServer::start(&cfg, &ns).await.expect("start");
+    for name in [
+        "web.default.svc.cluster.west.",
+        "nope.default.svc.cluster.west.",
+    ] {
+        let r = decode(
+            &udp(&ns, query(name, RecordType::A, None))
+                .await
+                .expect("udp answer"),
+        );
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail, "{name}");
+    }
+    server.update(Arc::new(ZoneData::build(&cfg, &snapshots())));
+    let r = decode(
+        &udp(
+            &ns,
+            query("web.default.svc.cluster.west.", RecordType::A, None),
+        )
+        .await
+        .expect("udp"),
+    );
+    assert_eq!(r.answers.len(), 1);
+    let r = decode(
+        &udp(
+            &ns,
+            query("nope.default.svc.cluster.west.", RecordType::A, None),
+        )
+        .await
+        .expect("udp"),
+    );
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     server.shutdown().await.expect("shutdown");
 }

@@ -1,6 +1,8 @@
 //! Root test: the lab's API servers (SimApi in the underlay namespace) answer a node namespace
 //! that uses the kubeconfig the lab generates, with the default manifests loaded.
 
+mod common;
+use common::remove_leftover_namespaces;
 use sdnlinkd::lab::api::LabApi;
 use sdnlinkd::lab::kubeprobe;
 use sdnlinkd::lab::plan::{Proxy, Tunnel};
@@ -11,6 +13,7 @@ use std::path::Path;
 fn root_lab_api_servers_answer_nodes_with_the_generated_kubeconfig() {
     let root = tempfile::tempdir().expect("temp dir");
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab");
+    remove_leftover_namespaces("laba-");
     let opts = Options {
         clusters: 2,
         prefix: "laba-".into(),

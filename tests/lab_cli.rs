@@ -2,6 +2,7 @@
 //! background process, a second `up` refuses naming `sdnlink-lab down`, `down` removes exactly
 //! what `up` created. Uses its own prefix (`labc-`) so it never meets a user's lab.
 
+mod common;
 use std::process::Command;
 
 const PREFIX: &str = "labc-";
@@ -37,6 +38,10 @@ impl Drop for Down {
 
 #[test]
 fn root_lab_cli_up_refuses_twice_and_down_removes_everything() {
+    // What a killed earlier run left: its holder process and state go with `down` (a no-op
+    // without state), stray namespaces directly.
+    let _ = lab(&["down"]);
+    common::remove_leftover_namespaces(PREFIX);
     assert!(
         namespaces().is_empty(),
         "a previous {PREFIX} lab is still up"
@@ -76,4 +81,37 @@ fn root_lab_cli_up_refuses_twice_and_down_removes_everything() {
     assert_eq!(namespaces(), Vec::<String>::new());
     assert!(!std::path::Path::new("/run/sdnlink-lab/labc").exists());
     assert!(!std::path::Path::new("/run/sdnlink-lab/labc-holder.log").exists());
+}
+
+/// A fresh machine without one prerequisite: the lab stops before building anything, with one
+/// line naming the program and the exact apt-get command, and a non-zero exit. Not root: it
+/// creates nothing.
+#[test]
+fn lab_without_nft_names_it_and_the_apt_get_line_and_builds_nothing() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    // Every other prerequisite is present (as /bin/true), so the message is the same on any
+    // machine.
+    for tool in ["ip", "wg", "wireguard-go", "ipvsadm", "apt-get", "dpkg"] {
+        std::os::unix::fs::symlink("/bin/true", bin.path().join(tool)).expect("symlink");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sdnlink-lab"))
+        .args(["--prefix", "labp-"])
+        .env("PATH", bin.path())
+        // Under `cargo run` the lab builds the daemon first; the check must come before that.
+        .env("CARGO", bin.path().join("cargo-that-must-not-run"))
+        .output()
+        .expect("running sdnlink-lab");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit 0 without nft: {stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "sdnlink-lab: missing nft: run `apt-get install -y nftables` (or pass --install-deps)"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!std::path::Path::new("/run/sdnlink-lab/labp").exists());
+    assert!(!std::path::Path::new("/run/netns/labp-underlay").exists());
 }

@@ -2,6 +2,8 @@
 //! cluster, the upstream DNS server, and that `down` leaves nothing behind. Each test uses its
 //! own name prefix so they run in parallel with each other and with other labs.
 
+mod common;
+use common::remove_leftover_namespaces;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use sdnlinkd::lab::checks::Pods;
@@ -41,6 +43,7 @@ fn leftover_namespaces(prefix: &str) -> Vec<String> {
 fn root_lab_topology_serves_pods_and_down_leaves_nothing() {
     let root = tempfile::tempdir().expect("temp dir");
     let prefix = "labt-";
+    remove_leftover_namespaces(prefix);
     let opts = options(prefix, root.path());
     let lab = Lab::topology(&opts).expect("topology up");
     let plan = lab.plan.clone();
@@ -106,6 +109,7 @@ fn root_lab_topology_serves_pods_and_down_leaves_nothing() {
 fn root_lab_refuses_a_second_lab_and_cleans_up_on_drop() {
     let root = tempfile::tempdir().expect("temp dir");
     let prefix = "labu-";
+    remove_leftover_namespaces(prefix);
     let opts = options(prefix, root.path());
     {
         let lab = Lab::topology(&opts).expect("topology up");

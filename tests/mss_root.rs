@@ -28,6 +28,8 @@ impl Lab {
         };
         let (c, r, s) = (lab.ns("c"), lab.ns("r"), lab.ns("s"));
         for n in [&c, &r, &s] {
+            // A leftover of a killed earlier run with the same pid.
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
             sh(&["ip", "netns", "add", n]);
             sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
         }

@@ -134,6 +134,27 @@ impl Env {
         ))
     }
 
+    /// Sets a sysctl inside namespace `ns` (to make a test's starting state explicit: a new
+    /// namespace copies init_net's IPv4 settings while `net.core.devconf_inherit_init_net` is 0).
+    fn set_sysctl(&self, ns: &str, key: &str, value: &str) {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ])
+            .output()
+            .expect("running sysctl");
+        assert!(
+            out.status.success(),
+            "sysctl {key}={value} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn sysctl(&self, ns: &str, key: &str) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "sysctl", "-n", key])
@@ -244,7 +265,7 @@ async fn root_out_of_band_deletions_are_repaired() {
     let d = e.desired(&["172.31.0.10"]);
     let mut p = e.plumbing();
     p.sync(&d, true).await.expect("first sync");
-    let events = node::watch_events(&e.host, &NetNs::open(&e.ns_name).expect("ns"))
+    let events = node::watch_events(&e.host, &NetNs::open(&e.ns_name).expect("ns"), p.owned())
         .await
         .expect("subscribe");
 
@@ -335,6 +356,12 @@ async fn root_tunnel_routes_follow_the_tunnel_link_and_sysctls_apply() {
     let e = env("tun");
     let d = e.desired(&[]);
     let mut p = e.plumbing();
+    // Forwarding off in both namespaces first, whatever the machine's own setting (new
+    // namespaces inherit it), so the sync must be what turns it on.
+    for ns in [&e.host_name, &e.ns_name] {
+        e.set_sysctl(ns, "net.ipv4.ip_forward", "0");
+        assert_eq!(e.sysctl(ns, "net.ipv4.ip_forward"), "0");
+    }
     let r = p.sync(&d, true).await.expect("first sync");
     assert_eq!(r.skipped_routes.len(), 1);
     assert!(
@@ -556,4 +583,345 @@ async fn root_two_thousand_vips_one_change_is_one_message_each_way() {
     let mut p = e.plumbing();
     let r = p.sync(&d2, true).await.expect("adopt");
     assert_eq!(r.operations(), 0, "{:?}", r.ops.first());
+}
+
+/// Runs `ip -n <ns> -batch -` on `cmds` (one command a line); panics with stderr on failure.
+fn ip_batch(ns: &str, cmds: &str) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ip -batch");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(cmds.as_bytes())
+        .expect("writing the batch");
+    let out = child.wait_with_output().expect("ip -batch");
+    assert!(
+        out.status.success(),
+        "ip -n {ns} -batch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What a CNI does on `n` pod starts and stops, in namespace `ns`: a bridge with an address
+/// and a route of its own protocol, and a veth pair, each created and deleted again.
+fn foreign_churn(ns: &str, n: usize) {
+    let one = "link add sdnt-fb type bridge\n\
+               addr add 10.99.0.1/24 dev sdnt-fb\n\
+               link set sdnt-fb up\n\
+               route add 10.98.0.0/16 dev sdnt-fb proto static\n\
+               route del 10.98.0.0/16 dev sdnt-fb proto static\n\
+               link del sdnt-fb\n\
+               link add sdnt-fv type veth peer name sdnt-fp\n\
+               link del sdnt-fv\n";
+    ip_batch(ns, &one.repeat(n));
+}
+
+/// [`foreign_churn`] on a blocking thread, so the event task keeps reading meanwhile (as in the
+/// daemon's multi-threaded runtime).
+async fn foreign_churn_async(ns: &str, n: usize) {
+    let ns = ns.to_string();
+    tokio::task::spawn_blocking(move || foreign_churn(&ns, n))
+        .await
+        .expect("churn thread");
+}
+
+async fn next_notice(events: &node::NodeEvents) -> node::Notice {
+    tokio::time::timeout(Duration::from_secs(5), events.notified())
+        .await
+        .expect("a notification within 5 s")
+}
+
+/// Only changes to what the plumbing owns and still wants notify, once per burst. Each check
+/// ends with a sentinel (an out-of-band deletion of one of ours) whose notice must be the next
+/// and carry exactly that reason: a notification caused by anything before it would either be
+/// counted or be the notice's first reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_only_owned_changes_notify_once_per_burst() {
+    let e = env("evt");
+    let d = e.desired(&["172.31.0.10", "172.31.0.11"]);
+    let mut p = e.plumbing();
+    let tun = e.cfg.tunnel.interface.clone();
+    // A stand-in for the WireGuard link (no dummy links on this kernel), as in the tunnel test.
+    e.ip(
+        &e.ns_name,
+        &[
+            "link",
+            "add",
+            &tun,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sdnt-nd-ep",
+        ],
+    );
+    e.ip(&e.ns_name, &["link", "set", &tun, "up"]);
+    p.sync(&d, true).await.expect("first sync");
+    let ns = NetNs::open(&e.ns_name).expect("ns");
+    let events = node::watch_events(&e.host, &ns, p.owned())
+        .await
+        .expect("subscribe");
+
+    // 100 foreign link add/del (with addresses and routes) in the host: nothing; then the
+    // sentinel: one of our host routes deleted.
+    foreign_churn_async(&e.host_name, 100).await;
+    e.ip(
+        &e.host_name,
+        &["route", "del", "172.31.0.0/16", "proto", "245"],
+    );
+    let n = next_notice(&events).await;
+    assert_eq!(
+        n.first.as_ref().map(ToString::to_string).as_deref(),
+        Some("host route 172.31.0.0/16 proto 245 deleted"),
+        "{n:?}"
+    );
+    assert_eq!((events.notifications(), n.changes), (1, 1), "{n}");
+    let r = p.sync(&d, true).await.expect("repair the route");
+    assert_eq!(r.operations(), 1, "{r:#?}");
+
+    // The same in sdnlinkd's namespace; the sentinel is one of our VIPs.
+    foreign_churn_async(&e.ns_name, 100).await;
+    e.ip(
+        &e.ns_name,
+        &["addr", "del", "172.31.0.11/32", "dev", "eth0"],
+    );
+    let n = next_notice(&events).await;
+    assert_eq!(
+        n.first.as_ref().map(ToString::to_string).as_deref(),
+        Some("namespace address 172.31.0.11/32 on eth0 deleted"),
+        "{n:?}"
+    );
+    assert_eq!((events.notifications(), n.changes), (2, 1), "{n}");
+    let r = p.sync(&d, true).await.expect("repair the VIP");
+    assert_eq!(r.operations(), 1, "{r:#?}");
+
+    // What a sync withdraws itself (a VIP and a host route) never notifies.
+    let mut d2 = d.clone();
+    d2.ns_addrs
+        .remove(&"172.31.0.11/32".parse().expect("literal"));
+    d2.host_routes
+        .remove(&"172.31.0.0/16".parse().expect("literal"));
+    let r = p.sync(&d2, false).await.expect("withdraw");
+    assert_eq!(r.ops.len(), 2, "{:#?}", r.ops);
+    let r = p
+        .sync(&d2, true)
+        .await
+        .expect("full sync after the withdrawal");
+    assert_eq!(r.operations(), 0, "{r:#?}");
+    e.ip(
+        &e.host_name,
+        &["route", "del", "10.132.0.0/14", "proto", "245"],
+    );
+    let n = next_notice(&events).await;
+    assert_eq!(
+        n.first.as_ref().map(ToString::to_string).as_deref(),
+        Some("host route 10.132.0.0/14 proto 245 deleted"),
+        "{n:?}"
+    );
+    assert_eq!((events.notifications(), n.changes), (3, 1), "{n}");
+
+    // Our veth deleted: the link in both namespaces, its addresses and routes, one notice.
+    e.ip(&e.host_name, &["link", "del", "sdnlink0"]);
+    let n = next_notice(&events).await;
+    assert!(n.changes >= 2, "{n:?}");
+    assert_eq!(events.notifications(), 4, "{n}");
+    let r = p.sync(&d2, true).await.expect("repair the veth");
+    assert!(r.ops[0].contains("ip link add sdnlink0"), "{:#?}", r.ops);
+    // The tunnel link deleted.
+    e.ip(&e.ns_name, &["link", "del", &tun]);
+    let n = next_notice(&events).await;
+    assert!(
+        matches!(&n.first, Some(node::Reason::LinkDeleted { name, .. }) if *name == tun),
+        "{n:?}"
+    );
+    assert_eq!(events.notifications(), 5, "{n}");
+    let r = p.sync(&d2, true).await.expect("sync without the tunnel");
+    assert_eq!(r.skipped_routes.len(), 1, "{r:#?}");
+    // Our veth set down out of band (RTM_NEWLINK without IFF_UP).
+    e.ip(&e.host_name, &["link", "set", "sdnlink0", "down"]);
+    let n = next_notice(&events).await;
+    assert!(
+        matches!(&n.first, Some(node::Reason::LinkChanged { name, change, .. })
+            if name == "sdnlink0" && change == "down"),
+        "{n:?}"
+    );
+    assert_eq!(events.notifications(), 6, "{n}");
+    let r = p.sync(&d2, true).await.expect("repair the veth state");
+    assert!(
+        r.ops.contains(&"host: ip link set sdnlink0 up".to_string()),
+        "{:#?}",
+        r.ops
+    );
+    // The repairs above (re-creating the veth, re-adding addresses and routes) notified
+    // nothing: the next notice is the sentinel's, and only one.
+    e.ip(
+        &e.ns_name,
+        &["addr", "del", "172.31.0.10/32", "dev", "eth0"],
+    );
+    let n = next_notice(&events).await;
+    assert_eq!(
+        n.first.as_ref().map(ToString::to_string).as_deref(),
+        Some("namespace address 172.31.0.10/32 on eth0 deleted"),
+        "{n:?}"
+    );
+    assert_eq!((events.notifications(), n.changes), (7, 1), "{n}");
+    eprintln!(
+        "events: 100 foreign (bridge + address + route, veth pair) add/del in each namespace: \
+         0 notifications; {} notifications, {} matching messages in all",
+        events.notifications(),
+        events.changes()
+    );
+}
+
+/// Lines `ip -o monitor link address route netconf` prints in a namespace, collected by a
+/// thread. Sentinel addresses delimit a window: what it shows between two sentinels is what
+/// happened in between.
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ns: String,
+}
+
+impl Monitor {
+    fn start(ns: &str) -> Monitor {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args([
+                "-n", ns, "-o", "monitor", "link", "address", "route", "netconf",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip monitor");
+        let out = child.stdout.take().expect("piped stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            }
+        });
+        Monitor {
+            child,
+            lines,
+            ns: ns.to_string(),
+        }
+    }
+
+    /// Adds and deletes address `addr` on `lo` and waits until the monitor has shown its
+    /// deletion. (Not a link: a new link's netconf line names it by index only.) `ip monitor`
+    /// gives no sign of when its subscription is live, so a sentinel made before that goes
+    /// unseen: it is made again until the monitor shows one.
+    fn sentinel(&self, addr: &str) {
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        let deleted = format!("{addr}/32");
+        loop {
+            ip_batch(
+                &self.ns,
+                &format!("addr add {addr}/32 dev lo\naddr del {addr}/32 dev lo\n"),
+            );
+            let round = std::time::Instant::now() + Duration::from_millis(200);
+            while std::time::Instant::now() < round {
+                let seen = self
+                    .lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .any(|l| l.starts_with("Deleted") && l.contains(&deleted));
+                if seen {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "ip monitor in {} never showed sentinel {addr}",
+                self.ns
+            );
+        }
+    }
+
+    /// The lines after the last one about sentinel `a` and before the first about `b`.
+    fn between(&self, a: &str, b: &str) -> Vec<String> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let start = lines
+            .iter()
+            .rposition(|l| l.contains(a))
+            .map_or(0, |i| i + 1);
+        let end = lines
+            .iter()
+            .position(|l| l.contains(b))
+            .unwrap_or(lines.len());
+        lines[start..end.max(start)].to_vec()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An idle full resync re-reads the kernel and writes nothing: no netlink change and no
+/// sysctl change (netconf) in either namespace over three full syncs, with IPv6, VIPs and a
+/// route through the tunnel link in the state.
+#[tokio::test]
+async fn root_idle_full_syncs_write_nothing() {
+    let mut e = env("idle");
+    e.cfg.remote[0]
+        .pod_cidrs
+        .push("fd00:132::/48".parse().expect("literal"));
+    e.cfg
+        .local
+        .pod_cidrs
+        .push("fd00:128::/48".parse().expect("literal"));
+    let d = e.desired(&["172.31.0.10", "172.31.0.11"]);
+    let mut p = e.plumbing();
+    let tun = e.cfg.tunnel.interface.clone();
+    e.ip(
+        &e.ns_name,
+        &[
+            "link",
+            "add",
+            &tun,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sdnt-nd-ip",
+        ],
+    );
+    e.ip(&e.ns_name, &["link", "set", &tun, "up"]);
+    let r = p.sync(&d, true).await.expect("first sync");
+    assert!(r.skipped_routes.is_empty(), "{r:#?}");
+    assert!(r.operations() > 10, "{r:#?}");
+
+    let monitors = [Monitor::start(&e.host_name), Monitor::start(&e.ns_name)];
+    for m in &monitors {
+        m.sentinel("192.0.2.251");
+    }
+    let mut ops = 0;
+    for i in 0..3 {
+        let r = p.sync(&d, true).await.expect("idle full sync");
+        assert!(r.full);
+        assert_eq!(r.operations(), 0, "idle full sync {i}: {r:#?}");
+        ops += r.operations();
+    }
+    for m in &monitors {
+        m.sentinel("192.0.2.252");
+        let between = m.between("192.0.2.251", "192.0.2.252");
+        assert!(
+            between.is_empty(),
+            "idle full syncs changed something in {}:\n{}",
+            m.ns,
+            between.join("\n")
+        );
+    }
+    eprintln!("3 idle full syncs: {ops} operations, 0 ip monitor lines in both namespaces");
 }

@@ -743,3 +743,229 @@ async fn root_userspace_refuses_wireguard_go_of_another_namespace() {
     assert!(alive(pid), "the foreign wireguard-go is left alone");
     drop(foreign);
 }
+
+/// Whether node 1's host namespace still has the link `name` (and of which kind).
+fn host_link_details(lab: &Lab) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-n", &lab.ns("h1"), "-d", "link", "show", &lab.wg(1)])
+        .output()
+        .expect("ip");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A host link with the tunnel's name that sdnlinkd did not create is someone else's: ensure
+/// fails naming it and leaves it in the host namespace, and cleanup never deletes it. The
+/// persistent TUN is the dangerous case for the userspace backend (TUNSETIFF on an existing TUN
+/// attaches to it); the veth stands for any other link; both modes check before creating, so
+/// the kernel mode runs here without the module.
+async fn refuses_foreign_host_link(tag: &str, mode: &'static str) {
+    for kind in ["tun", "veth"] {
+        let lab = Lab::new(&format!("{tag}{}", &kind[..1]), mode);
+        let h1 = lab.ns("h1");
+        if kind == "tun" {
+            ip(&["-n", &h1, "tuntap", "add", "dev", &lab.wg(1), "mode", "tun"]);
+        } else {
+            ip(&[
+                "-n",
+                &h1,
+                "link",
+                "add",
+                &lab.wg(1),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "sdnt-t2-fpeer",
+            ]);
+        }
+        let before = host_link_details(&lab).expect("foreign link created");
+        let cfg = lab.config(1, None);
+        let err = Tunnel::ensure(&cfg, lab.netns("h1"), lab.netns("s1"), lab.key(1))
+            .await
+            .expect_err("a foreign host link must not be taken over");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, tunnel::TunnelError::ForeignHost { .. })
+                && msg.contains(&lab.wg(1))
+                && msg.contains("not sdnlinkd's"),
+            "{mode}/{kind}: error must name the foreign link: {msg}"
+        );
+        assert_eq!(
+            host_link_details(&lab).as_deref(),
+            Some(before.as_str()),
+            "{mode}/{kind}: the foreign link must stay as it was in the host namespace"
+        );
+        let in_ns = Command::new("ip")
+            .args(["-n", &lab.ns("s1"), "link", "show", &lab.wg(1)])
+            .output()
+            .expect("ip");
+        assert!(
+            !in_ns.status.success(),
+            "{mode}/{kind}: nothing moved into the namespace"
+        );
+        assert_eq!(
+            wg_go_pid(&lab.wg(1)),
+            None,
+            "{mode}/{kind}: no wireguard-go started"
+        );
+
+        let rep = tunnel::cleanup_in(&cfg, &lab.netns("h1"), Some(&lab.netns("s1")))
+            .await
+            .expect("cleanup");
+        assert!(rep.deleted_links.is_empty(), "{mode}/{kind}: {rep}");
+        assert!(
+            rep.kept_foreign.len() == 1 && rep.kept_foreign[0].contains(&lab.wg(1)),
+            "{mode}/{kind}: cleanup must report the link it left alone: {rep}"
+        );
+        assert!(
+            host_link_details(&lab).is_some(),
+            "{mode}/{kind}: cleanup deleted a foreign link"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_userspace_refuses_and_keeps_a_foreign_host_link() {
+    assert!(has_wireguard_go(), "install the wireguard-go package");
+    refuses_foreign_host_link("fu", "userspace").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_kernel_mode_refuses_and_keeps_a_foreign_host_link() {
+    refuses_foreign_host_link("fk", "kernel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_auto_mode_refuses_and_keeps_a_foreign_host_link() {
+    refuses_foreign_host_link("fa", "auto").await;
+}
+
+/// Our own leftover (created and marked, not yet moved when the daemon stopped) is adopted and
+/// moved; cleanup of a host leftover deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_userspace_own_marked_host_link_is_not_foreign() {
+    assert!(has_wireguard_go(), "install the wireguard-go package");
+    let lab = Lab::new("m", "userspace");
+    let h1 = lab.ns("h1");
+    ip(&["-n", &h1, "tuntap", "add", "dev", &lab.wg(1), "mode", "tun"]);
+    let mark = tunnel::device::ownership_mark(&lab.ns("s1"));
+    ip(&["-n", &h1, "link", "set", &lab.wg(1), "alias", &mark]);
+    let cfg = lab.config(1, None);
+    let rep = tunnel::cleanup_in(&cfg, &lab.netns("h1"), Some(&lab.netns("s1")))
+        .await
+        .expect("cleanup");
+    assert_eq!(
+        rep.deleted_links,
+        vec![format!("{h1}/{}", lab.wg(1))],
+        "{rep}"
+    );
+    assert!(rep.kept_foreign.is_empty(), "{rep}");
+    assert!(host_link_details(&lab).is_none());
+    // A device it creates carries the mark in its namespace.
+    let (t1, _) = lab.start(1, 2).await;
+    let out = Command::new("ip")
+        .args(["-n", &lab.ns("s1"), "-d", "link", "show", &lab.wg(1)])
+        .output()
+        .expect("ip");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&mark),
+        "created link carries the mark: {text}"
+    );
+    drop(t1);
+}
+
+/// Status reports the daemon's own device only: `wg show all` sees every wireguard-go of the
+/// host (their sockets in /var/run/wireguard are shared by all namespaces), status sees node
+/// 1's peer only; once a wireguard-go of another namespace serves node 1's socket, status
+/// reports an error instead of that process's peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_userspace_status_reports_own_device_only() {
+    assert!(has_wireguard_go(), "install the wireguard-go package");
+    let lab = Lab::new("s", "userspace");
+    let (mut t1, d1) = lab.start(1, 2).await;
+    let (mut t2, d2) = lab.start(2, 1).await;
+    t1.sync(&d1, true).await.expect("sync 1");
+    t2.sync(&d2, true).await.expect("sync 2");
+    let all = Command::new("wg")
+        .args(["show", "all", "peers"])
+        .output()
+        .expect("wg");
+    let all = String::from_utf8_lossy(&all.stdout);
+    assert!(
+        all.contains(&lab.wg(1)) && all.contains(&lab.wg(2)),
+        "{all}"
+    );
+    let st = t1.status().await;
+    assert_eq!(st.error, None);
+    assert_eq!(st.interface, lab.wg(1));
+    let keys: Vec<String> = st.peers.iter().map(|p| p.public_key.to_base64()).collect();
+    assert_eq!(keys, vec![lab.key(2).public_key().to_base64()], "{st:?}");
+
+    // Our wireguard-go dies; another namespace's one takes over the socket name.
+    let ours = wg_go_pid(&lab.wg(1)).expect("ours answers");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ours),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let gone = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        wg_go_pid(&lab.wg(1)).is_none()
+    });
+    assert!(gone, "our wireguard-go still answers");
+    let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", lab.wg(1)));
+    let foreign = Owner(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("h2"),
+                "wireguard-go",
+                "-f",
+                &lab.wg(1),
+            ])
+            .env("WG_PROCESS_FOREGROUND", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start foreign wireguard-go"),
+    );
+    let pid = i32::try_from(foreign.0.id()).expect("pid fits");
+    let answered = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        wg_go_pid(&lab.wg(1)) == Some(pid)
+    });
+    assert!(answered, "foreign wireguard-go did not open its socket");
+    let foreign_peer = PrivateKey::generate().public_key().to_base64();
+    let set = Command::new("wg")
+        .args([
+            "set",
+            &lab.wg(1),
+            "peer",
+            &foreign_peer,
+            "allowed-ips",
+            "10.99.0.0/24",
+        ])
+        .output()
+        .expect("wg set");
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let st = t1.status().await;
+    assert!(
+        st.peers.is_empty(),
+        "another namespace's peers must not show: {st:?}"
+    );
+    let err = st.error.unwrap_or_default();
+    assert!(
+        err.contains(&pid.to_string()) && err.contains("another network namespace"),
+        "{err}"
+    );
+    drop(foreign);
+    // SIGKILL leaves the socket file behind; nobody answers it any more.
+    let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", lab.wg(1)));
+}

@@ -5,8 +5,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sdnlinkd::lab::checks::{self, Outcome};
+use sdnlinkd::lab::control::{self, Request};
 use sdnlinkd::lab::manifests;
 use sdnlinkd::lab::plan::{Plan, Proxy, Tunnel};
+use sdnlinkd::lab::prereq;
 use sdnlinkd::lab::run::{self, Lab, Options, State};
 use sdnlinkd::lab::vm as lab_vm;
 use sdnlinkd::lab::LabError;
@@ -43,6 +45,13 @@ struct Cli {
     /// Prefix of every namespace and interface name (to run beside another lab).
     #[arg(long, global = true, default_value = run::PREFIX)]
     prefix: String,
+    /// Benchmark scale: SERVICESxENDPOINTS extra Services per cluster (e.g. 10000x10), with
+    /// the default manifests, generated under the state root. A benchmark, not a CI run.
+    #[arg(long, global = true)]
+    scale: Option<manifests::Scale>,
+    /// Install missing prerequisites with apt-get instead of stopping with what to install.
+    #[arg(long, global = true)]
+    install_deps: bool,
     /// VM kernel image (non-Debian hosts).
     #[arg(long, global = true)]
     kernel: Option<PathBuf>,
@@ -61,8 +70,34 @@ enum Cmd {
         #[arg(long)]
         topology_only: bool,
     },
-    /// Remove a lab brought up with `up` (exactly what it created).
+    /// Remove a lab brought up with `up` (exactly what it created, also after restarts).
     Down,
+    /// Stop one node's daemon of a lab brought up with `up` (SIGTERM, or SIGKILL with --kill),
+    /// start it again exactly as the lab starts it and wait until it is ready.
+    Restart {
+        /// Node name, e.g. east-n1.
+        node: String,
+        /// kill -9 (a crash) instead of SIGTERM.
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Set a fault on one cluster's API server of a lab brought up with `up`:
+    /// unreachable (connections refused, open ones cut), hang (accepts, never answers),
+    /// gone (410 Gone to every watch; relists get new resourceVersions), forbidden (403),
+    /// ok (undo).
+    Api {
+        /// Cluster name, e.g. west.
+        cluster: String,
+        /// unreachable | hang | gone | forbidden | ok
+        fault: String,
+    },
+    /// Reload one node's daemon of a lab brought up with `up` (`sdnlinkd reload`), after
+    /// replacing its config with FILE when given.
+    Reload {
+        node: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run the kernel-feature (#[ignore]d) tests inside the QEMU VM.
     VmTest,
     /// Write the default manifests for --clusters clusters into DIR/<cluster>/.
@@ -119,8 +154,82 @@ fn main() -> ExitCode {
     }
 }
 
+/// Stops with one line naming what is missing (or installs it with `--install-deps`) before
+/// anything is built.
+fn prerequisites(cli: &Cli, opts: &Options) -> Result<()> {
+    let vm = cli.vm || matches!(cli.command, Some(Cmd::VmTest));
+    let needs = prereq::Needs {
+        tunnel: opts.tunnel,
+        ipvs: opts.proxy == Proxy::Ipvs,
+        vm,
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let gone = prereq::missing(needs, |p| prereq::on_path(p, &path));
+    if gone.is_empty() {
+        return Ok(());
+    }
+    if !cli.install_deps {
+        bail!("{}", prereq::message(&gone));
+    }
+    let pkgs = prereq::packages(&gone);
+    eprintln!("sdnlink-lab: installing {}", pkgs.join(" "));
+    let update = std::process::Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .context("running apt-get update")?;
+    let install = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?;
+    let still = prereq::missing(needs, |p| prereq::on_path(p, &path));
+    if !update.success() || !install.success() || !still.is_empty() {
+        bail!(
+            "apt-get install {} failed ({install}); still {}",
+            pkgs.join(" "),
+            prereq::message(&still)
+        );
+    }
+    Ok(())
+}
+
+/// The directory of generated manifests for `--scale`.
+fn scale_dir(opts: &Options) -> PathBuf {
+    opts.state_root
+        .join(format!("{}scale-manifests", opts.prefix))
+}
+
+/// Writes the default manifests plus `scale.yaml` per cluster and points `opts` at them.
+fn scale_manifests(opts: &mut Options, scale: manifests::Scale) -> Result<()> {
+    let plan = opts.plan()?;
+    let root = scale_dir(opts);
+    for c in &plan.clusters {
+        let dir = root.join(&c.name);
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        let mut files = manifests::cluster_files(c);
+        files.push(("scale.yaml".into(), manifests::scale_yaml(c, scale)));
+        for (file, text) in files {
+            std::fs::write(dir.join(&file), text)
+                .with_context(|| dir.join(&file).display().to_string())?;
+        }
+    }
+    opts.manifests = root;
+    Ok(())
+}
+
 fn real_main(cli: Cli) -> Result<ExitCode> {
-    let opts = options(&cli);
+    let mut opts = options(&cli);
+    if matches!(cli.command, None | Some(Cmd::Up { .. }) | Some(Cmd::VmTest)) {
+        prerequisites(&cli, &opts)?;
+    }
+    if let (Some(scale), None | Some(Cmd::Up { .. })) = (cli.scale, &cli.command) {
+        if !cli.vm {
+            scale_manifests(&mut opts, scale)?;
+        }
+    }
+    let opts = opts;
+
     match &cli.command {
         Some(Cmd::Manifests { out }) => {
             let plan = opts.plan()?;
@@ -141,8 +250,43 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Some(Cmd::Up { topology_only }) => up(&cli, &opts, *topology_only),
         Some(Cmd::Down) => down(&opts),
+        Some(Cmd::Restart { node, kill }) => to_holder(
+            &opts,
+            &Request::Restart {
+                node: node.clone(),
+                kill: *kill,
+            },
+        ),
+        Some(Cmd::Api { cluster, fault }) => to_holder(
+            &opts,
+            &Request::Api {
+                cluster: cluster.clone(),
+                fault: fault.clone(),
+            },
+        ),
+        Some(Cmd::Reload { node, config }) => {
+            let config = match config {
+                Some(p) => {
+                    Some(std::fs::read_to_string(p).with_context(|| p.display().to_string())?)
+                }
+                None => None,
+            };
+            to_holder(
+                &opts,
+                &Request::Reload {
+                    node: node.clone(),
+                    config,
+                },
+            )
+        }
         Some(Cmd::Hold { topology_only }) => hold(&opts, *topology_only),
-        None => Ok(all(&opts)),
+        None => {
+            let code = all(&opts);
+            if cli.scale.is_some() {
+                let _ = std::fs::remove_dir_all(scale_dir(&opts));
+            }
+            Ok(code)
+        }
     }
 }
 
@@ -359,9 +503,20 @@ fn hold(opts: &Options, topology_only: bool) -> Result<ExitCode> {
     } else {
         Lab::up(opts)?
     };
-    std::fs::write(ready_file(&lab.plan), lab.describe())?;
+    let state_dir = lab.plan.state_dir.clone();
+    let description = lab.describe();
+    let ready = ready_file(&lab.plan);
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(lab)));
+    control::serve(&control::socket_path(&state_dir), shared.clone())?;
+    std::fs::write(ready, description)?;
     let sig = set.wait()?;
     eprintln!("sdnlink-lab holder: {sig}, tearing down");
+    // Waits for a request in progress (a restart) to finish.
+    let lab = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .context("the lab was already taken")?;
     let problems = lab.down();
     for p in &problems {
         eprintln!("down: {p}");
@@ -371,6 +526,21 @@ fn hold(opts: &Options, topology_only: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `restart`, `api`, `reload`: one request to the holder of the lab, its answer printed.
+fn to_holder(opts: &Options, req: &Request) -> Result<ExitCode> {
+    let plan = opts.plan()?;
+    if !plan.state_file().exists() {
+        bail!(LabError::NotUp(plan.state_file()));
+    }
+    let reply = control::send(&plan.state_dir, req)?;
+    if reply.ok {
+        println!("{}", reply.message);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("{}", reply.message)
+    }
 }
 
 /// `down`.
@@ -388,6 +558,8 @@ fn down(opts: &Options) -> Result<ExitCode> {
     if problems.is_empty() {
         run::remove_holder_log(&opts.state_root, &opts.prefix);
     }
+    // The generated manifests of `up --scale`, if any.
+    let _ = std::fs::remove_dir_all(scale_dir(opts));
     println!("lab removed");
     Ok(if problems.is_empty() {
         ExitCode::SUCCESS

@@ -1,13 +1,29 @@
 //! A simulated Kubernetes API server for tests and the lab (never started by the daemon).
 //!
-//! It serves exactly what sdnlinkd's kube-rs watches ask for, over TLS with a generated CA and
-//! a bearer token: list with `resourceVersion`, `limit` and `continue`; watch with
-//! ADDED/MODIFIED/DELETED events, BOOKMARK when `allowWatchBookmarks` is set and an ERROR event
-//! with `410 Gone` for expired resource versions (as the real API server does, in the stream,
-//! not as the HTTP status); GET and merge PATCH of single objects (Node annotations); and the
-//! `/apis/network.openshift.io/v1` discovery document when HostSubnets are present. Resources:
-//! core/v1 Services and Nodes, discovery.k8s.io/v1 EndpointSlices, network.openshift.io/v1
-//! HostSubnets. Objects come from ordinary YAML manifests and can be changed at runtime.
+//! It serves what sdnlinkd's kube-rs watches and `kubectl` ask for, over TLS with a generated
+//! CA and a bearer token: list with `resourceVersion`, `limit`, `continue`, `labelSelector` and
+//! `fieldSelector`; watch with ADDED/MODIFIED/DELETED events, BOOKMARK when
+//! `allowWatchBookmarks` is set and an ERROR event with `410 Gone` for expired resource
+//! versions (as the real API server does, in the stream, not as the HTTP status); GET, create
+//! (POST), update (PUT, `409 Conflict` on a stale `resourceVersion`), patch (JSON merge,
+//! strategic merge, JSON patch) and delete of single objects; and the discovery documents
+//! (`/api`, `/apis`, each group version). Resources: core/v1 Services and Nodes,
+//! discovery.k8s.io/v1 EndpointSlices, network.openshift.io/v1 HostSubnets (discovered only
+//! once one exists). Objects come from ordinary YAML manifests, admitted document by document
+//! as a real API server would (see `admit`), and can be changed at runtime, in-process or over
+//! HTTP. [`Fault`]s make the server refuse, hang, deny or expire watches.
+
+mod admit;
+mod patch;
+
+pub use admit::Refusal;
+
+/// How many objects of a YAML text the server admits, and what it refuses (for tests of
+/// generated manifests).
+pub fn admit_for_tests(file: &str, yaml: &str) -> (usize, Vec<Refusal>) {
+    let (ok, refused) = admit::admit_stream(file, yaml);
+    (ok.len(), refused)
+}
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -34,6 +50,8 @@ pub enum SimError {
     Tls(#[from] rustls::Error),
     #[error("manifest {file}: {reason}")]
     Manifest { file: String, reason: String },
+    #[error("refused {} document(s): {}", .0.len(), .0.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<Refusal>),
     #[error("simapi needs a tokio runtime")]
     NoRuntime(#[from] tokio::runtime::TryCurrentError),
 }
@@ -119,6 +137,8 @@ struct Store {
     openshift: bool,
     token: String,
     fault: Fault,
+    /// Documents refused while loading the manifest directory.
+    refused: Vec<Refusal>,
 }
 
 /// A fault the server injects into every request (after the token check for `Forbidden`).
@@ -131,6 +151,43 @@ pub enum Fault {
     Forbidden,
     /// Accept the request and never answer (a wedged API server or a black-holed path).
     Hang,
+    /// Refuse connections: the listening socket stops listening (a SYN gets a RST, as from a
+    /// host whose API server is down) and every open connection, watches included, is cut.
+    Unreachable,
+    /// Answer every watch with `410 Gone` (an ERROR event, reason `Expired`); setting it
+    /// re-stamps every object with a new resourceVersion and ends the open watches, so
+    /// clients relist and get versions they have never seen (as after an etcd restore).
+    Gone,
+}
+
+impl Fault {
+    /// Every fault, [`Fault::None`] first.
+    pub const ALL: [Fault; 5] = [
+        Fault::None,
+        Fault::Forbidden,
+        Fault::Hang,
+        Fault::Unreachable,
+        Fault::Gone,
+    ];
+
+    /// The name `sdnlink-lab api CLUSTER NAME` takes (`ok` for [`Fault::None`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::None => "ok",
+            Fault::Forbidden => "forbidden",
+            Fault::Hang => "hang",
+            Fault::Unreachable => "unreachable",
+            Fault::Gone => "gone",
+        }
+    }
+
+    /// The fault named `name` (see [`Fault::name`]; `none` is also [`Fault::None`]).
+    pub fn from_name(name: &str) -> Option<Fault> {
+        match name {
+            "none" => Some(Fault::None),
+            _ => Fault::ALL.into_iter().find(|f| f.name() == name),
+        }
+    }
 }
 
 struct Inner {
@@ -138,6 +195,11 @@ struct Inner {
     events: broadcast::Sender<Arc<Event>>,
     /// Bumped by `compact` and `shutdown`: every open watch ends.
     epoch: watch::Sender<u64>,
+    /// The current fault, for the accept loop (which stops accepting while unreachable).
+    fault: watch::Sender<Fault>,
+    /// The listening socket (a duplicate of the accept loop's descriptor), to stop and
+    /// resume listening.
+    socket: std::net::TcpListener,
 }
 
 impl Inner {
@@ -249,6 +311,8 @@ impl SimApi {
         let base = now_micros();
         let (events, _) = broadcast::channel(16_384);
         let (epoch, _) = watch::channel(0);
+        let (fault, fault_rx) = watch::channel(Fault::None);
+        let socket = listener.try_clone()?;
         let inner = Arc::new(Inner {
             store: Mutex::new(Store {
                 rv: base,
@@ -258,9 +322,12 @@ impl SimApi {
                 openshift: false,
                 token: token.to_string(),
                 fault: Fault::None,
+                refused: Vec::new(),
             }),
             events,
             epoch,
+            fault,
+            socket,
         });
         let mut sim = SimApi {
             inner: inner.clone(),
@@ -281,13 +348,11 @@ impl SimApi {
             files.sort();
             for f in files {
                 let text = std::fs::read_to_string(&f)?;
-                sim.apply_yaml(&text).map_err(|e| match e {
-                    SimError::Manifest { reason, .. } => SimError::Manifest {
-                        file: f.display().to_string(),
-                        reason,
-                    },
-                    other => other,
-                })?;
+                let (objects, refused) = admit::admit_stream(&f.display().to_string(), &text);
+                for (res, obj) in objects {
+                    sim.put(res, obj);
+                }
+                sim.inner.lock().refused.extend(refused);
             }
         }
         listener.set_nonblocking(true)?;
@@ -297,7 +362,7 @@ impl SimApi {
             tokio::net::TcpListener::from_std(listener)?
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        sim.task = Some(rt.spawn(accept_loop(listener, acceptor, inner)));
+        sim.task = Some(rt.spawn(accept_loop(listener, acceptor, inner, fault_rx)));
         Ok(sim)
     }
 
@@ -336,85 +401,91 @@ impl SimApi {
         self.inner.lock().token = token.to_string();
     }
 
-    /// Injects `fault` into every later request (open watches keep streaming).
+    /// Injects `fault` into every later request (open watches keep streaming, except under
+    /// [`Fault::Unreachable`], which cuts them, and [`Fault::Gone`], which ends them).
+    ///
+    /// # Panics
+    /// When the listening socket cannot be bound again on leaving [`Fault::Unreachable`]
+    /// (another socket took the port meanwhile); [`SimApi::try_set_fault`] returns that error.
     pub fn set_fault(&self, fault: Fault) {
-        self.inner.lock().fault = fault;
+        if let Err(e) = self.try_set_fault(fault) {
+            panic!("simapi on {}: setting fault {fault:?}: {e}", self.addr);
+        }
     }
 
-    /// Creates or replaces every object of a (multi-document) YAML text. Kinds other than
-    /// Service, EndpointSlice, Node and HostSubnet are ignored, as an API server without
-    /// those resources would refuse them.
+    /// [`SimApi::set_fault`], returning the error of listening again.
+    pub fn try_set_fault(&self, fault: Fault) -> Result<(), SimError> {
+        use nix::sys::socket::{shutdown, Shutdown};
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut st = self.inner.lock();
+        let was = st.fault;
+        if was == fault {
+            return Ok(());
+        }
+        if was == Fault::Unreachable {
+            // Linux keeps the socket (and its network namespace) after shutdown(SHUT_RD) of a
+            // listener but forgets its port: bind it to the same address again, then listen.
+            let fd = self.inner.socket.as_fd();
+            let addr = nix::sys::socket::SockaddrStorage::from(self.addr);
+            nix::sys::socket::bind(fd.as_raw_fd(), &addr)
+                .and_then(|()| nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(1024)?))
+                .map_err(|e| SimError::Io(e.into()))?;
+        }
+        if fault == Fault::Unreachable {
+            // A listener shut down for reading refuses new connections (RST to a SYN).
+            shutdown(self.inner.socket.as_raw_fd(), Shutdown::Read)
+                .map_err(|e| SimError::Io(e.into()))?;
+        }
+        if fault == Fault::Gone {
+            restamp(&mut st);
+        }
+        st.fault = fault;
+        drop(st);
+        self.inner.fault.send_replace(fault);
+        if fault == Fault::Gone {
+            self.inner.epoch.send_modify(|e| *e += 1);
+        }
+        Ok(())
+    }
+
+    /// The fault in force.
+    pub fn fault(&self) -> Fault {
+        self.inner.lock().fault
+    }
+
+    /// Documents of the manifest directory that were refused (each with file, document index,
+    /// line and reason); every other document was loaded.
+    pub fn refused(&self) -> Vec<Refusal> {
+        self.inner.lock().refused.clone()
+    }
+
+    /// Creates or replaces every object of a (multi-document) YAML text, all or nothing: if
+    /// any document is refused (see [`SimApi::refused`] for the rules), nothing is applied and
+    /// the error lists every refusal. Returns the number of objects applied.
     pub fn apply_yaml(&self, yaml: &str) -> Result<usize, SimError> {
-        use serde::Deserialize;
-        let bad = |reason: String| SimError::Manifest {
-            file: "<yaml>".into(),
-            reason,
-        };
-        let mut n = 0;
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let v = Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
-            if v.is_null() {
-                continue;
-            }
-            let items = match v.get("kind").and_then(Value::as_str) {
-                Some(k) if k.ends_with("List") => v
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-                _ => vec![v],
-            };
-            for item in items {
-                if self.put(item).map_err(bad)? {
-                    n += 1;
-                }
-            }
+        let (objects, refused) = admit::admit_stream("<yaml>", yaml);
+        if !refused.is_empty() {
+            return Err(SimError::Refused(refused));
+        }
+        let n = objects.len();
+        for (res, obj) in objects {
+            self.put(res, obj);
         }
         Ok(n)
     }
 
-    fn put(&self, mut obj: Value) -> Result<bool, String> {
-        let Some(res) = obj
-            .get("kind")
-            .and_then(Value::as_str)
-            .and_then(Res::from_kind)
-        else {
-            return Ok(false);
-        };
-        let meta = obj
-            .get_mut("metadata")
-            .and_then(Value::as_object_mut)
-            .ok_or_else(|| format!("{} without metadata", res.kind()))?;
-        let name = meta
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{} without metadata.name", res.kind()))?
-            .to_string();
-        let ns = if res.namespaced() {
-            let ns = meta
-                .get("namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("default")
-                .to_string();
-            meta.insert("namespace".into(), ns.clone().into());
-            ns
-        } else {
-            meta.remove("namespace");
-            String::new()
-        };
-        obj["apiVersion"] = res.api_version().into();
+    /// Stores an admitted object (creating or replacing it).
+    fn put(&self, res: Res, obj: Value) {
         let mut st = self.inner.lock();
-        if res == Res::HostSubnets {
-            st.openshift = true;
-        }
-        let key = (res, ns, name);
+        let Ok((key, obj)) = normalise(res, obj, None) else {
+            unreachable!("admitted objects have a string metadata.name")
+        };
         let type_ = if st.objects.contains_key(&key) {
             "MODIFIED"
         } else {
             "ADDED"
         };
         commit(&self.inner, &mut st, key, type_, obj);
-        Ok(true)
     }
 
     /// Deletes one object (`kind` as in manifests, e.g. `Service`); whether it existed.
@@ -430,6 +501,16 @@ impl SimApi {
         };
         commit(&self.inner, &mut st, key, "DELETED", obj);
         true
+    }
+
+    /// Gives every object a new resourceVersion, forgets the event history and ends every
+    /// open watch: clients get `410 Gone` and relist versions they have never seen (the
+    /// one-shot form of [`Fault::Gone`]).
+    pub fn expire(&self) {
+        let mut st = self.inner.lock();
+        restamp(&mut st);
+        drop(st);
+        self.inner.epoch.send_modify(|e| *e += 1);
     }
 
     /// Forgets the event history and ends every open watch: clients reconnect from versions
@@ -449,6 +530,18 @@ impl SimApi {
             .lock()
             .objects
             .get(&(Res::Nodes, String::new(), name.to_string()))
+            .cloned()
+    }
+
+    /// The stored object `kind` `namespace/name` (`namespace` ignored for cluster-scoped
+    /// kinds), as clients see it.
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let res = Res::from_kind(kind)?;
+        let ns = if res.namespaced() { namespace } else { "" };
+        self.inner
+            .lock()
+            .objects
+            .get(&(res, ns.to_string(), name.to_string()))
             .cloned()
     }
 
@@ -475,6 +568,66 @@ impl Drop for SimApi {
     }
 }
 
+/// The key of `obj` and the object with its namespace and apiVersion set. The namespace is the
+/// request path's when given (the object's must then agree), else the object's, else `default`;
+/// cluster-scoped kinds have none.
+fn normalise(res: Res, mut obj: Value, path_ns: Option<&str>) -> Result<(Key, Value), String> {
+    let meta = obj
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or("missing metadata")?;
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or("missing metadata.name")?
+        .to_string();
+    let ns = if res.namespaced() {
+        let own = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let ns = match (path_ns, own) {
+            (Some(p), Some(o)) if p != o => {
+                return Err(format!(
+                    "the namespace of the provided object ({o}) does not match the namespace sent on the request ({p})"
+                ))
+            }
+            (Some(p), _) => p.to_string(),
+            (None, Some(o)) => o.to_string(),
+            (None, None) => "default".to_string(),
+        };
+        meta.insert("namespace".into(), ns.clone().into());
+        ns
+    } else {
+        meta.remove("namespace");
+        String::new()
+    };
+    obj["apiVersion"] = res.api_version().into();
+    Ok(((res, ns, name), obj))
+}
+
+/// Gives every object a new resourceVersion and expires every older one (no events: as after
+/// an etcd restore, only a relist shows the new versions).
+fn restamp(st: &mut Store) {
+    let mut rv = st.rv;
+    for obj in st.objects.values_mut() {
+        rv += 1;
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.insert("resourceVersion".into(), rv.to_string().into());
+        }
+    }
+    st.rv = rv + 1;
+    st.min_rv = st.rv;
+    st.history.clear();
+}
+
+/// RFC 3339 time of now, to the second (`metadata.creationTimestamp`).
+fn now_rfc3339() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// Stores a change under a new resourceVersion, records it in the history and broadcasts it.
 fn commit(inner: &Inner, st: &mut Store, key: Key, type_: &'static str, mut obj: Value) {
     st.rv += 1;
@@ -483,9 +636,14 @@ fn commit(inner: &Inner, st: &mut Store, key: Key, type_: &'static str, mut obj:
         m.insert("resourceVersion".into(), rv.to_string().into());
         m.entry("uid")
             .or_insert_with(|| format!("sim-{}-{}-{}", key.0.plural(), key.1, key.2).into());
+        m.entry("creationTimestamp")
+            .or_insert_with(|| now_rfc3339().into());
     }
     obj["kind"] = key.0.kind().into();
     obj["apiVersion"] = key.0.api_version().into();
+    if key.0 == Res::HostSubnets {
+        st.openshift = true;
+    }
     let ev = Arc::new(Event {
         rv,
         res: key.0,
@@ -512,13 +670,40 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     inner: Arc<Inner>,
+    mut fault: watch::Receiver<Fault>,
 ) {
     // Connections live in this set: aborting the accept task drops it and cuts them all.
     let mut conns = tokio::task::JoinSet::new();
+    // `None` while unreachable. The tokio registration of a listener that was shut down saw
+    // no connection after it listened again (tested), so a fresh registration serves after.
+    let mut listener = Some(listener);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
+            changed = fault.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let unreachable = *fault.borrow_and_update() == Fault::Unreachable;
+                if unreachable && listener.is_some() {
+                    conns.abort_all();
+                    listener = None;
+                } else if !unreachable && listener.is_none() {
+                    listener = inner
+                        .socket
+                        .try_clone()
+                        .and_then(|s| {
+                            s.set_nonblocking(true)?;
+                            tokio::net::TcpListener::from_std(s)
+                        })
+                        .ok();
+                }
+            }
+            accepted = async { listener.as_ref().expect("guarded by is_some").accept().await }, if listener.is_some() => {
+                let Ok((tcp, _)) = accepted else {
+                    // EINVAL from a listener just shut down, before its fault is seen above.
+                    tokio::task::yield_now().await;
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let inner = inner.clone();
                 conns.spawn(async move {
@@ -557,9 +742,61 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
     )
 }
 
+/// A failure about one object (`details` names it, as kubectl prints it).
+fn object_status(code: StatusCode, reason: &str, key: &Key, message: String) -> Response<Body> {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code.as_u16(),
+                "details": {"name": key.2, "kind": key.0.plural()}}),
+    )
+}
+
+fn not_found(key: &Key) -> Response<Body> {
+    object_status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        key,
+        format!("{} {:?} not found", key.0.plural(), key.2),
+    )
+}
+
+fn conflict(key: &Key) -> Response<Body> {
+    object_status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        key,
+        format!(
+            "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again",
+            key.0.plural(),
+            key.2
+        ),
+    )
+}
+
+fn bad_request(message: String) -> Response<Body> {
+    status(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+fn invalid(key: &Key, message: String) -> Response<Body> {
+    object_status(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        key,
+        format!("{} {:?} is invalid: {message}", key.0.kind(), key.2),
+    )
+}
+
 fn gone(rv: u64, min: u64) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": format!("too old resource version: {rv} ({min})"), "reason": "Expired", "code": 410})
+}
+
+/// A request's path and query, split for routing.
+struct Route<'a> {
+    res: Res,
+    ns: Option<&'a str>,
+    name: Option<&'a str>,
 }
 
 async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
@@ -597,25 +834,31 @@ async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             .into_owned()
             .collect();
     let segs: Vec<&str> = path.split('/').collect();
-    if segs == ["version"] {
-        return json_response(
-            StatusCode::OK,
-            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-sdnlink-sim",
-                    "platform": "linux/amd64", "gitCommit": "", "gitTreeState": "clean",
-                    "buildDate": "", "goVersion": "", "compiler": "gc"}),
-        );
+    let not_found_path = || {
+        status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    };
+    match segs.as_slice() {
+        ["version"] => {
+            return json_response(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-sdnlink-sim",
+                        "platform": "linux/amd64", "gitCommit": "", "gitTreeState": "clean",
+                        "buildDate": "", "goVersion": "", "compiler": "gc"}),
+            )
+        }
+        ["api"] => return api_versions(inner),
+        ["apis"] => return api_groups(inner),
+        _ => {}
     }
     // Split into group/version prefix and the rest.
     let (gv, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("api/v1".to_string(), rest),
         ["apis", g, v, rest @ ..] => (format!("apis/{g}/{v}"), rest),
-        _ => {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{path} not found"),
-            )
-        }
+        _ => return not_found_path(),
     };
     if rest.is_empty() {
         return discovery(inner, &gv);
@@ -625,65 +868,110 @@ async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
         [plural] => (None, *plural, None),
         [plural, name] => (None, *plural, Some(*name)),
-        _ => {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{path} not found"),
-            )
-        }
+        _ => return not_found_path(),
     };
     let Some(res) = Res::from_path(&gv, plural) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{path} not found"),
-        );
+        return not_found_path();
     };
     if res == Res::HostSubnets && !inner.lock().openshift {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{path} not found"),
-        );
+        return not_found_path();
     }
-    let ns = if res.namespaced() { ns } else { None };
-    match (req.method().clone(), name) {
-        (Method::GET, None) if query.get("watch").map(String::as_str) == Some("true") => {
-            watch_response(inner, res, ns, &query)
+    let route = Route {
+        res,
+        ns: if res.namespaced() { ns } else { None },
+        name,
+    };
+    let dry_run = query.get("dryRun").is_some_and(|d| !d.is_empty());
+    let method = req.method().clone();
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let body = if matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return bad_request(e.to_string()),
         }
-        (Method::GET, None) => list(inner, res, ns, &query),
-        (Method::GET, Some(name)) => {
-            let key = (res, ns.unwrap_or("").to_string(), name.to_string());
-            match inner.lock().objects.get(&key) {
-                Some(o) => json_response(StatusCode::OK, o),
-                None => status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!("{plural} {name:?} not found"),
-                ),
+    } else {
+        Bytes::new()
+    };
+    let key = |name: &str| (res, route.ns.unwrap_or("").to_string(), name.to_string());
+    match (method, route.name) {
+        (Method::GET, None) => {
+            let selector = match Selector::parse(&query) {
+                Ok(s) => s,
+                Err(e) => return bad_request(e),
+            };
+            if watching {
+                watch_response(inner, res, route.ns, &query, selector)
+            } else {
+                list(inner, res, route.ns, &query, &selector)
             }
         }
-        (Method::PATCH, Some(name)) => {
-            let ct = req
-                .headers()
-                .get(hyper::header::CONTENT_TYPE)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let key = (res, ns.unwrap_or("").to_string(), name.to_string());
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
-            };
-            patch(inner, key, &ct, &body)
+        (Method::GET, Some(name)) => {
+            let key = key(name);
+            match inner.lock().objects.get(&key) {
+                Some(o) => json_response(StatusCode::OK, o),
+                None => not_found(&key),
+            }
         }
+        (Method::POST, None) if res.namespaced() && route.ns.is_none() => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("create {plural} in a namespace: POST /{gv}/namespaces/NS/{plural}"),
+        ),
+        (Method::POST, None) => create(inner, &route, &body, dry_run),
+        (Method::PUT, Some(name)) => update(inner, &route, key(name), &body, dry_run),
+        (Method::PATCH, Some(name)) => patch(inner, key(name), &content_type, &body, dry_run),
+        (Method::DELETE, Some(name)) => delete(inner, key(name), &body, dry_run),
         _ => status(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             "not supported by the simulated API server".into(),
         ),
     }
+}
+
+fn api_versions(inner: &Inner) -> Response<Body> {
+    let addr = inner
+        .socket
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": addr}]}),
+    )
+}
+
+fn api_groups(inner: &Inner) -> Response<Body> {
+    let openshift = inner.lock().openshift;
+    let mut groups: Vec<&str> = Res::ALL
+        .into_iter()
+        .filter(|r| *r != Res::HostSubnets || openshift)
+        .map(Res::api_version)
+        .filter(|gv| gv.contains('/'))
+        .collect();
+    groups.dedup();
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|gv| {
+            let (g, v) = gv.split_once('/').unwrap_or((gv, ""));
+            let version = json!({"groupVersion": gv, "version": v});
+            json!({"name": g, "versions": [version.clone()], "preferredVersion": version})
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+    )
 }
 
 fn discovery(inner: &Inner, gv: &str) -> Response<Body> {
@@ -693,8 +981,14 @@ fn discovery(inner: &Inner, gv: &str) -> Response<Body> {
         .filter(|r| Res::from_path(gv, r.plural()) == Some(*r))
         .filter(|r| *r != Res::HostSubnets || openshift)
         .map(|r| {
+            let short: &[&str] = match r {
+                Res::Services => &["svc"],
+                Res::Nodes => &["no"],
+                _ => &[],
+            };
             json!({"name": r.plural(), "singularName": r.kind().to_lowercase(), "namespaced": r.namespaced(),
-                   "kind": r.kind(), "verbs": ["get", "list", "watch", "patch"]})
+                   "kind": r.kind(), "shortNames": short,
+                   "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
         })
         .collect();
     if resources.is_empty() {
@@ -707,11 +1001,98 @@ fn discovery(inner: &Inner, gv: &str) -> Response<Body> {
     )
 }
 
+/// One requirement of a label or field selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Req {
+    Eq(String, String),
+    Ne(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+/// `labelSelector` and `fieldSelector` (equality, inequality and existence; the set forms
+/// `in`/`notin` are refused). Fields: `metadata.name`, `metadata.namespace`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Selector {
+    labels: Vec<Req>,
+    fields: Vec<Req>,
+}
+
+impl Selector {
+    fn parse(query: &BTreeMap<String, String>) -> Result<Selector, String> {
+        let reqs = |text: Option<&String>, fields: bool| -> Result<Vec<Req>, String> {
+            let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
+                return Ok(Vec::new());
+            };
+            text.split(',')
+                .map(|part| {
+                    let part = part.trim();
+                    let req = if let Some((k, v)) = part.split_once("!=") {
+                        Req::Ne(k.trim().into(), v.trim().into())
+                    } else if let Some((k, v)) =
+                        part.split_once("==").or_else(|| part.split_once('='))
+                    {
+                        Req::Eq(k.trim().into(), v.trim().into())
+                    } else if part.contains(' ') || part.contains('(') {
+                        return Err(format!(
+                            "selector {part:?}: only =, == and != (and existence) are supported"
+                        ));
+                    } else if let Some(k) = part.strip_prefix('!') {
+                        Req::Absent(k.into())
+                    } else {
+                        Req::Exists(part.into())
+                    };
+                    let key = match &req {
+                        Req::Eq(k, _) | Req::Ne(k, _) | Req::Exists(k) | Req::Absent(k) => k,
+                    };
+                    if fields && !matches!(key.as_str(), "metadata.name" | "metadata.namespace")
+                    {
+                        return Err(format!(
+                            "field selector {part:?}: only metadata.name and metadata.namespace are supported"
+                        ));
+                    }
+                    Ok(req)
+                })
+                .collect()
+        };
+        Ok(Selector {
+            labels: reqs(query.get("labelSelector"), false)?,
+            fields: reqs(query.get("fieldSelector"), true)?,
+        })
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        let meta = &obj["metadata"];
+        let holds = |r: &Req, get: &dyn Fn(&str) -> Option<String>| match r {
+            Req::Eq(k, v) => get(k).as_deref() == Some(v.as_str()),
+            Req::Ne(k, v) => get(k).as_deref() != Some(v.as_str()),
+            Req::Exists(k) => get(k).is_some(),
+            Req::Absent(k) => get(k).is_none(),
+        };
+        let label = |k: &str| {
+            meta["labels"]
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let field = |k: &str| {
+            let v = if k == "metadata.name" {
+                &meta["name"]
+            } else {
+                &meta["namespace"]
+            };
+            Some(v.as_str().unwrap_or("").to_string())
+        };
+        self.labels.iter().all(|r| holds(r, &label)) && self.fields.iter().all(|r| holds(r, &field))
+    }
+}
+
 fn list(
     inner: &Inner,
     res: Res,
     ns: Option<&str>,
     query: &BTreeMap<String, String>,
+    selector: &Selector,
 ) -> Response<Body> {
     let st = inner.lock();
     let limit = query
@@ -723,11 +1104,7 @@ fn list(
     let (list_rv, after) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let Some((rv, after)) = c.split_once('|') else {
-                return status(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "bad continue token".into(),
-                );
+                return bad_request("bad continue token".into());
             };
             let rv: u64 = rv.parse().unwrap_or(0);
             if rv < st.min_rv {
@@ -746,6 +1123,7 @@ fn list(
                 .as_ref()
                 .is_none_or(|a| format!("{}/{}", k.1, k.2) > *a)
         })
+        .filter(|(_, v)| selector.matches(v))
         .collect();
     let take = limit.unwrap_or(usize::MAX).min(items.len());
     let cont = (take < items.len()).then(|| {
@@ -772,12 +1150,12 @@ fn watch_line(type_: &str, object: &Value) -> Bytes {
     s.push('\n');
     Bytes::from(s)
 }
-
 fn watch_response(
     inner: &Arc<Inner>,
     res: Res,
     ns: Option<&str>,
     query: &BTreeMap<String, String>,
+    selector: Selector,
 ) -> Response<Body> {
     let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
     let timeout = query
@@ -787,8 +1165,12 @@ fn watch_response(
         .unwrap_or(Duration::from_secs(1800));
     let ns = ns.map(str::to_string);
     let filter_ns = ns.clone();
-    let matches =
-        move |e: &Event| e.res == res && filter_ns.as_ref().is_none_or(|n| *n == e.namespace);
+    let sel = selector.clone();
+    let matches = move |e: &Event| {
+        e.res == res
+            && filter_ns.as_ref().is_none_or(|n| *n == e.namespace)
+            && sel.matches(&e.object)
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let (backlog, start_rv, live, gone_line) = {
         let st = inner.lock();
@@ -797,6 +1179,12 @@ fn watch_response(
             Some(v) => Some(v.parse::<u64>().unwrap_or(0)),
         };
         match from {
+            _ if st.fault == Fault::Gone => (
+                Vec::new(),
+                st.rv,
+                None,
+                Some(watch_line("ERROR", &gone(from.unwrap_or(st.rv), st.rv + 1))),
+            ),
             Some(rv) if rv < st.min_rv => (
                 Vec::new(),
                 st.rv,
@@ -818,6 +1206,7 @@ fn watch_response(
                     .objects
                     .iter()
                     .filter(|(k, _)| k.0 == res && ns.as_ref().is_none_or(|n| *n == k.1))
+                    .filter(|(_, v)| selector.matches(v))
                     .map(|(_, v)| watch_line("ADDED", v))
                     .collect();
                 (backlog, st.rv, Some(inner.events.subscribe()), None)
@@ -881,57 +1270,221 @@ fn watch_response(
     r
 }
 
-/// RFC 7386 JSON merge patch (a strategic merge patch of a map such as annotations is the same).
-fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(Default::default());
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
+/// The request body as an object: JSON, or YAML for hand-made requests.
+fn decode_body(body: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("body is not UTF-8: {e}"))?;
+    admit::parse(text).map_err(|(_, e)| e)
+}
+
+/// The stored object's resourceVersion.
+fn resource_version(obj: &Value) -> Option<&str> {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+}
+
+/// Admits a body for `route`'s resource and keys it (the path's namespace wins, and must agree).
+fn admit_for(res: Res, ns: Option<&str>, obj: Value) -> Result<(Key, Value), String> {
+    match admit::admit(&obj)? {
+        r if r == res => normalise(res, obj, ns),
+        r => Err(format!(
+            "the object is a {} ({}), this is the {} endpoint",
+            r.kind(),
+            r.api_version(),
+            res.plural()
+        )),
     }
 }
 
-fn patch(inner: &Inner, key: Key, content_type: &str, body: &[u8]) -> Response<Body> {
-    if !(content_type.starts_with("application/merge-patch+json")
-        || content_type.starts_with("application/strategic-merge-patch+json"))
-    {
-        return status(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            format!("patch type {content_type:?} not supported by the simulated API server"),
+/// Fields the server sets: a client's values are dropped on create and kept from the stored
+/// object on update.
+const SERVER_FIELDS: [&str; 3] = ["uid", "creationTimestamp", "resourceVersion"];
+
+fn create(inner: &Inner, route: &Route<'_>, body: &[u8], dry_run: bool) -> Response<Body> {
+    let obj = match decode_body(body) {
+        Ok(o) => o,
+        Err(e) => return bad_request(e),
+    };
+    let (key, mut obj) = match admit_for(route.res, route.ns, obj) {
+        Ok(k) => k,
+        Err(e) => return bad_request(e),
+    };
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        for f in SERVER_FIELDS {
+            m.remove(f);
+        }
+    }
+    let mut st = inner.lock();
+    if st.objects.contains_key(&key) {
+        return object_status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &key,
+            format!("{} {:?} already exists", key.0.plural(), key.2),
         );
     }
+    if dry_run {
+        return json_response(StatusCode::CREATED, &obj);
+    }
+    commit(inner, &mut st, key.clone(), "ADDED", obj);
+    stored(&st, &key, StatusCode::CREATED)
+}
+
+fn stored(st: &Store, key: &Key, code: StatusCode) -> Response<Body> {
+    match st.objects.get(key) {
+        Some(o) => json_response(code, o),
+        None => not_found(key),
+    }
+}
+
+fn update(
+    inner: &Inner,
+    route: &Route<'_>,
+    key: Key,
+    body: &[u8],
+    dry_run: bool,
+) -> Response<Body> {
+    let obj = match decode_body(body) {
+        Ok(o) => o,
+        Err(e) => return bad_request(e),
+    };
+    let (body_key, mut obj) = match admit_for(route.res, route.ns, obj) {
+        Ok(k) => k,
+        Err(e) => return bad_request(e),
+    };
+    if body_key != key {
+        return bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({})",
+            body_key.2, key.2
+        ));
+    }
+    let mut st = inner.lock();
+    let Some(current) = st.objects.get(&key) else {
+        return not_found(&key);
+    };
+    // Optimistic concurrency: an update names the version it read; an older one conflicts.
+    if let Some(rv) = resource_version(&obj) {
+        if Some(rv) != resource_version(current) {
+            return conflict(&key);
+        }
+    }
+    let keep: Vec<(&str, Value)> = SERVER_FIELDS
+        .iter()
+        .filter_map(|f| current["metadata"].get(*f).map(|v| (*f, v.clone())))
+        .collect();
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        for (f, v) in keep {
+            m.insert(f.into(), v);
+        }
+    }
+    if dry_run {
+        return json_response(StatusCode::OK, &obj);
+    }
+    commit(inner, &mut st, key.clone(), "MODIFIED", obj);
+    stored(&st, &key, StatusCode::OK)
+}
+
+fn patch(
+    inner: &Inner,
+    key: Key,
+    content_type: &str,
+    body: &[u8],
+    dry_run: bool,
+) -> Response<Body> {
+    let media = content_type.split(';').next().unwrap_or("").trim();
     let p: Value = match serde_json::from_slice(body) {
         Ok(p) => p,
-        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+        Err(e) => return bad_request(format!("patch body: {e}")),
     };
     let mut st = inner.lock();
-    let Some(mut obj) = st.objects.get(&key).cloned() else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{} {:?} not found", key.0.plural(), key.2),
-        );
+    let Some(current) = st.objects.get(&key) else {
+        return not_found(&key);
     };
-    merge_patch(&mut obj, &p);
-    commit(inner, &mut st, key.clone(), "MODIFIED", obj);
-    match st.objects.get(&key) {
-        Some(o) => json_response(StatusCode::OK, o),
-        None => status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            "lost object".into(),
-        ),
+    let mut obj = current.clone();
+    let applied = match media {
+        "application/merge-patch+json" => {
+            json_patch::merge(&mut obj, &p);
+            Ok(())
+        }
+        "application/strategic-merge-patch+json" => patch::strategic(key.0.kind(), &mut obj, &p),
+        "application/json-patch+json" => serde_json::from_value::<json_patch::Patch>(p.clone())
+            .map_err(|e| format!("JSON patch: {e}"))
+            .and_then(|ops| json_patch::patch(&mut obj, &ops.0).map_err(|e| e.to_string())),
+        other => {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "patch type {other:?} not supported by the simulated API server (merge, strategic merge and JSON patch are)"
+                ),
+            )
+        }
+    };
+    if let Err(e) = applied {
+        return invalid(&key, e);
     }
+    // A patch that names a resourceVersion is conditional on it (kubectl's --resource-version).
+    if resource_version(&obj) != resource_version(current) {
+        return conflict(&key);
+    }
+    if let Err(e) = admit::admit(&obj) {
+        return invalid(&key, e);
+    }
+    match normalise(key.0, obj, Some(key.1.as_str()).filter(|n| !n.is_empty())) {
+        Ok((k, o)) if k == key => {
+            if dry_run {
+                return json_response(StatusCode::OK, &o);
+            }
+            commit(inner, &mut st, key.clone(), "MODIFIED", o);
+            stored(&st, &key, StatusCode::OK)
+        }
+        Ok((k, _)) => invalid(
+            &key,
+            format!("metadata.name: field is immutable (patched to {:?})", k.2),
+        ),
+        Err(e) => invalid(&key, e),
+    }
+}
+
+fn delete(inner: &Inner, key: Key, body: &[u8], dry_run: bool) -> Response<Body> {
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad_request(format!("DeleteOptions: {e}")),
+        }
+    };
+    let mut st = inner.lock();
+    let Some(current) = st.objects.get(&key).cloned() else {
+        return not_found(&key);
+    };
+    let pre = &opts["preconditions"];
+    for (field, want) in [
+        ("resourceVersion", &pre["resourceVersion"]),
+        ("uid", &pre["uid"]),
+    ] {
+        if let Some(want) = want.as_str() {
+            let have = current["metadata"][field].as_str().unwrap_or("");
+            if want != have {
+                return object_status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &key,
+                    format!(
+                        "Precondition failed: {field} in precondition: {want}, {field} in object meta: {have}"
+                    ),
+                );
+            }
+        }
+    }
+    let uid = current["metadata"]["uid"].clone();
+    if !dry_run {
+        commit(inner, &mut st, key.clone(), "DELETED", current);
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": key.2, "kind": key.0.plural(), "uid": uid}}),
+    )
 }

@@ -76,14 +76,23 @@ fn env_provider() -> Env {
 /// Loads `path` (must exist), its drop-ins and the environment, and validates.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment(path)?.extract().map_err(figment_errors)?;
-    validate::validate(raw)
+    validate::validate(raw, &config_dir(path))
+}
+
+/// The directory of main file `path`: kubeconfig token files must lie inside it.
+pub fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// The configuration `sdnlinkd cleanup` acts on, and why the full one did not load if it did
 /// not. Cleanup only needs the settings that name sdnlinkd's objects (`[namespace]`, `[tunnel]`,
-/// `control_socket`): an admin's broken `[proxy]` or `[[remote]]` must not leave the namespace,
-/// routes and tunnel behind when the package is removed. Those three are still validated, and
-/// the file must exist: cleanup never guesses names from built-in defaults alone.
+/// `control_socket`, `state_dir`): an admin's broken `[proxy]` or `[[remote]]` must not leave
+/// the namespace, routes, tunnel and snapshot files behind when the package is removed. Those
+/// are still validated, and the file must exist: cleanup never guesses names from built-in
+/// defaults alone.
 pub fn load_for_cleanup(path: &Path) -> Result<(Config, Option<ConfigError>), ConfigError> {
     let full = match load(path) {
         Ok(cfg) => return Ok((cfg, None)),
@@ -104,6 +113,10 @@ pub fn load_for_cleanup(path: &Path) -> Result<(Config, Option<ConfigError>), Co
         Ok(v) => raw.control_socket = v,
         Err(e) => errors.extend(figment_errors(e).0),
     }
+    match fig.extract_inner("state_dir") {
+        Ok(v) => raw.state_dir = v,
+        Err(e) => errors.extend(figment_errors(e).0),
+    }
     if !errors.is_empty() {
         return Err(ConfigError(errors));
     }
@@ -112,7 +125,7 @@ pub fn load_for_cleanup(path: &Path) -> Result<(Config, Option<ConfigError>), Co
     raw.local.name = "cleanup".into();
     raw.local.pod_cidrs = vec!["240.0.0.0/32".into()];
     raw.dns.enabled = false;
-    let cfg = validate::validate(raw)?;
+    let cfg = validate::validate(raw, &config_dir(path))?;
     Ok((cfg, Some(full)))
 }
 
@@ -122,7 +135,16 @@ pub fn parse_str(toml: &str) -> Result<Config, ConfigError> {
         .merge(Toml::string(toml))
         .extract()
         .map_err(figment_errors)?;
-    validate::validate(raw)
+    validate::validate(raw, &config_dir(Path::new(DEFAULT_CONFIG)))
+}
+
+/// [`parse_str`] for a main file in `config_dir` (where kubeconfig token files may lie).
+pub fn parse_str_in(toml: &str, config_dir: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::string(toml))
+        .extract()
+        .map_err(figment_errors)?;
+    validate::validate(raw, config_dir)
 }
 
 fn figment_errors(e: figment::Error) -> ConfigError {

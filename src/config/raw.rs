@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub log_level: String,
     pub resync_interval: u64,
     pub control_socket: String,
+    pub state_dir: String,
     pub local: RawLocal,
     pub namespace: RawNamespace,
     pub tunnel: RawTunnel,
@@ -25,6 +26,9 @@ impl Default for RawConfig {
             log_level: "info".into(),
             resync_interval: 30,
             control_socket: "/run/sdnlink/control.sock".into(),
+            // The unit's StateDirectory=, the only place under /var that ProtectSystem=strict
+            // lets the daemon write.
+            state_dir: "/var/lib/sdnlink".into(),
             local: RawLocal::default(),
             namespace: RawNamespace::default(),
             tunnel: RawTunnel::default(),
@@ -134,6 +138,8 @@ pub struct RawDns {
     pub cache_size: usize,
     /// Where the default upstreams come from when `upstreams` is empty.
     pub resolv_conf: String,
+    pub log_queries: bool,
+    pub max_forwards_in_flight: usize,
 }
 
 impl Default for RawDns {
@@ -147,9 +153,15 @@ impl Default for RawDns {
             ttl: 5,
             cache_size: 4096,
             resolv_conf: "/etc/resolv.conf".into(),
+            log_queries: false,
+            max_forwards_in_flight: 256,
         }
     }
 }
+
+/// Default of `sync.max_bytes_per_cluster`: 256 MiB, about eight times what a cluster of
+/// 10,000 Services with 10 endpoints each takes in the store.
+pub const DEFAULT_MAX_BYTES_PER_CLUSTER: u64 = 256 << 20;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +170,7 @@ pub struct RawSync {
     pub min_interval_ms: u64,
     pub max_delay_ms: u64,
     pub max_objects_per_cluster: usize,
+    pub max_bytes_per_cluster: u64,
     pub api_timeout: u64,
 }
 
@@ -168,6 +181,7 @@ impl Default for RawSync {
             min_interval_ms: 200,
             max_delay_ms: 2000,
             max_objects_per_cluster: 200_000,
+            max_bytes_per_cluster: DEFAULT_MAX_BYTES_PER_CLUSTER,
             api_timeout: 60,
         }
     }
@@ -181,6 +195,8 @@ pub struct RawRemote {
     pub kubeconfig: Option<String>,
     pub pod_cidrs: Vec<String>,
     pub service_cidrs: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_cidrs: Vec<String>,
     pub peers: Vec<RawPeer>,
 }
 

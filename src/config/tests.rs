@@ -363,17 +363,38 @@ fn api_timeout_defaults_to_60_and_names_the_field_when_out_of_range() {
 }
 
 #[test]
+fn state_dir_defaults_to_var_lib_and_must_be_absolute() {
+    let c = parse_str(BASE).expect("valid");
+    assert_eq!(c.state_dir, std::path::PathBuf::from("/var/lib/sdnlink"));
+    let c = parse_str(&format!("state_dir = \"/srv/sdnlink\"\n{BASE}")).expect("valid");
+    assert_eq!(c.state_dir, std::path::PathBuf::from("/srv/sdnlink"));
+    for bad in ["var/lib/sdnlink", "", "./state"] {
+        only_error(
+            &format!("state_dir = {bad:?}\n{BASE}"),
+            &format!("state_dir = {bad:?}: must be an absolute path (where the last good cluster snapshots are kept; default \"/var/lib/sdnlink\")"),
+        );
+    }
+    let printed = to_toml(&c);
+    assert!(
+        printed.contains("state_dir = \"/srv/sdnlink\""),
+        "{printed}"
+    );
+}
+
+#[test]
 fn cleanup_loads_the_object_names_of_an_otherwise_broken_config() {
     // In a Jail: loading reads the SDNLINK_ environment, which other tests set inside theirs.
     figment::Jail::expect_with(|jail| {
         let path = jail.directory().join("sdnlink.toml");
-        let broken = base_with("[local]", "[proxy]\nbackend = \"bogus\"\n[local]")
+        let broken = "state_dir = \"/srv/sdnlink\"\n".to_string()
+            + &base_with("[local]", "[proxy]\nbackend = \"bogus\"\n[local]")
             + "\n[namespace]\nname = \"custom-ns\"\n[tunnel]\ninterface = \"custom-wg\"\n";
         jail.create_file("sdnlink.toml", &broken)?;
         assert!(load(&path).is_err(), "the full config is invalid");
         let (cfg, why) = load_for_cleanup(&path).expect("cleanup config");
         assert_eq!(cfg.namespace.name, "custom-ns");
         assert_eq!(cfg.tunnel.interface, "custom-wg");
+        assert_eq!(cfg.state_dir, std::path::PathBuf::from("/srv/sdnlink"));
         let why = why
             .expect("the reason the full config did not load")
             .to_string();
@@ -386,6 +407,13 @@ fn cleanup_loads_the_object_names_of_an_otherwise_broken_config() {
             .to_string();
         assert!(e.contains("namespace.name"), "{e}");
 
+        // Nor a relative state_dir: cleanup would remove files relative to its cwd.
+        jail.create_file("sdnlink.toml", &broken.replace("/srv/sdnlink", "srv"))?;
+        let e = load_for_cleanup(&path)
+            .expect_err("relative state_dir")
+            .to_string();
+        assert!(e.contains("state_dir = \"srv\""), "{e}");
+
         // A valid config loads as itself, without a warning.
         jail.create_file("sdnlink.toml", BASE)?;
         let (cfg, why) = load_for_cleanup(&path).expect("valid");
@@ -393,4 +421,39 @@ fn cleanup_loads_the_object_names_of_an_otherwise_broken_config() {
         assert_eq!(cfg.local.name, "east");
         Ok(())
     });
+}
+
+#[test]
+fn endpoint_cidrs_are_validated_and_kept() {
+    let ok = base_with(
+        "service_cidrs = [\"172.31.0.0/16\"]\n",
+        "service_cidrs = [\"172.31.0.0/16\"]\nendpoint_cidrs = [\"198.51.100.0/24\", \"2001:db8::/32\"]\n",
+    );
+    let c = parse_str(&ok).expect("valid");
+    assert_eq!(
+        c.remote[0].endpoint_cidrs,
+        vec![
+            "198.51.100.0/24".parse::<ipnet::IpNet>().expect("net"),
+            "2001:db8::/32".parse().expect("net")
+        ]
+    );
+    let bad = base_with(
+        "service_cidrs = [\"172.31.0.0/16\"]\n",
+        "service_cidrs = [\"172.31.0.0/16\"]\nendpoint_cidrs = [\"198.51.100.1/24\"]\n",
+    );
+    only_error(
+        &bad,
+        "remote[0].endpoint_cidrs[0] = \"198.51.100.1/24\": host bits are set; did you mean \"198.51.100.0/24\"?",
+    );
+}
+
+#[test]
+fn a_static_public_key_belongs_to_one_peer() {
+    let twice = format!(
+        "{BASE}[[remote]]\nname = \"north\"\npod_cidrs = [\"10.140.0.0/16\"]\n[[remote.peers]]\npublic_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\nallowed_ips = [\"10.140.0.0/24\"]\n"
+    );
+    only_error(
+        &twice,
+        "remote[1].peers[0].public_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\": already used by remote[0].peers[0]; a WireGuard key belongs to one peer",
+    );
 }

@@ -16,6 +16,13 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Unix socket of `sdnlinkd status` / `sdnlinkd reload`.
     pub control_socket: PathBuf,
+    /// Where the daemon keeps what must survive a restart: the last good snapshot of each
+    /// cluster, under `snapshots/` ([`crate::clusters::persist::SnapshotStore`]).
+    pub state_dir: PathBuf,
+    /// The directory of the main config file (`/etc/sdnlink` for the default file): a
+    /// kubeconfig's `tokenFile` must lie inside it. Not a config key.
+    #[serde(skip)]
+    pub config_dir: PathBuf,
     pub local: LocalCluster,
     pub namespace: NamespaceConfig,
     pub tunnel: TunnelConfig,
@@ -106,6 +113,11 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Entries of the forwarding cache.
     pub cache_size: usize,
+    /// One info line per query (off: nothing is logged per query).
+    pub log_queries: bool,
+    /// Forwarded queries waiting on an upstream at once; more are answered SERVFAIL. Each holds
+    /// one UDP socket (a fresh source port per query, RFC 5452), so this also bounds sockets.
+    pub max_forwards_in_flight: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -121,6 +133,8 @@ pub struct SyncConfig {
     pub max_delay: Duration,
     /// Per-cluster cap on Services + EndpointSlices + Nodes.
     pub max_objects_per_cluster: usize,
+    /// Per-cluster cap on the bytes the cluster's store holds (records and snapshot).
+    pub max_bytes_per_cluster: u64,
     /// How long an API request may stay silent before the cluster counts as unreachable. Watches
     /// are asked to end after half of it, so a healthy idle watch never trips it.
     #[serde(with = "secs")]
@@ -133,6 +147,8 @@ pub struct RemoteCluster {
     pub kubeconfig: Option<PathBuf>,
     pub pod_cidrs: Vec<IpNet>,
     pub service_cidrs: Vec<IpNet>,
+    /// Where this cluster's nodes may announce WireGuard endpoints; empty = anywhere unicast.
+    pub endpoint_cidrs: Vec<IpNet>,
     pub peers: Vec<StaticPeer>,
 }
 

@@ -17,6 +17,8 @@ const IFNAMSIZ_MAX: usize = 15;
 
 struct V {
     errors: Vec<String>,
+    /// Where a kubeconfig's `tokenFile` may lie.
+    config_dir: PathBuf,
 }
 
 impl V {
@@ -123,6 +125,14 @@ impl V {
                             ));
                         }
                     }
+                    let token_file = spec
+                        .and_then(|s| s.get("tokenFile"))
+                        .and_then(|t| t.as_str());
+                    if let Some(problem) = token_file.and_then(|t| {
+                        crate::clusters::token_file_problem(&path, t, Some(&self.config_dir))
+                    }) {
+                        self.err(format!("{key} = {value:?}: user {name:?}: {problem}"));
+                    }
                 }
             }
             Err(e) => self.err(format!(
@@ -168,8 +178,12 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let mut v = V { errors: Vec::new() };
+/// Validates `raw`, read from a main file in `config_dir` (where kubeconfig token files may lie).
+pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, ConfigError> {
+    let mut v = V {
+        errors: Vec::new(),
+        config_dir: config_dir.to_path_buf(),
+    };
 
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log_level) {
         v.err(format!(
@@ -181,6 +195,21 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         v.err(format!(
             "sync.api_timeout = {}: expected 2..=3600 seconds (how long a silent API server is tolerated before its cluster shows degraded; default 60)",
             raw.sync.api_timeout
+        ));
+    }
+    if raw.sync.max_bytes_per_cluster < 1 << 20 {
+        v.err(format!(
+            "sync.max_bytes_per_cluster = {}: expected at least 1048576 (1 MiB); the default {} (256 MiB) holds about 80,000 Services with 10 endpoints each",
+            raw.sync.max_bytes_per_cluster, DEFAULT_MAX_BYTES_PER_CLUSTER
+        ));
+    }
+    if raw.sync.max_objects_per_cluster == 0 {
+        v.err("sync.max_objects_per_cluster = 0: must be at least 1 (default 200000)".into());
+    }
+    if !Path::new(&raw.state_dir).is_absolute() {
+        v.err(format!(
+            "state_dir = {:?}: must be an absolute path (where the last good cluster snapshots are kept; default \"/var/lib/sdnlink\")",
+            raw.state_dir
         ));
     }
     if raw.resync_interval == 0 {
@@ -212,6 +241,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         names.push((raw.local.name.clone(), "local.name".into()));
     }
     let mut remotes = Vec::new();
+    let mut static_keys: Vec<(String, String)> = Vec::new(); // (public key, config key)
     for (i, r) in raw.remote.iter().enumerate() {
         let key = format!("remote[{i}]");
         if r.name.is_empty() {
@@ -230,6 +260,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         let pods = v.cidrs(&format!("{key}.pod_cidrs"), &r.pod_cidrs, true);
         let svcs = v.cidrs(&format!("{key}.service_cidrs"), &r.service_cidrs, false);
+        let endpoint_cidrs = v.cidrs(&format!("{key}.endpoint_cidrs"), &r.endpoint_cidrs, false);
         let kube = r
             .kubeconfig
             .as_deref()
@@ -238,7 +269,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         for (j, p) in r.peers.iter().enumerate() {
             let pkey = format!("{key}.peers[{j}]");
             match base64::engine::general_purpose::STANDARD.decode(p.public_key.trim()) {
-                Ok(b) if b.len() == 32 => {}
+                Ok(b) if b.len() == 32 => {
+                    if let Some((_, other)) =
+                        static_keys.iter().find(|(k, _)| *k == p.public_key.trim())
+                    {
+                        v.err(format!(
+                            "{pkey}.public_key = {:?}: already used by {other}; a WireGuard key belongs to one peer",
+                            p.public_key
+                        ));
+                    }
+                    static_keys.push((p.public_key.trim().to_string(), pkey.clone()));
+                }
                 _ => v.err(format!(
                     "{pkey}.public_key = {:?}: not a WireGuard key (base64 of 32 bytes, as `wg pubkey` prints)",
                     p.public_key
@@ -269,6 +310,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             kubeconfig: kube,
             pod_cidrs: pods,
             service_cidrs: svcs,
+            endpoint_cidrs,
             peers,
         });
     }
@@ -411,6 +453,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if d.port == 0 {
         v.err("dns.port = 0: give a port, normally 53".into());
     }
+    if d.max_forwards_in_flight == 0 || d.max_forwards_in_flight > 65536 {
+        v.err(format!(
+            "dns.max_forwards_in_flight = {}: give 1 to 65536 (default 256); each holds one socket",
+            d.max_forwards_in_flight
+        ));
+    }
     let mut upstreams: Vec<SocketAddr> = Vec::new();
     for (i, u) in d.upstreams.iter().enumerate() {
         let key = format!("dns.upstreams[{i}]");
@@ -481,6 +529,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         log_level: raw.log_level,
         resync_interval: Duration::from_secs(raw.resync_interval),
         control_socket: PathBuf::from(raw.control_socket),
+        state_dir: PathBuf::from(raw.state_dir),
+        config_dir: config_dir.to_path_buf(),
         local: LocalCluster {
             name: raw.local.name,
             pod_cidrs: local_pods,
@@ -519,12 +569,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             all_zone: d.all_zone,
             ttl: d.ttl,
             cache_size: d.cache_size,
+            log_queries: d.log_queries,
+            max_forwards_in_flight: d.max_forwards_in_flight,
         },
         sync: SyncConfig {
             startup_grace: Duration::from_secs(raw.sync.startup_grace),
             min_interval: Duration::from_millis(raw.sync.min_interval_ms),
             max_delay: Duration::from_millis(raw.sync.max_delay_ms.max(raw.sync.min_interval_ms)),
             max_objects_per_cluster: raw.sync.max_objects_per_cluster,
+            max_bytes_per_cluster: raw.sync.max_bytes_per_cluster,
             api_timeout: Duration::from_secs(raw.sync.api_timeout),
         },
         remote: remotes,

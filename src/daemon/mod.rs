@@ -1,16 +1,26 @@
 //! The daemon: one reconcile task owns every subsystem.
 //!
-//! Events (cluster changes, netlink deletions, the resync timer, control requests, signals)
-//! only mark work; the task coalesces them (at most one sync per `sync.min_interval`, none later
-//! than `sync.max_delay` after the first change), computes the desired state of every subsystem
-//! as values from config + snapshots, and lets each subsystem diff and apply. Incremental syncs
-//! diff against the last committed state; the periodic resync and any sync after a failure are
-//! full (re-read the kernel, repair drift). Nothing is applied before every watched cluster has
-//! listed once or `sync.startup_grace` has passed. `WATCHDOG=1` is sent from this loop only, so
-//! a stuck sync stops the pings and systemd restarts us.
+//! Events (cluster changes, deletions of owned network objects, the resync timer, drain
+//! deadlines, reloads) only mark a reason in the [`scheduler::Scheduler`], which coalesces them.
+//! A sync computes the desired state of every subsystem as values from config + snapshots
+//! ([`desired::Desired`]) and lets each subsystem diff and apply. Incremental syncs diff against
+//! the last committed state; the periodic resync and any sync after a failure are full (re-read
+//! the kernel, repair drift).
+//!
+//! Unknown is not empty: a watched remote cluster that has not listed in this run is *held*.
+//! Its persisted snapshot (if any) is served, and whatever the node has for it in the kernel
+//! stays, so a restart or reload with an API server down withdraws nothing. The task never
+//! awaits a Kubernetes API call (the node's annotations are published by a task of their own)
+//! and `sdnlinkd status` is answered from the [`board::Board`], not by the task. `WATCHDOG=1`
+//! is sent from this loop only, so a stuck sync stops the pings and systemd restarts us.
 
+pub mod board;
+pub mod desired;
+mod reload;
+pub mod scheduler;
 pub mod status;
 
+use crate::clusters::persist::SnapshotStore;
 use crate::clusters::ClusterSet;
 use crate::config::{Config, ProxyBackendKind};
 use crate::control::{self, Command as Ctl, Pending, Response};
@@ -19,6 +29,9 @@ use crate::notify::Notifier;
 use crate::proxy::{DesiredProxy, ProxyBackend, ProxyError, SyncReport};
 use crate::{dns, node, proxy, tunnel};
 use anyhow::Context;
+use board::{Board, LocalInfo, LoopPart, MssStatus, ProxyStatus};
+use scheduler::{Due, Reason, Scheduler};
+use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -105,32 +118,41 @@ impl AnyProxy {
 }
 
 /// What the last sync did, for status.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct LastSync {
     pub full: bool,
     pub ok: bool,
     pub error: Option<String>,
     pub duration_ms: f64,
-    #[serde(with = "unix_secs_opt")]
+    #[serde(with = "crate::model::unix_seconds_opt")]
     pub at: Option<SystemTime>,
     pub node_operations: usize,
     pub tunnel_operations: usize,
     pub proxy: Option<SyncReport>,
 }
 
-mod unix_secs_opt {
-    use serde::Serializer;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.serialize_u64(
-                t.duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            ),
-            None => s.serialize_none(),
-        }
-    }
+/// One failure of a sync, by subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("tunnel: {0}")]
+    Tunnel(#[from] tunnel::TunnelError),
+    #[error("tunnel: {0}")]
+    TunnelPeer(String),
+    #[error("proxy: {0}")]
+    Proxy(#[from] ProxyError),
+    #[error("proxy {key}: {reason}")]
+    ProxyService {
+        key: proxy::VirtualKey,
+        reason: String,
+    },
+    #[error("withdrawing the replaced {backend} proxy backend: {source}")]
+    RetiredProxy {
+        backend: &'static str,
+        #[source]
+        source: ProxyError,
+    },
+    #[error("node: {0}")]
+    Node(#[from] node::NodeError),
 }
 
 struct Daemon {
@@ -139,6 +161,9 @@ struct Daemon {
     notifier: Notifier,
     host: NetNs,
     ns: NetNs,
+    /// Handles with namespace threads of their own, for status reads during a sync.
+    status_host: NetNs,
+    status_ns: NetNs,
     plumbing: node::Plumbing,
     tunnel: tunnel::Tunnel,
     mss: tunnel::mss::MssClamp,
@@ -154,22 +179,40 @@ struct Daemon {
     public_key: String,
     proxy: AnyProxy,
     dns: Option<dns::DnsServer>,
+    /// The clusters' generation whose zones the DNS stub serves.
+    zones_generation: Option<u64>,
     clusters: ClusterSet,
+    sched: Scheduler,
     started: Instant,
+    /// `READY=1` was sent.
     ready: bool,
+    /// A sync (successful or not) has run: what `READY=1` waits for.
+    applied_once: bool,
     last: LastSync,
-    consecutive_failures: u32,
     reload_error: Option<String>,
     last_desired_services: usize,
+    held_clusters: Vec<String>,
+    board: Board,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. The dataplane is left in place on exit.
 pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
+    notifier.status("starting: loading persisted snapshots and starting the cluster watches");
+    // The clusters first: their persisted snapshots are what DNS answers from at once.
+    let store = SnapshotStore::new(&cfg.state_dir, crate::clusters::persist::DEFAULT_MAX_BYTES);
+    let clusters = ClusterSet::start(&cfg, Some(store)).context("starting the cluster watches")?;
+
     notifier.status("starting: preparing the namespace");
     let host = NetNs::current().context("opening the host network namespace")?;
     node::ensure_namespace(&cfg.namespace.name)
         .with_context(|| format!("network namespace {:?}", cfg.namespace.name))?;
     let ns = NetNs::open(&cfg.namespace.name)?;
+    let status_host = host
+        .with_own_worker()
+        .context("a status handle on the host namespace")?;
+    let status_ns = ns
+        .with_own_worker()
+        .context("a status handle on the namespace")?;
     let key = tunnel::keys::load_or_create(&cfg.tunnel.private_key_file)
         .context("WireGuard private key")?;
     let public_key = key.public_key().to_base64();
@@ -183,30 +226,37 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
         .await
         .context("setting up the namespace, veth, addresses and routes")?;
 
+    let board = Board::new(clusters.view());
+    let dns = if cfg.dns.enabled {
+        let server = dns::DnsServer::start(&cfg, &ns)
+            .await
+            .context("starting the DNS stub")?;
+        // Answer from the persisted snapshots before anything else is applied.
+        server.update(Arc::new(dns::ZoneData::build(&cfg, &clusters.snapshots())));
+        board.set_dns(Some(server.status_handle()));
+        Some(server)
+    } else {
+        None
+    };
+
     notifier.status("starting: tunnel");
     let tunnel = tunnel::Tunnel::ensure(&cfg, host.clone(), ns.clone(), key)
         .await
         .context("setting up the WireGuard interface")?;
     let proxy = AnyProxy::choose(&cfg, &ns).await?;
-    let dns = if cfg.dns.enabled {
-        Some(
-            dns::DnsServer::start(&cfg, &ns)
-                .await
-                .context("starting the DNS stub")?,
-        )
-    } else {
-        None
-    };
-    notifier.status("starting: waiting for clusters to list");
-    let clusters = ClusterSet::start(&cfg).context("starting the cluster watches")?;
+    clusters.publish(&public_key, cfg.tunnel.endpoint);
+    board.set_publish(clusters.publish_view());
 
     let mss = tunnel::mss::MssClamp::new(ns.clone());
+    let sched = Scheduler::new(cfg.sync.min_interval, cfg.sync.max_delay);
     let mut d = Daemon {
         path,
         cfg: Arc::new(cfg),
         notifier,
         host,
         ns,
+        status_host,
+        status_ns,
         plumbing,
         tunnel,
         mss,
@@ -216,14 +266,19 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
         public_key,
         proxy,
         dns,
+        zones_generation: None,
         clusters,
+        sched,
         started: Instant::now(),
         ready: false,
+        applied_once: false,
         last: LastSync::default(),
-        consecutive_failures: 0,
         reload_error: None,
         last_desired_services: 0,
+        held_clusters: Vec::new(),
+        board,
     };
+    d.publish_board();
     d.main_loop().await
 }
 
@@ -231,8 +286,17 @@ impl Daemon {
     async fn main_loop(&mut self) -> anyhow::Result<()> {
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<Pending>(16);
         let sock = self.cfg.control_socket.clone();
-        let mut control_task = tokio::spawn(async move { control::serve(&sock, ctl_tx).await });
-        let node_events = node::watch_events(&self.host, &self.ns)
+        let board = self.board.clone();
+        let status_fn: control::StatusFn = Arc::new(move || {
+            let b = board.clone();
+            Box::pin(async move {
+                let st = b.status().await?;
+                serde_json::to_value(st).ok()
+            })
+        });
+        let mut control_task =
+            tokio::spawn(async move { control::serve(&sock, ctl_tx, status_fn).await });
+        let node_events = node::watch_events(&self.host, &self.ns, self.plumbing.owned())
             .await
             .context("subscribing to netlink events")?;
 
@@ -247,102 +311,61 @@ impl Daemon {
             .map(|w| w / 2)
             .unwrap_or(Duration::from_secs(10));
         let mut pet = tokio::time::interval(pet_every);
-        let mut resync = tokio::time::interval(self.cfg.resync_interval);
+        let mut resync = tokio::time::interval_at(
+            (Instant::now() + self.cfg.resync_interval).into(),
+            self.cfg.resync_interval,
+        );
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-        let mut dirty_since: Option<Instant> = Some(Instant::now());
-        let mut full_needed = true;
-        let mut last_end = Instant::now() - self.cfg.sync.min_interval;
-        let mut retry_at: Option<Instant> = None;
+        self.sched.mark(Instant::now(), Reason::Startup);
 
         loop {
-            let can_apply = self.ready
-                || self.clusters.all_listed()
-                || self.started.elapsed() >= self.cfg.sync.startup_grace;
-            let due = match (dirty_since, can_apply) {
-                (Some(first), true) => {
-                    let earliest = (last_end + self.cfg.sync.min_interval).max(first);
-                    let latest = first + self.cfg.sync.max_delay;
-                    let mut at = earliest.min(latest.max(last_end));
-                    if let Some(r) = retry_at {
-                        at = at.max(r);
-                    }
-                    Some(at)
-                }
-                // Still waiting for the first list: look again shortly.
-                (Some(_), false) => Some(Instant::now() + Duration::from_millis(250)),
-                (None, _) => None,
-            };
-            let sleep_until = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let due = self.sched.due_at();
             let drain_at = self.proxy.next_deadline();
+            let keepalive_at = self.tunnel.next_wakeup().map(|t| {
+                let now = Instant::now();
+                match t.duration_since(SystemTime::now()) {
+                    Ok(d) => now + d,
+                    Err(_) => now,
+                }
+            });
+            let grace_end = self.started + self.cfg.sync.startup_grace;
+            let far = Instant::now() + Duration::from_secs(3600);
 
             tokio::select! {
-                _ = changed.notified() => {
-                    dirty_since.get_or_insert_with(Instant::now);
+                _ = changed.notified() => self.sched.mark(Instant::now(), Reason::Clusters),
+                notice = node_events.notified() => {
+                    tracing::info!(%notice, "an owned network object changed out of band; repairing");
+                    self.sched.mark(Instant::now(), Reason::Repair);
                 }
-                _ = node_events.notified() => {
-                    tracing::info!("owned network object removed out of band; repairing");
-                    dirty_since.get_or_insert_with(Instant::now);
-                    full_needed = true;
+                _ = tokio::time::sleep_until(drain_at.unwrap_or(far).into()), if drain_at.is_some() && !self.sched.is_pending() => {
+                    self.sched.mark(Instant::now(), Reason::Drain);
                 }
-                _ = tokio::time::sleep_until(drain_at.unwrap_or(sleep_until).into()), if drain_at.is_some() && dirty_since.is_none() => {
-                    dirty_since.get_or_insert_with(Instant::now);
+                _ = tokio::time::sleep_until(keepalive_at.unwrap_or(far).into()), if keepalive_at.is_some() && !self.sched.is_pending() => {
+                    self.sched.mark(Instant::now(), Reason::Keepalive);
                 }
-                _ = resync.tick() => {
-                    dirty_since.get_or_insert_with(Instant::now);
-                    full_needed = true;
-                }
-                _ = tokio::time::sleep_until(sleep_until.into()), if due.is_some() => {
-                    if can_apply {
-                        let ok = self.sync(full_needed).await;
-                        last_end = Instant::now();
-                        if ok {
-                            dirty_since = None;
-                            full_needed = false;
-                            retry_at = None;
-                            if !self.ready {
-                                self.ready = true;
-                                self.notifier.ready(&self.status_line());
-                                tracing::info!("first full apply done: ready");
-                            } else {
-                                self.notifier.status(&self.status_line());
-                            }
-                        } else {
-                            full_needed = true;
-                            let backoff = Duration::from_secs(1u64 << self.consecutive_failures.min(5));
-                            retry_at = Some(Instant::now() + backoff);
-                            self.notifier.status(&self.status_line());
-                        }
+                _ = resync.tick() => self.sched.mark(Instant::now(), Reason::Resync),
+                _ = tokio::time::sleep_until(due.unwrap_or(far).into()), if due.is_some() => {
+                    if let Some(d) = self.sched.take(Instant::now()) {
+                        self.run_sync(d).await;
                     }
+                }
+                _ = tokio::time::sleep_until(grace_end.into()), if !self.ready && self.applied_once => {
+                    self.check_ready();
                 }
                 Some(req) = ctl_rx.recv() => {
                     let resp = match req.cmd {
-                        Ctl::Status => Response { ok: true, error: None, status: Some(self.status_json().await) },
-                        Ctl::Reload => {
-                            let r = self.reload().await;
-                            dirty_since.get_or_insert_with(Instant::now);
-                            full_needed = true;
-                            match r {
-                                Ok(()) => {
-                                    // The reload is answered after the new config is applied.
-                                    let ok = self.sync(true).await;
-                                    last_end = Instant::now();
-                                    if ok { dirty_since = None; full_needed = false; }
-                                    self.notifier.ready(&self.status_line());
-                                    if ok { Response { ok: true, error: None, status: None } }
-                                    else { Response::error(&format!("new configuration loaded but the apply failed: {}", self.last.error.clone().unwrap_or_default())) }
-                                }
-                                Err(e) => Response::error(&e),
-                            }
-                        }
+                        // Answered by the control server from the board; kept for old clients.
+                        Ctl::Status => Response::error("status is served by the control socket"),
+                        Ctl::Reload => match self.reload().await {
+                            Ok(_) => Response { ok: true, error: None, status: None },
+                            Err(e) => Response::error(&e),
+                        },
                     };
                     let _ = req.reply.send(resp);
                 }
                 _ = sighup.recv() => {
-                    if self.reload().await.is_ok() {
-                        dirty_since.get_or_insert_with(Instant::now);
-                        full_needed = true;
-                    }
+                    // The same path as `sdnlinkd reload`; the outcome is in the log and STATUS=.
+                    let _ = self.reload().await;
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
@@ -371,27 +394,66 @@ impl Daemon {
         Ok(())
     }
 
+    /// Runs one scheduled sync and records it.
+    async fn run_sync(&mut self, due: Due) {
+        let ok = self.sync(due.full).await;
+        self.sched.finished(Instant::now(), &due, ok);
+        self.applied_once = true;
+        if !self.check_ready() {
+            self.notifier.status(&self.status_line());
+        }
+        self.publish_board();
+    }
+
+    /// Sends `READY=1` once the first sync has run and every cluster has a snapshot to serve,
+    /// or `sync.startup_grace` has passed. A failed object does not hold readiness back: it
+    /// degrades `STATUS=` and `status --json` instead. Returns whether READY was sent now.
+    fn check_ready(&mut self) -> bool {
+        if self.ready || !self.applied_once {
+            return false;
+        }
+        let grace_over = self.started.elapsed() >= self.cfg.sync.startup_grace;
+        if !self.clusters.all_known() && !grace_over {
+            return false;
+        }
+        self.ready = true;
+        self.notifier.ready(&self.status_line());
+        tracing::info!(
+            after_ms = self.started.elapsed().as_millis() as u64,
+            "first apply done: ready"
+        );
+        self.publish_board();
+        true
+    }
+
     /// One sync of every subsystem. Returns whether everything applied.
     async fn sync(&mut self, full: bool) -> bool {
         let t0 = Instant::now();
-        let snaps = self.clusters.snapshots();
         let cfg = self.cfg.clone();
-        let peers = tunnel::desired_peers(&cfg, &snaps);
-        let desired_proxy = proxy::desired::desired_proxy(&cfg, &snaps);
-        self.last_desired_services = desired_proxy.services.len();
-        let mut errors: Vec<String> = Vec::new();
+        let snaps = self.clusters.snapshots();
+        let generation = self.clusters.generation();
+        let held = self.clusters.held(&cfg);
+        let want = desired::Desired::compute(&cfg, &snaps, held);
+        self.last_desired_services = want.proxy.services.len();
+        self.held_clusters = want.held_clusters();
+        let mut errors: Vec<SyncError> = Vec::new();
 
         // Tunnel first: the routes through it need the link to exist.
         let mut tunnel_ops = 0;
-        match self.tunnel.sync(&peers, full).await {
+        match self.tunnel.sync(&want.peers, full).await {
             Ok(r) => {
                 tunnel_ops = r.messages as usize;
-                for f in &r.failed {
-                    errors.push(format!("tunnel: {f}"));
-                }
+                errors.extend(r.failed.iter().cloned().map(SyncError::TunnelPeer));
             }
-            Err(e) => errors.push(format!("tunnel: {e}")),
+            Err(e) => errors.push(e.into()),
         }
+        self.board.set_tunnel(
+            self.tunnel.probe(
+                self.tunnel
+                    .status_namespace(&self.status_host, &self.status_ns)
+                    .clone(),
+            ),
+        );
         let (iface, mtu) = (&cfg.tunnel.interface, cfg.tunnel.mtu);
         match self.mss.sync(iface, mtu, full).await {
             Ok(done) => {
@@ -410,15 +472,16 @@ impl Daemon {
                 self.mss_error = Some(msg);
             }
         }
-        let proxy_report = match self.proxy.sync(&desired_proxy, full).await {
+        let proxy_report = match self.proxy.sync(&want.proxy, full).await {
             Ok(r) => {
-                for (key, why) in &r.failed {
-                    errors.push(format!("proxy {key}: {why}"));
-                }
+                errors.extend(r.failed.iter().map(|(key, why)| SyncError::ProxyService {
+                    key: *key,
+                    reason: why.clone(),
+                }));
                 Some(r)
             }
             Err(e) => {
-                errors.push(format!("proxy: {e}"));
+                errors.push(e.into());
                 None
             }
         };
@@ -429,11 +492,11 @@ impl Daemon {
                         backend = old.name(),
                         "withdrew the services of the replaced proxy backend"
                     ),
-                    Err(e) => {
-                        errors.push(format!(
-                            "withdrawing the replaced {} proxy backend: {e}",
-                            old.name()
-                        ));
+                    Err(source) => {
+                        errors.push(SyncError::RetiredProxy {
+                            backend: old.name(),
+                            source,
+                        });
                         self.retired_proxy = Some(old);
                     }
                 }
@@ -441,43 +504,40 @@ impl Daemon {
         }
         // The node after the proxy: a Service that left starts draining in this sync, and its
         // VIP must stay until the drain ends. An IPVS service may exist before its VIP does.
-        let extras = node::NodeExtras {
-            tunnel_routes: self.tunnel.routes(),
-            vips: if self.proxy.needs_vips() {
-                let lingering = self.proxy.lingering_vips(&desired_proxy);
-                self.draining_vips = lingering.iter().copied().collect();
-                let mut v = desired_proxy.vips();
-                v.extend(lingering);
-                v
-            } else {
-                Default::default()
-            },
+        // Routes follow the peers the device has (kept ones of held clusters included).
+        let lingering = if self.proxy.needs_vips() {
+            self.proxy.lingering_vips(&want.proxy)
+        } else {
+            Default::default()
         };
+        self.draining_vips = lingering.iter().copied().collect();
+        let extras = want.node_extras(self.tunnel.routes(), self.proxy.needs_vips(), lingering);
         let node_desired = node::NodeDesired::from_config(&cfg, &extras);
         let mut node_ops = 0;
         match self.plumbing.sync(&node_desired, full).await {
             Ok(r) => node_ops = r.operations(),
-            Err(e) => errors.push(format!("node: {e}")),
+            Err(e) => errors.push(e.into()),
         }
         if let Some(dns) = &self.dns {
-            dns.update(Arc::new(dns::ZoneData::build(&cfg, &snaps)));
-        }
-        if full {
-            if let Err(e) = self
-                .clusters
-                .publish_node(&self.public_key, cfg.tunnel.endpoint)
-                .await
-            {
-                // Not fatal: peers keep the last published values.
-                tracing::warn!(error = %e, "publishing this node's WireGuard annotations failed");
+            if self.zones_generation != Some(generation) {
+                dns.update(Arc::new(dns::ZoneData::build(&cfg, &snaps)));
+                self.zones_generation = Some(generation);
             }
         }
+        self.board.set_counts(
+            snaps
+                .iter()
+                .map(|(n, s)| {
+                    let eps = s.services.values().map(|v| v.endpoints.len()).sum();
+                    (n.clone(), s.services.len(), eps)
+                })
+                .collect(),
+        );
+        // Cheap and idempotent: the publisher acts only when the Node differs.
+        self.clusters.publish(&self.public_key, cfg.tunnel.endpoint);
 
         let ok = errors.is_empty();
-        if ok {
-            self.consecutive_failures = 0;
-        } else {
-            self.consecutive_failures += 1;
+        if !ok {
             for e in &errors {
                 tracing::warn!("sync: {e}");
             }
@@ -487,7 +547,13 @@ impl Daemon {
         self.last = LastSync {
             full,
             ok,
-            error: (!ok).then(|| errors.join("; ")),
+            error: (!ok).then(|| {
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
             duration_ms: duration.as_secs_f64() * 1000.0,
             at: Some(SystemTime::now()),
             node_operations: node_ops,
@@ -497,223 +563,79 @@ impl Daemon {
         ok
     }
 
-    /// Re-reads and validates the config. Invalid: the running one stays, and the reason is
-    /// logged, put in STATUS= and returned (for `sdnlinkd reload`'s exit code).
-    async fn reload(&mut self) -> Result<(), String> {
-        self.notifier.reloading();
-        let result = self.try_reload().await;
-        match &result {
-            Ok(()) => {
-                tracing::info!("configuration reloaded");
-                self.reload_error = None;
-            }
-            Err(e) => {
-                tracing::error!("reload refused, keeping the running configuration: {e}");
-                self.reload_error = Some(e.clone());
-            }
+    /// Problems the task knows of, one line each (cluster problems come from the board).
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(e) = &self.last.error {
+            p.push(format!("last sync failed: {e}"));
         }
-        self.notifier.ready(&self.status_line());
-        result
+        if let Some(e) = &self.mss_error {
+            p.push(format!("MSS clamp not applied: {e}"));
+        }
+        if let Some(e) = &self.reload_error {
+            p.push(format!("last reload refused: {e}"));
+        }
+        p
     }
 
-    async fn try_reload(&mut self) -> Result<(), String> {
-        let new = crate::config::load(&self.path).map_err(|e| e.to_string())?;
-        let old = self.cfg.clone();
-        if new.namespace != old.namespace {
-            return Err("the [namespace] section changed: that needs `systemctl restart sdnlinkd` (the old namespace is kept until then)".into());
-        }
-        if new.control_socket != old.control_socket {
-            return Err("control_socket changed: that needs a restart".into());
-        }
-        // Build every changed subsystem before swapping any, so a failure leaves all old.
-        let tunnel = if new.tunnel != old.tunnel {
-            let key = tunnel::keys::load_or_create(&new.tunnel.private_key_file)
-                .map_err(|e| format!("tunnel: {e}"))?;
-            let pk = key.public_key().to_base64();
-            // A new interface name or mode means a new device. The old one goes first: it holds
-            // the UDP listen port (and, for a mode change, the name) the new one needs.
-            let replaced =
-                new.tunnel.interface != old.tunnel.interface || new.tunnel.mode != old.tunnel.mode;
-            if replaced {
-                let r = tunnel::cleanup_in(&old, &self.host, Some(&self.ns))
-                    .await
-                    .map_err(|e| format!("tunnel: removing {}: {e}", old.tunnel.interface))?;
-                tracing::info!(interface = %old.tunnel.interface, "removed the previous tunnel device: {r}");
-            }
-            match tunnel::Tunnel::ensure(&new, self.host.clone(), self.ns.clone(), key).await {
-                Ok(t) => Some((t, pk)),
-                Err(e) if replaced => {
-                    // Put the previous device back so the refused reload leaves the tunnel as
-                    // it was; its peers come back with the next full sync.
-                    let restored = match tunnel::keys::load_or_create(&old.tunnel.private_key_file)
-                    {
-                        Ok(k) => {
-                            tunnel::Tunnel::ensure(&old, self.host.clone(), self.ns.clone(), k)
-                                .await
-                        }
-                        Err(e) => Err(e.into()),
-                    };
-                    match restored {
-                        Ok(t) => self.tunnel = t,
-                        Err(e2) => tracing::error!(
-                            "restoring the previous tunnel device {} failed: {e2}",
-                            old.tunnel.interface
-                        ),
-                    }
-                    return Err(format!("tunnel: {e}"));
-                }
-                Err(e) => return Err(format!("tunnel: {e}")),
-            }
-        } else {
-            None
-        };
-        let proxy = if new.proxy != old.proxy {
-            Some(
-                AnyProxy::choose(&new, &self.ns)
-                    .await
-                    .map_err(|e| format!("{e:#}"))?,
-            )
-        } else {
-            None
-        };
-        let clusters_changed =
-            new.local != old.local || new.remote != old.remote || new.sync != old.sync;
-        let clusters = if clusters_changed {
-            Some(ClusterSet::start(&new).map_err(|e| format!("clusters: {e}"))?)
-        } else {
-            None
-        };
-        if new.dns != old.dns {
-            if let Some(dns) = self.dns.take() {
-                if let Err(e) = dns.shutdown().await {
-                    tracing::warn!(error = %e, "DNS stub shutdown");
-                }
-            }
-            if new.dns.enabled {
-                match dns::DnsServer::start(&new, &self.ns).await {
-                    Ok(s) => self.dns = Some(s),
-                    Err(e) => {
-                        tracing::error!(error = %e, "DNS stub did not restart; retrying on the next reload")
-                    }
-                }
-            }
-        }
-        if let Some((t, pk)) = tunnel {
-            self.tunnel = t;
-            self.public_key = pk;
-        }
-        if let Some(p) = proxy {
-            let old = std::mem::replace(&mut self.proxy, p);
-            if old.name() != self.proxy.name() {
-                tracing::info!(
-                    from = old.name(),
-                    to = self.proxy.name(),
-                    "proxy backend changed"
-                );
-                self.retired_proxy = Some(old);
-            }
-        }
-        if let Some(c) = clusters {
-            let old = std::mem::replace(&mut self.clusters, c);
-            old.shutdown();
-        }
-        self.cfg = Arc::new(new);
-        Ok(())
-    }
-
+    /// The `STATUS=` line.
     fn status_line(&self) -> String {
         let st = self.clusters.status();
-        let degraded: Vec<String> = st
-            .iter()
-            .filter_map(|c| match &c.state {
-                crate::model::SyncState::Degraded { reason, .. } => {
-                    Some(format!("{} degraded ({reason})", c.name))
-                }
-                _ => None,
-            })
-            .collect();
+        let mut problems = self.problems();
+        problems.extend(board::cluster_problems(st.iter()));
+        let phase = if !self.ready {
+            "starting:"
+        } else if problems.is_empty() {
+            "ready:"
+        } else {
+            "degraded:"
+        };
         let mut s = format!(
-            "{} {} clusters, proxy {}, last sync {} in {:.0} ms",
-            if self.ready { "ready:" } else { "starting:" },
+            "{phase} {} clusters, proxy {}, last sync {} in {:.0} ms",
             st.len(),
             self.proxy.name(),
             if self.last.ok { "ok" } else { "FAILED" },
             self.last.duration_ms
         );
-        if !degraded.is_empty() {
+        for p in problems {
             s.push_str("; ");
-            s.push_str(&degraded.join(", "));
-        }
-        if let Some(e) = &self.mss_error {
-            s.push_str("; MSS clamp not applied: ");
-            s.push_str(e);
-        }
-        if let Some(e) = &self.reload_error {
-            s.push_str("; last reload refused: ");
-            s.push_str(e);
-        }
-        if let Some(e) = &self.last.error {
-            s.push_str("; ");
-            s.push_str(e);
+            s.push_str(&p);
         }
         s
     }
 
-    async fn status_json(&self) -> serde_json::Value {
-        let tunnel = self.tunnel.status().await;
-        let snaps = self.clusters.snapshots();
-        let per_cluster: Vec<serde_json::Value> = self
-            .clusters
-            .status()
-            .into_iter()
-            .map(|c| {
-                let (services, endpoints) = snaps
-                    .get(&c.name)
-                    .map(|s| {
-                        (
-                            s.services.len(),
-                            s.services
-                                .values()
-                                .map(|v| v.endpoints.len())
-                                .sum::<usize>(),
-                        )
-                    })
-                    .unwrap_or((0, 0));
-                let mut v = serde_json::to_value(&c).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("services".into(), services.into());
-                    o.insert("endpoints".into(), endpoints.into());
-                }
-                v
-            })
-            .collect();
-        serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "phase": if self.ready { "ready" } else { "starting" },
-            "status": self.status_line(),
-            "config": self.path.display().to_string(),
-            "local": { "cluster": self.cfg.local.name, "node": self.cfg.local.node_name },
-            "namespace": self.cfg.namespace.name,
-            "clusters": per_cluster,
-            "node": serde_json::to_value(self.plumbing.status()).unwrap_or_default(),
-            "tunnel": serde_json::to_value(tunnel).unwrap_or_default(),
-            "mss_clamp": {
-                "table": tunnel::mss::TABLE,
-                "interface": self.cfg.tunnel.interface,
-                "ipv4": tunnel::mss::mss_for(self.cfg.tunnel.mtu).0,
-                "ipv6": tunnel::mss::mss_for(self.cfg.tunnel.mtu).1,
-                "error": self.mss_error,
+    /// Publishes the task's part of the status.
+    fn publish_board(&self) {
+        let (v4, v6) = tunnel::mss::mss_for(self.cfg.tunnel.mtu);
+        self.board.set_part(LoopPart {
+            ready: self.ready,
+            status: self.status_line(),
+            config: self.path.display().to_string(),
+            local: LocalInfo {
+                cluster: self.cfg.local.name.clone(),
+                node: self.cfg.local.node_name.clone(),
             },
-            "proxy": {
-                "backend": self.proxy.name(),
-                "services": self.last_desired_services,
-                "draining_vips": self.draining_vips,
-                "last_sync": self.last.proxy,
+            namespace: self.cfg.namespace.name.clone(),
+            node: self.plumbing.status(),
+            mss_clamp: MssStatus {
+                table: tunnel::mss::TABLE,
+                interface: self.cfg.tunnel.interface.clone(),
+                ipv4: v4,
+                ipv6: v6,
+                error: self.mss_error.clone(),
             },
-            "dns": self.dns.as_ref().map(|d| serde_json::to_value(d.status()).unwrap_or_default()),
-            "last_sync": serde_json::to_value(&self.last).unwrap_or_default(),
-            "reload_error": self.reload_error,
-        })
+            proxy: ProxyStatus {
+                backend: self.proxy.name(),
+                services: self.last_desired_services,
+                held_clusters: self.held_clusters.clone(),
+                draining_vips: self.draining_vips.clone(),
+                last_sync: self.last.proxy.clone(),
+            },
+            last_sync: self.last.clone(),
+            syncs: self.sched.counts().clone(),
+            reload_error: self.reload_error.clone(),
+            problems: self.problems(),
+        });
     }
 }
 
@@ -724,10 +646,24 @@ pub async fn cleanup(cfg: &Config) -> anyhow::Result<String> {
         Ok(r) => lines.push(format!("tunnel: {r}")),
         Err(e) => lines.push(format!("tunnel: {e}")),
     }
+    // A package reinstalled later must not warm-start from these, so a failure here fails the
+    // cleanup, after the dataplane steps have run.
+    let store = crate::clusters::persist::SnapshotStore::new(
+        &cfg.state_dir,
+        crate::clusters::persist::DEFAULT_MAX_BYTES,
+    );
+    let snapshots = store.remove_all();
+    lines.push(match &snapshots {
+        Ok(n) => format!("snapshots: removed {n} files in {}", store.dir().display()),
+        Err(e) => format!("snapshots: {e}"),
+    });
     let r = node::cleanup(cfg)
         .await
         .context("removing the namespace, veth and routes")?;
     lines.push(format!("node: {r}"));
     let _ = std::fs::remove_file(&cfg.control_socket);
+    if snapshots.is_err() {
+        anyhow::bail!("{}\nnot every snapshot file was removed", lines.join("\n"));
+    }
     Ok(lines.join("\n"))
 }

@@ -5,7 +5,7 @@
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, RecordType};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,6 +43,54 @@ pub enum ForwardError {
     },
     #[error("forwarding deadline passed")]
     Deadline,
+}
+
+impl ForwardError {
+    /// The upstream and the kind of failure, which is what the log tells once.
+    fn kind(&self) -> Option<(SocketAddr, String)> {
+        match self {
+            ForwardError::Io { upstream, source } => {
+                Some((*upstream, format!("{:?}", source.kind())))
+            }
+            ForwardError::Timeout(u) => Some((*u, "timeout".into())),
+            ForwardError::BadAnswer { upstream, .. } => Some((*upstream, "bad answer".into())),
+            ForwardError::Deadline => Some((DEADLINE_KEY, "deadline".into())),
+            _ => None,
+        }
+    }
+}
+
+/// Stands for "every upstream" in [`UpstreamLog`]: the deadline is not one upstream's.
+const DEADLINE_KEY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// Remembers which (upstream, kind of failure) pairs were logged, so a failing upstream costs
+/// one log line per kind of failure instead of one per query; an answer from it resets it.
+#[derive(Default)]
+pub(crate) struct UpstreamLog {
+    failing: Mutex<HashSet<(SocketAddr, String)>>,
+}
+
+impl UpstreamLog {
+    fn failed(&self, e: &ForwardError) {
+        let Some(key) = e.kind() else { return };
+        let Ok(mut failing) = self.failing.lock() else {
+            return;
+        };
+        if failing.insert(key) {
+            tracing::warn!(error = %e, "DNS upstream failing (logged once per upstream and kind until it answers)");
+        }
+    }
+
+    fn answered(&self, upstream: SocketAddr) {
+        let Ok(mut failing) = self.failing.lock() else {
+            return;
+        };
+        let before = failing.len();
+        failing.retain(|(u, _)| *u != upstream && *u != DEADLINE_KEY);
+        if failing.len() != before {
+            tracing::info!(%upstream, "DNS upstream answers again");
+        }
+    }
 }
 
 type CacheKey = (LowerName, RecordType, DNSClass);
@@ -264,10 +312,11 @@ pub async fn ask(upstream: SocketAddr, query: &Query, rd: bool) -> Result<Messag
 
 /// Asks the upstreams in order until one answers (any response code but SERVFAIL/REFUSED),
 /// within [`FORWARD_DEADLINE`]. Returns the last error when none does.
-pub async fn forward(
+pub(crate) async fn forward(
     upstreams: &[SocketAddr],
     query: &Query,
     rd: bool,
+    log: &UpstreamLog,
 ) -> Result<Message, ForwardError> {
     let attempt = async {
         let mut last = ForwardError::NoUpstreams;
@@ -282,15 +331,23 @@ pub async fn forward(
                 {
                     fallback = Some(msg);
                 }
-                Ok(msg) => return Ok(msg),
-                Err(e) => last = e,
+                Ok(msg) => {
+                    log.answered(*u);
+                    return Ok(msg);
+                }
+                Err(e) => {
+                    log.failed(&e);
+                    last = e;
+                }
             }
         }
         fallback.ok_or(last)
     };
-    tokio::time::timeout(FORWARD_DEADLINE, attempt)
-        .await
-        .map_err(|_| ForwardError::Deadline)?
+    let done = tokio::time::timeout(FORWARD_DEADLINE, attempt).await;
+    done.unwrap_or_else(|_| {
+        log.failed(&ForwardError::Deadline);
+        Err(ForwardError::Deadline)
+    })
 }
 
 #[cfg(test)]

@@ -1,17 +1,17 @@
-//! The hickory request handler: answers our zones from the current [`ZoneData`] (an `ArcSwap`
-//! load, never a lock) and forwards everything else.
+//! The request handler: answers our zones from the current [`ZoneData`] (an `ArcSwap` load,
+//! never a lock) and forwards everything else. It takes raw messages and returns raw answers;
+//! the sockets are the server module's.
 
-use super::forward::{self, Cache, ForwardError};
+use super::forward::{self, Cache, ForwardError, UpstreamLog};
 use super::zone::{Lookup, ZoneData};
 use arc_swap::ArcSwap;
-use hickory_proto::op::{
-    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode,
-};
+use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+use hickory_server::zone_handler::MessageRequest;
+use ipnet::IpNet;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -24,6 +24,30 @@ use std::time::Instant;
 /// ceiling; larger datagrams fragment).
 const MAX_UDP_PAYLOAD: u16 = 4096;
 
+/// How a message reached us, which bounds the answer's size: UDP to 512 bytes without EDNS
+/// (RFC 1035 4.2.1) or the advertised EDNS size, TCP not at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn protocol(self) -> Protocol {
+        match self {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
 /// Counters of the stub, shown by `sdnlinkd status`.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -33,6 +57,11 @@ pub(crate) struct Stats {
     cache_hits: AtomicU64,
     upstream_errors: AtomicU64,
     loops_refused: AtomicU64,
+    malformed: AtomicU64,
+    dropped: AtomicU64,
+    over_cap: AtomicU64,
+    clients_refused: AtomicU64,
+    fast: AtomicU64,
 }
 
 const RCODE_NAMES: [&str; 7] = [
@@ -57,10 +86,16 @@ impl Stats {
 /// Snapshot of the stub's counters and settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DnsStatus {
-    /// Requests received (including malformed ones hickory answered FORMERR before us).
+    /// Well-formed requests received.
     pub queries: u64,
-    /// Responses sent, by response code.
+    /// Responses sent to them, by response code.
     pub answers: BTreeMap<String, u64>,
+    /// Messages that did not decode (answered FORMERR when their header did; not counted in
+    /// `queries` or `answers`).
+    pub malformed: u64,
+    /// Requests left unanswered on purpose: responses sent to us, questions whose compression
+    /// pointers cannot be echoed.
+    pub dropped: u64,
     /// Queries sent upstream (cache misses).
     pub forwarded: u64,
     /// Forwardable queries answered from the cache.
@@ -69,6 +104,13 @@ pub struct DnsStatus {
     pub upstream_errors: u64,
     /// Queries refused because every upstream is this server itself.
     pub loops_refused: u64,
+    /// Answers served from the pre-rendered index (the rest went through hickory).
+    pub fast_path: u64,
+    /// Queries answered REFUSED because their source is neither a local pod nor the host.
+    pub clients_refused: u64,
+    /// Queries answered SERVFAIL because `dns.max_forwards_in_flight` were already waiting on
+    /// an upstream.
+    pub forwards_over_cap: u64,
     /// Zone apexes served.
     pub zones: Vec<String>,
     /// Records in the zones.
@@ -77,12 +119,58 @@ pub struct DnsStatus {
     pub cached: usize,
 }
 
+/// The sources the stub answers (issue: a remote node must not get answers or recursion from
+/// us by routing our DNS address into its tunnel).
+#[derive(Clone, Debug)]
+pub enum Clients {
+    /// Every source (a handler used without the daemon's config).
+    Any,
+    /// Only sources inside these networks; others get REFUSED.
+    Only(Vec<IpNet>),
+}
+
+impl Clients {
+    /// The local cluster's pods and this host, as the config places them:
+    /// - `local.pod_cidrs`: pods reach the DNS address through the host's route into the
+    ///   namespace with their own address (routed, not masqueraded);
+    /// - `namespace.transit_cidr`: the host's route to the DNS address has no preferred source,
+    ///   so the kernel picks the veth's own address, the transit CIDR's host end;
+    /// - IPv6 link-local (`fe80::/10`): the host end of the veth when the DNS address is IPv6
+    ///   (never forwarded, so no pod or tunnel source carries it);
+    /// - the DNS address itself and loopback: clients inside sdnlinkd's namespace.
+    ///
+    /// Sources from the tunnel are remote pod addresses: WireGuard accepts a packet from a peer
+    /// only when its source lies in that peer's allowed IPs, which the trust rules keep inside
+    /// the remote's pod CIDRs, so none of the above can arrive through it.
+    pub fn from_config(cfg: &crate::config::Config) -> Clients {
+        let mut nets = cfg.local.pod_cidrs.clone();
+        nets.push(IpNet::V4(cfg.namespace.transit_cidr));
+        nets.push(IpNet::from(cfg.dns.address));
+        for n in ["fe80::/10", "127.0.0.0/8", "::1/128"] {
+            nets.push(n.parse().expect("literal network"));
+        }
+        Clients::Only(nets)
+    }
+
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        match self {
+            Clients::Any => true,
+            Clients::Only(nets) => {
+                let ip = ip.to_canonical();
+                nets.iter().any(|n| n.contains(&ip))
+            }
+        }
+    }
+}
+
 pub(crate) struct Shared {
+    pub(crate) clients: Clients,
     pub(crate) zones: ArcSwap<ZoneData>,
     pub(crate) upstreams: ArcSwap<Vec<SocketAddr>>,
     pub(crate) ourselves: SocketAddr,
     pub(crate) cache: Cache,
     pub(crate) stats: Stats,
+    pub(crate) upstream_log: UpstreamLog,
 }
 
 /// The request handler; cheap to clone (shared state behind an `Arc`).
@@ -147,6 +235,8 @@ pub fn decide<'a>(zones: &'a ZoneData, request: &MessageRequest) -> Decision<'a>
             answers: Cow::Borrowed(&[]),
             soa: Some(soa),
         },
+        // A zone of a cluster that has not listed: no negative answer can be trusted.
+        Lookup::Unknown => Decision::Error(ResponseCode::ServFail),
         Lookup::NotOurs => Decision::Forward(query.original().clone()),
     }
 }
@@ -193,7 +283,7 @@ fn question_pointers_survive_echo(raw: &[u8]) -> bool {
 }
 
 /// The OPT record of our response: present when the client sent one (RFC 6891 7), carrying the
-/// client's buffer size, which hickory uses as the UDP size limit when encoding.
+/// client's buffer size (capped), which is the UDP size limit of the answer.
 fn response_edns(request: &MessageRequest) -> Option<Edns> {
     request.edns.as_ref().map(|e| {
         let mut ours = Edns::new();
@@ -210,17 +300,147 @@ fn response_metadata(request: &MessageRequest, rcode: ResponseCode) -> Metadata 
     md
 }
 
+/// Encodes a response to `request` for `transport`: UDP limited to the response's EDNS size,
+/// 512 bytes without EDNS (RFC 1035 4.2.1), TCP unlimited. The question is encoded as a name,
+/// not copied, so the answers' names compress against it. The whole message is encoded first
+/// and then cut at a record boundary ([`fit`]): hickory-server 0.26.3's encoder, given a size
+/// limit, rolls back its record count on overflow but not its buffer, leaving half a record.
+fn encode<'a>(
+    request: &MessageRequest,
+    metadata: Metadata,
+    answers: impl Iterator<Item = &'a Record>,
+    authorities: impl Iterator<Item = &'a Record>,
+    additionals: impl Iterator<Item = &'a Record>,
+    transport: Transport,
+) -> Option<(Vec<u8>, ResponseCode)> {
+    let rcode = metadata.response_code;
+    let edns = response_edns(request);
+    let limit = match (transport, &edns) {
+        (Transport::Udp, Some(e)) => usize::from(e.max_payload()),
+        (Transport::Udp, None) => 512,
+        (Transport::Tcp, _) => usize::from(u16::MAX),
+    };
+    let mut message =
+        hickory_proto::op::Message::new(metadata.id, metadata.message_type, metadata.op_code);
+    message.metadata = metadata;
+    message.queries = request
+        .queries
+        .queries()
+        .iter()
+        .map(|q| q.original().clone())
+        .collect();
+    message.answers = answers.cloned().collect();
+    message.authorities = authorities.cloned().collect();
+    message.additionals = additionals.cloned().collect();
+    message.edns = edns;
+    let mut out = match message.to_vec() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(error = %e, "encoding a DNS response failed");
+            return None;
+        }
+    };
+    if out.len() > limit {
+        out = fit(&out, limit)?;
+    }
+    Some((out, rcode))
+}
+
+/// An answer with only a response code (and the OPT record when the client sent one).
+fn encode_error(
+    request: &MessageRequest,
+    rcode: ResponseCode,
+    transport: Transport,
+) -> Option<(Vec<u8>, ResponseCode)> {
+    let mut md = Metadata::response_from_request(&request.metadata);
+    md.response_code = rcode;
+    let none = std::iter::empty();
+    encode(request, md, none.clone(), none.clone(), none, transport)
+}
+
+/// Skips one encoded name at `i`: labels up to the root label or a compression pointer.
+fn skip_name(m: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let len = *m.get(i)?;
+        match len & 0xC0 {
+            0x00 if len == 0 => return Some(i + 1),
+            0x00 => i += 1 + usize::from(len),
+            0xC0 => return (i + 2 <= m.len()).then_some(i + 2),
+            _ => return None,
+        }
+    }
+}
+
+/// Skips one resource record at `i` (name, type, class, TTL, RDLENGTH, RDATA); returns its end
+/// and its type.
+fn skip_record(m: &[u8], i: usize) -> Option<(usize, u16)> {
+    let fixed = skip_name(m, i)?;
+    let f = m.get(fixed..fixed + 10)?;
+    let rtype = u16::from_be_bytes([f[0], f[1]]);
+    let end = fixed + 10 + usize::from(u16::from_be_bytes([f[8], f[9]]));
+    (end <= m.len()).then_some((end, rtype))
+}
+
+/// RR type of the EDNS pseudo-record (RFC 6891 6.1.2).
+const OPT: u16 = 41;
+
+/// Cuts a well-formed encoded message that exceeds `limit` to one that fits: TC set (RFC 1035
+/// 4.1.1), the question, as many whole answer records as fit, no authority or additional
+/// records except the OPT record (RFC 6891 7: a truncated answer still carries it). Answers
+/// keep their order, and every compression pointer in a kept record points backwards into
+/// what is kept. `None` when the message does not parse (our own encoding always does).
+pub(crate) fn fit(m: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let count = |at: usize| m.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (qd, an, ns, ar) = (count(4)?, count(6)?, count(8)?, count(10)?);
+    let mut i = QUESTION_OFFSET;
+    for _ in 0..qd {
+        i = skip_name(m, i)? + 4;
+    }
+    let question_end = i;
+    let mut answer_ends = Vec::with_capacity(usize::from(an));
+    for _ in 0..an {
+        i = skip_record(m, i)?.0;
+        answer_ends.push(i);
+    }
+    for _ in 0..ns {
+        i = skip_record(m, i)?.0;
+    }
+    let mut opt: &[u8] = &[];
+    for _ in 0..ar {
+        let (end, rtype) = skip_record(m, i)?;
+        if rtype == OPT {
+            opt = &m[i..end];
+        }
+        i = end;
+    }
+    let room = limit.saturating_sub(opt.len());
+    let end = answer_ends
+        .iter()
+        .rev()
+        .copied()
+        .find(|e| *e <= room)
+        .unwrap_or(question_end);
+    let kept = answer_ends.iter().take_while(|e| **e <= end).count();
+    let mut out = Vec::with_capacity(end + opt.len());
+    out.extend_from_slice(&m[..end]);
+    out[2] |= 0x02;
+    let kept = u16::try_from(kept).ok()?;
+    out[6..8].copy_from_slice(&kept.to_be_bytes());
+    out[8..10].copy_from_slice(&0u16.to_be_bytes());
+    out[10..12].copy_from_slice(&u16::from(!opt.is_empty()).to_be_bytes());
+    out.extend_from_slice(opt);
+    Some(out)
+}
+
 /// Answers raw query bytes from the zones only (no forwarding), encoded for a UDP client
-/// limited to the size its EDNS advertises (512 without). The fuzzing entry point.
+/// limited to the size its EDNS advertises (512 without), through the rendered fast path when
+/// it applies, as the server does. The fuzzing entry point.
 pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
+    if let Some(b) = super::wire::answer(&zones.wire, raw, Transport::Udp) {
+        return Some(b);
+    }
     let src: SocketAddr = ([127, 0, 0, 1], 53).into();
-    let request =
-        Request::from_bytes(raw.to_vec(), src, hickory_server::net::xfer::Protocol::Udp).ok()?;
-    let edns = response_edns(&request);
-    let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
-    let mut out = Vec::with_capacity(512);
-    let mut enc = BinEncoder::new(&mut out);
-    enc.set_max_size(edns.as_ref().map(|e| e.max_payload()).unwrap_or(512));
+    let request = Request::from_bytes(raw.to_vec(), src, Protocol::Udp).ok()?;
     let error = match decide(zones, &request) {
         Decision::Drop => return None,
         Decision::Error(rc) => rc,
@@ -233,24 +453,18 @@ pub fn answer_local_bytes(zones: &ZoneData, raw: &[u8]) -> Option<Vec<u8>> {
         } => {
             let mut md = response_metadata(&request, rcode);
             md.authoritative = true;
-            builder
-                .build(
-                    md,
-                    answers.iter(),
-                    std::iter::empty(),
-                    soa,
-                    std::iter::empty(),
-                )
-                .destructive_emit(&mut enc)
-                .ok()?;
-            return Some(out);
+            return encode(
+                &request,
+                md,
+                answers.iter(),
+                soa.into_iter(),
+                std::iter::empty(),
+                Transport::Udp,
+            )
+            .map(|(b, _)| b);
         }
     };
-    builder
-        .error_msg(&request.metadata, error)
-        .destructive_emit(&mut enc)
-        .ok()?;
-    Some(out)
+    encode_error(&request, error, Transport::Udp).map(|(b, _)| b)
 }
 
 /// The question to ask next when a local answer is a lone CNAME for an address query.
@@ -271,11 +485,48 @@ fn cname_to_chase(request: &MessageRequest, answers: &[Record]) -> Option<Query>
     }
 }
 
-fn info_for(request: &Request, rcode: ResponseCode) -> ResponseInfo {
-    ResponseInfo::from(Header {
-        metadata: response_metadata(request, rcode),
-        counts: HeaderCounts::default(),
-    })
+/// The FORMERR answer to a message whose header decodes but whose body does not (what
+/// hickory-server sent); nothing for a runt, or for a response (no reflection).
+fn formerr(raw: &[u8]) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(raw)).ok()?;
+    if header.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut m = hickory_proto::op::Message::new(
+        header.metadata.id,
+        MessageType::Response,
+        header.metadata.op_code,
+    );
+    m.metadata = Metadata::response_from_request(&header.metadata);
+    m.metadata.response_code = ResponseCode::FormErr;
+    m.to_vec().ok()
+}
+
+/// One request's work that needs I/O (forwarding, or chasing an ExternalName's target): the
+/// server runs it off its receive loop.
+pub(crate) struct Later {
+    request: Request,
+    transport: Transport,
+    work: Work,
+}
+
+enum Work {
+    Forward(Query),
+    Chase {
+        md: Metadata,
+        answers: Vec<Record>,
+        target: Query,
+    },
+}
+
+/// The outcome of the synchronous part of answering one message.
+pub(crate) enum Step {
+    /// Send these bytes.
+    Reply(Vec<u8>),
+    /// Send nothing.
+    Silent,
+    /// Finish with [`DnsHandler::finish`].
+    Later(Box<Later>),
 }
 
 impl DnsHandler {
@@ -283,20 +534,48 @@ impl DnsHandler {
         DnsHandler { shared }
     }
 
-    /// A handler serving `zones`, forwarding to `upstreams`; `ourselves` is the server's own
-    /// listening address (never forwarded to); `cache_size` answers are cached.
+    /// A handler serving `zones` to every client, forwarding to `upstreams`; `ourselves` is
+    /// the server's own listening address (never forwarded to); `cache_size` answers are
+    /// cached.
     pub fn standalone(
         zones: Arc<ZoneData>,
         upstreams: Vec<SocketAddr>,
         ourselves: SocketAddr,
         cache_size: usize,
     ) -> DnsHandler {
+        DnsHandler::with_clients(zones, upstreams, ourselves, cache_size, Clients::Any)
+    }
+
+    /// The daemon's handler: the config's upstreams, cache and clients ([`Clients::from_config`]).
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        zones: Arc<ZoneData>,
+        ourselves: SocketAddr,
+    ) -> DnsHandler {
+        DnsHandler::with_clients(
+            zones,
+            cfg.dns.upstreams.clone(),
+            ourselves,
+            cfg.dns.cache_size,
+            Clients::from_config(cfg),
+        )
+    }
+
+    fn with_clients(
+        zones: Arc<ZoneData>,
+        upstreams: Vec<SocketAddr>,
+        ourselves: SocketAddr,
+        cache_size: usize,
+        clients: Clients,
+    ) -> DnsHandler {
         DnsHandler::new(Arc::new(Shared {
+            clients,
             zones: ArcSwap::new(zones),
             upstreams: ArcSwap::from_pointee(upstreams),
             ourselves,
             cache: Cache::new(cache_size),
             stats: Stats::default(),
+            upstream_log: UpstreamLog::default(),
         }))
     }
 
@@ -322,14 +601,262 @@ impl DnsHandler {
                 .map(|(n, c)| (n.to_string(), c.load(Ordering::Relaxed)))
                 .filter(|(_, c)| *c > 0)
                 .collect(),
+            malformed: s.malformed.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
             forwarded: s.forwarded.load(Ordering::Relaxed),
             cache_hits: s.cache_hits.load(Ordering::Relaxed),
             upstream_errors: s.upstream_errors.load(Ordering::Relaxed),
             loops_refused: s.loops_refused.load(Ordering::Relaxed),
+            forwards_over_cap: s.over_cap.load(Ordering::Relaxed),
+            clients_refused: s.clients_refused.load(Ordering::Relaxed),
+            fast_path: s.fast.load(Ordering::Relaxed),
             zones: zones.zone_names(),
             records: zones.record_count(),
             upstreams: self.shared.upstreams.load().as_ref().clone(),
             cached: self.shared.cache.len(),
+        }
+    }
+
+    /// The answer hickory's path gives, never the rendered one (to compare the two in tests).
+    pub async fn answer_without_fast_path(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        match self.step_slow(raw, src, transport) {
+            Step::Reply(b) => Some(b),
+            Step::Silent => None,
+            Step::Later(l) => self.finish(l).await,
+        }
+    }
+
+    /// The whole answer to one raw message from `src` (`None`: send nothing), forwarding when
+    /// the name is not ours.
+    pub async fn answer(
+        &self,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        match self.step(raw, src, transport) {
+            Step::Reply(b) => Some(b),
+            Step::Silent => None,
+            Step::Later(l) => self.finish(l).await,
+        }
+    }
+
+    fn reply(&self, encoded: Option<(Vec<u8>, ResponseCode)>) -> Step {
+        match encoded {
+            Some((b, rc)) => {
+                self.shared.stats.count_rcode(rc);
+                Step::Reply(b)
+            }
+            None => {
+                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Step::Silent
+            }
+        }
+    }
+
+    /// Everything that needs no I/O: parsing, our zones, errors.
+    /// The current zones, for a burst of [`DnsHandler::fast`] calls.
+    pub(crate) fn zones(&self) -> arc_swap::Guard<Arc<ZoneData>> {
+        self.shared.zones.load()
+    }
+
+    /// Answers from the rendered index into `out`; false when the query needs
+    /// [`DnsHandler::step`]. Not counted: the caller adds its burst with
+    /// [`DnsHandler::count_fast`].
+    pub(crate) fn fast(
+        &self,
+        zones: &ZoneData,
+        raw: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.shared.clients.allows(src.ip())
+            && super::wire::answer_into(&zones.wire, raw, transport, out)
+    }
+
+    /// Counts `n` answers of [`DnsHandler::fast`] (NOERROR all).
+    pub(crate) fn count_fast(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let stats = &self.shared.stats;
+        stats.queries.fetch_add(n, Ordering::Relaxed);
+        stats.fast.fetch_add(n, Ordering::Relaxed);
+        stats.rcodes[0].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn step(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Step {
+        if self.shared.clients.allows(src.ip()) {
+            if let Some(b) = super::wire::answer(&self.shared.zones.load().wire, raw, transport) {
+                let stats = &self.shared.stats;
+                stats.queries.fetch_add(1, Ordering::Relaxed);
+                stats.fast.fetch_add(1, Ordering::Relaxed);
+                stats.count_rcode(ResponseCode::NoError);
+                return Step::Reply(b);
+            }
+        }
+        self.step_slow(raw, src, transport)
+    }
+
+    /// [`DnsHandler::step`] through hickory only.
+    fn step_slow(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Step {
+        let stats = &self.shared.stats;
+        let allowed = self.shared.clients.allows(src.ip());
+        let request = match Request::from_bytes(raw.to_vec(), src, transport.protocol()) {
+            Ok(r) => r,
+            Err(_) if !allowed => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return Step::Silent;
+            }
+            Err(_) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return match formerr(raw) {
+                    Some(b) => Step::Reply(b),
+                    None => Step::Silent,
+                };
+            }
+        };
+        stats.queries.fetch_add(1, Ordering::Relaxed);
+        if !allowed {
+            if request.metadata.message_type != MessageType::Query {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return Step::Silent;
+            }
+            stats.clients_refused.fetch_add(1, Ordering::Relaxed);
+            return self.reply(encode_error(&request, ResponseCode::Refused, transport));
+        }
+        let zones = self.shared.zones.load();
+        match decide(&zones, &request) {
+            Decision::Drop => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Step::Silent
+            }
+            Decision::Error(rc) => self.reply(encode_error(&request, rc, transport)),
+            Decision::Local {
+                rcode,
+                answers,
+                soa,
+            } => {
+                let mut md = response_metadata(&request, rcode);
+                md.authoritative = true;
+                match cname_to_chase(&request, &answers) {
+                    None => self.reply(encode(
+                        &request,
+                        md,
+                        answers.iter(),
+                        soa.into_iter(),
+                        std::iter::empty(),
+                        transport,
+                    )),
+                    Some(target) => {
+                        let answers = answers.into_owned();
+                        drop(zones);
+                        Step::Later(Box::new(Later {
+                            request,
+                            transport,
+                            work: Work::Chase {
+                                md,
+                                answers,
+                                target,
+                            },
+                        }))
+                    }
+                }
+            }
+            Decision::Forward(query) => {
+                drop(zones);
+                Step::Later(Box::new(Later {
+                    request,
+                    transport,
+                    work: Work::Forward(query),
+                }))
+            }
+        }
+    }
+
+    /// SERVFAIL for work that found every forwarding slot taken.
+    pub(crate) fn overloaded(&self, later: Box<Later>) -> Option<Vec<u8>> {
+        self.shared.stats.over_cap.fetch_add(1, Ordering::Relaxed);
+        let step = self.reply(encode_error(
+            &later.request,
+            ResponseCode::ServFail,
+            later.transport,
+        ));
+        match step {
+            Step::Reply(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The I/O part of answering: forwarding or chasing, then encoding.
+    pub(crate) async fn finish(&self, later: Box<Later>) -> Option<Vec<u8>> {
+        let Later {
+            request,
+            transport,
+            work,
+        } = *later;
+        let step = match work {
+            Work::Chase {
+                md,
+                mut answers,
+                target,
+            } => {
+                answers.extend(self.chase(target).await);
+                let none = std::iter::empty();
+                self.reply(encode(
+                    &request,
+                    md,
+                    answers.iter(),
+                    none.clone(),
+                    none,
+                    transport,
+                ))
+            }
+            Work::Forward(query) => {
+                match self
+                    .forwarded(&query, request.metadata.recursion_desired)
+                    .await
+                {
+                    Ok(msg) => {
+                        let mut md = response_metadata(&request, msg.metadata.response_code);
+                        md.recursion_available = msg.metadata.recursion_available;
+                        self.reply(encode(
+                            &request,
+                            md,
+                            msg.answers.iter(),
+                            msg.authorities.iter(),
+                            msg.additionals.iter(),
+                            transport,
+                        ))
+                    }
+                    Err(e) => {
+                        let rc = if matches!(e, ForwardError::Loop) {
+                            self.shared
+                                .stats
+                                .loops_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            ResponseCode::Refused
+                        } else {
+                            self.shared
+                                .stats
+                                .upstream_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            ResponseCode::ServFail
+                        };
+                        self.reply(encode_error(&request, rc, transport))
+                    }
+                }
+            }
+        };
+        match step {
+            Step::Reply(b) => Some(b),
+            _ => None,
         }
     }
 
@@ -351,7 +878,7 @@ impl DnsHandler {
         let upstreams = self.shared.upstreams.load();
         let usable = forward::usable_upstreams(&upstreams, self.shared.ourselves)?;
         self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let msg = forward::forward(&usable, query, rd).await?;
+        let msg = forward::forward(&usable, query, rd, &self.shared.upstream_log).await?;
         self.shared.cache.put(key, &msg, Instant::now());
         Ok(msg)
     }
@@ -369,7 +896,7 @@ impl DnsHandler {
                         .cloned()
                         .collect(),
                 ),
-                Lookup::NoData(_) | Lookup::NxDomain(_) => Some(Vec::new()),
+                Lookup::NoData(_) | Lookup::NxDomain(_) | Lookup::Unknown => Some(Vec::new()),
                 Lookup::NotOurs => None,
             }
         };
@@ -384,111 +911,6 @@ impl DnsHandler {
                 Vec::new()
             }
         }
-    }
-
-    async fn respond<R: ResponseHandler>(&self, request: &Request, mut rh: R) -> ResponseInfo {
-        let edns = response_edns(request);
-        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
-        let zones = self.shared.zones.load();
-        let sent = match decide(&zones, request) {
-            Decision::Drop => return info_for(request, ResponseCode::FormErr),
-            Decision::Error(rc) => {
-                rh.send_response(builder.error_msg(&request.metadata, rc))
-                    .await
-            }
-            Decision::Local {
-                rcode,
-                answers,
-                soa,
-            } => {
-                let mut md = response_metadata(request, rcode);
-                md.authoritative = true;
-                match cname_to_chase(request, &answers) {
-                    None => {
-                        rh.send_response(builder.build(
-                            md,
-                            answers.iter(),
-                            std::iter::empty(),
-                            soa,
-                            std::iter::empty(),
-                        ))
-                        .await
-                    }
-                    Some(target) => {
-                        let mut all = answers.into_owned();
-                        drop(zones);
-                        all.extend(self.chase(target).await);
-                        rh.send_response(builder.build(
-                            md,
-                            all.iter(),
-                            std::iter::empty(),
-                            std::iter::empty(),
-                            std::iter::empty(),
-                        ))
-                        .await
-                    }
-                }
-            }
-            Decision::Forward(query) => {
-                drop(zones);
-                match self
-                    .forwarded(&query, request.metadata.recursion_desired)
-                    .await
-                {
-                    Ok(msg) => {
-                        let mut md = response_metadata(request, msg.metadata.response_code);
-                        md.recursion_available = msg.metadata.recursion_available;
-                        rh.send_response(builder.build(
-                            md,
-                            msg.answers.iter(),
-                            msg.authorities.iter(),
-                            std::iter::empty(),
-                            msg.additionals.iter(),
-                        ))
-                        .await
-                    }
-                    Err(e) => {
-                        let rc = if matches!(e, ForwardError::Loop) {
-                            self.shared
-                                .stats
-                                .loops_refused
-                                .fetch_add(1, Ordering::Relaxed);
-                            ResponseCode::Refused
-                        } else {
-                            self.shared
-                                .stats
-                                .upstream_errors
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(error = %e, name = %query.name, "forwarding failed");
-                            ResponseCode::ServFail
-                        };
-                        rh.send_response(builder.error_msg(&request.metadata, rc))
-                            .await
-                    }
-                }
-            }
-        };
-        match sent {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!(error = %e, src = %request.src(), "sending a DNS response failed");
-                info_for(request, ResponseCode::ServFail)
-            }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        self.shared.stats.queries.fetch_add(1, Ordering::Relaxed);
-        let info = self.respond(request, response_handle).await;
-        self.shared.stats.count_rcode(info.response_code);
-        info
     }
 }
 

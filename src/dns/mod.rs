@@ -2,34 +2,32 @@
 //! and the reverse zones of their CIDRs; forwards every other name to the upstream resolvers.
 //!
 //! - [`ZoneData::build`] computes all records as one immutable value (pure).
-//! - [`DnsServer`] runs hickory-server on UDP and TCP sockets bound inside sdnlinkd's namespace;
-//!   [`DnsServer::update`] swaps the zone data atomically (`arc-swap`), so lookups never wait
-//!   for an update.
+//! - [`DnsServer`] serves UDP and TCP sockets bound inside sdnlinkd's namespace (the server
+//!   module); [`DnsServer::update`] swaps the zone data atomically (`arc-swap`), so lookups
+//!   never wait for an update. hickory parses requests and encodes answers.
 //! - Forwarding sockets are opened from tokio workers, which stay in the host namespace.
-//! - hickory-server itself answers FORMERR to undecodable messages, drops messages shorter than
-//!   a header, and truncates UDP answers to 512 bytes without EDNS (TC set) or to the
-//!   advertised size with EDNS; TCP answers are complete.
+//! - Undecodable messages get FORMERR when their header decodes, nothing when shorter than a
+//!   header; UDP answers are limited to 512 bytes without EDNS (TC set) or to the advertised
+//!   size with EDNS; TCP answers are complete.
 
 mod forward;
 mod handler;
+mod server;
+mod wire;
 mod zone;
 
 pub use forward::{ForwardError, FORWARD_DEADLINE, UPSTREAM_TIMEOUT};
-pub use handler::{answer_local_bytes, decide, Decision, DnsHandler, DnsStatus};
+pub use handler::{
+    answer_local_bytes, decide, Clients, Decision, DnsHandler, DnsStatus, Transport,
+};
 pub use zone::{dashed, Lookup, ZoneData, ALL_ZONE, SCHEMA_VERSION};
 
-use crate::config::{Config, DnsConfig};
+use crate::config::Config;
 use crate::netns::NetNs;
-use hickory_server::Server;
+use server::{ServeOptions, Serving};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Idle time after which hickory closes a client's TCP connection.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
 
 /// Errors of the DNS subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -48,20 +46,19 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("DNS server stopped with an error: {0}")]
-    Server(String),
 }
 
 /// The running stub resolver.
 pub struct DnsServer {
-    server: Server<DnsHandler>,
+    serving: Serving,
     handler: DnsHandler,
     local: SocketAddr,
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP at `dns.address:dns.port` inside `ns` and starts serving empty zones
-    /// (call [`DnsServer::update`] with the first [`ZoneData`]).
+    /// Binds UDP and TCP at `dns.address:dns.port` inside `ns` and starts serving zones built
+    /// from no snapshot: every watched cluster is unknown, so its names answer SERVFAIL until
+    /// [`DnsServer::update`] brings data for it (zone module docs, "Unknown clusters").
     pub async fn start(cfg: &Config, ns: &NetNs) -> Result<DnsServer, DnsError> {
         let addr = SocketAddr::new(cfg.dns.address, cfg.dns.port);
         let bind_err = |proto, source| DnsError::Bind {
@@ -70,31 +67,46 @@ impl DnsServer {
             ns: ns.name().to_string(),
             source,
         };
-        let udp = ns.bind_udp(addr).await.map_err(|e| bind_err("UDP", e))?;
-        let tcp = ns.bind_tcp(addr).await.map_err(|e| bind_err("TCP", e))?;
+        let bound = ns
+            .run_async(move || bind_std(addr, sockets_per_server()))
+            .await
+            .map_err(|e| bind_err("UDP", std::io::Error::other(e)))?
+            .map_err(|e| bind_err("UDP and TCP", e))?;
+        let (udp, tcp) = to_tokio(bound).map_err(|e| bind_err("UDP", e))?;
         let zones = Arc::new(ZoneData::build(cfg, &Default::default()));
-        DnsServer::from_sockets(&cfg.dns, udp, tcp, zones)
+        DnsServer::from_sockets(cfg, udp, tcp, zones)
     }
 
     /// Serves on already bound sockets (the benchmark binds in the host namespace).
     pub fn from_sockets(
-        dns: &DnsConfig,
-        udp: tokio::net::UdpSocket,
-        tcp: tokio::net::TcpListener,
+        cfg: &Config,
+        udp: Vec<tokio::net::UdpSocket>,
+        tcp: Vec<tokio::net::TcpListener>,
         zones: Arc<ZoneData>,
     ) -> Result<DnsServer, DnsError> {
-        let local = udp.local_addr().map_err(|source| DnsError::Bind {
-            proto: "UDP",
-            addr: SocketAddr::new(dns.address, dns.port),
-            ns: "?".into(),
-            source,
-        })?;
-        let handler = DnsHandler::standalone(zones, dns.upstreams.clone(), local, dns.cache_size);
-        let mut server = Server::new(handler.clone());
-        server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+        let dns = &cfg.dns;
+        let configured = SocketAddr::new(dns.address, dns.port);
+        let local = match udp.first() {
+            Some(s) => s.local_addr().map_err(|source| DnsError::Bind {
+                proto: "UDP",
+                addr: configured,
+                ns: "?".into(),
+                source,
+            })?,
+            None => configured,
+        };
+        let handler = DnsHandler::from_config(cfg, zones, local);
+        let serving = Serving::spawn(
+            handler.clone(),
+            udp,
+            tcp,
+            ServeOptions {
+                log_queries: dns.log_queries,
+                max_in_flight: dns.max_forwards_in_flight,
+            },
+        );
         Ok(DnsServer {
-            server,
+            serving,
             handler,
             local,
         })
@@ -120,13 +132,76 @@ impl DnsServer {
         self.handler.status()
     }
 
-    /// Stops accepting queries and waits for the ones in flight.
-    pub async fn shutdown(mut self) -> Result<(), DnsError> {
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(|e| DnsError::Server(e.to_string()))
+    /// A handle that reads the counters without the server (for status served outside the
+    /// reconcile task).
+    pub fn status_handle(&self) -> DnsHandler {
+        self.handler.clone()
     }
+
+    /// Stops receiving queries and waits for the ones in flight.
+    pub async fn shutdown(self) -> Result<(), DnsError> {
+        self.serving.shutdown().await;
+        Ok(())
+    }
+}
+
+/// UDP sockets per server: one per core the process may run on (its CPU affinity, so a
+/// `taskset` benchmark gets one), each with its own receive loop; the kernel spreads clients
+/// over them by address hash (SO_REUSEPORT, socket(7)).
+fn sockets_per_server() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16)
+}
+
+type StdSockets = (Vec<std::net::UdpSocket>, std::net::TcpListener);
+
+/// Binds `n` UDP sockets sharing `addr` (SO_REUSEPORT, set before bind as socket(7) requires)
+/// and one TCP listener, in the calling thread's namespace.
+fn bind_std(addr: SocketAddr, n: usize) -> std::io::Result<StdSockets> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let sa = SockaddrStorage::from(addr);
+    let mut udp = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fd = socket::socket(family, SockType::Datagram, flags, None)?;
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+        socket::bind(fd.as_raw_fd(), &sa)?;
+        udp.push(std::net::UdpSocket::from(fd));
+    }
+    let fd = socket::socket(family, SockType::Stream, flags, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(fd.as_raw_fd(), &sa)?;
+    socket::listen(
+        &fd,
+        socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
+    Ok((udp, std::net::TcpListener::from(fd)))
+}
+
+fn to_tokio(
+    (udp, tcp): StdSockets,
+) -> std::io::Result<(Vec<tokio::net::UdpSocket>, Vec<tokio::net::TcpListener>)> {
+    let udp = udp
+        .into_iter()
+        .map(tokio::net::UdpSocket::from_std)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((udp, vec![tokio::net::TcpListener::from_std(tcp)?]))
+}
+
+/// The server's sockets at `addr` in the current namespace, as [`DnsServer::start`] binds them
+/// inside sdnlinkd's (for the benchmark and tests in the host namespace). Needs a tokio
+/// runtime.
+pub fn bind_sockets(
+    addr: SocketAddr,
+) -> std::io::Result<(Vec<tokio::net::UdpSocket>, Vec<tokio::net::TcpListener>)> {
+    to_tokio(bind_std(addr, sockets_per_server())?)
 }
 
 /// The `nameserver` entries of a resolv.conf, port 53, in file order; an IPv6 zone suffix

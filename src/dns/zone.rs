@@ -20,10 +20,23 @@
 //! - A degraded cluster keeps contributing its last good snapshot (the daemon keeps it in
 //!   [`Snapshots`]); a cluster whose snapshot is absent contributes nothing.
 //! - A name that exists in no cluster is NXDOMAIN, as is a headless service without ready
-//!   endpoints anywhere (design.md: no ready endpoints means NXDOMAIN).
+//!   endpoints anywhere (design.md: no ready endpoints means NXDOMAIN), unless a watched
+//!   cluster is unknown (below): then it is SERVFAIL.
+//!
+//! # Unknown clusters
+//! A *watched* cluster ([`Config::watched_clusters`]: it has a kubeconfig) whose snapshot is
+//! absent from [`Snapshots`] has not listed in this run and has no persisted snapshot: nothing
+//! is known about it, which is not the same as knowing it is empty. Every name of its zone and
+//! of the reverse zones of its CIDRs answers SERVFAIL, so resolvers retry (or try the next
+//! server) instead of caching an authoritative NXDOMAIN or NODATA for a name that may exist
+//! (RFC 2308 section 5 negative caching). In `cluster.all`, names found in known clusters are
+//! answered from them; a name found nowhere answers SERVFAIL while any watched cluster is
+//! unknown. A present snapshot, even an empty one, is authoritative. A remote without a
+//! kubeconfig is never watched: its zone is empty and authoritative.
 //! - `<a>-<b>-<c>-<d>.<ns>.pod.cluster.all` answers addresses inside any counted cluster's pod
 //!   CIDRs (they never overlap: config validation).
 
+use super::wire::WireIndex;
 use crate::config::Config;
 use crate::model::{ClusterSnapshot, Endpoint, Service, ServiceKind, ServicePort, Snapshots};
 use hickory_proto::rr::rdata::{CNAME, PTR, SOA, SRV, TXT};
@@ -66,12 +79,27 @@ impl Node {
     }
 }
 
+/// How much of a forward zone is unknown (module docs, "Unknown clusters").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// Every cluster behind the zone is known: its answers are authoritative.
+    No,
+    /// The zone's cluster is unknown: every name is SERVFAIL.
+    Whole,
+    /// `cluster.all` with an unknown member: names found answer, misses are SERVFAIL.
+    Misses,
+}
+
 #[derive(Debug)]
 enum ZoneKind {
     /// A forward zone; the pod CIDRs answer the `a-b-c-d.<ns>.pod.<zone>` form.
-    Forward { pod_cidrs: Vec<IpNet> },
-    /// A reverse zone apex; only names of addresses inside `cidrs` are ours.
-    Reverse { cidrs: Vec<IpNet> },
+    Forward {
+        pod_cidrs: Vec<IpNet>,
+        unknown: Unknown,
+    },
+    /// A reverse zone apex; only names of addresses inside `cidrs` are ours, and those inside
+    /// a CIDR of an unknown cluster (`true`) are SERVFAIL.
+    Reverse { cidrs: Vec<(IpNet, bool)> },
 }
 
 #[derive(Debug)]
@@ -89,6 +117,8 @@ pub enum Lookup<'a> {
     NoData(&'a Record),
     /// The name is under one of our zones and does not exist: NXDOMAIN, SOA in authority.
     NxDomain(&'a Record),
+    /// Under a zone whose cluster is unknown: SERVFAIL, never a negative answer.
+    Unknown,
     /// Not a name of our zones: forward it.
     NotOurs,
 }
@@ -101,6 +131,10 @@ pub struct ZoneData {
     /// Most labels of any apex: the zone walk starts there.
     max_apex_labels: u8,
     records: usize,
+    /// Some zone has an unknown cluster: lookups check for it before answering.
+    has_unknown: bool,
+    /// The same answers rendered to wire format (the fast path).
+    pub(crate) wire: WireIndex,
 }
 
 struct Builder {
@@ -245,6 +279,8 @@ impl ZoneData {
             data: ZoneData::default(),
         };
         let empty = ClusterSnapshot::default();
+        let watched: HashSet<&str> = cfg.watched_clusters().map(|(n, _)| n).collect();
+        let is_unknown = |c: &str| watched.contains(c) && !snapshots.contains_key(c);
         // Clusters with a zone, in config order (local first).
         let mut clusters: Vec<(&str, &[IpNet], &[IpNet])> = Vec::new();
         if cfg.local.kubeconfig.is_some() {
@@ -259,9 +295,16 @@ impl ZoneData {
         }
 
         for (cluster, pod_cidrs, svc_cidrs) in &clusters {
+            let unknown = is_unknown(cluster);
+            b.data.has_unknown |= unknown;
             for net in pod_cidrs.iter().chain(svc_cidrs.iter()) {
                 if let Some(apex) = reverse_apex(*net) {
-                    b.add_zone(apex, ZoneKind::Reverse { cidrs: vec![*net] });
+                    b.add_zone(
+                        apex,
+                        ZoneKind::Reverse {
+                            cidrs: vec![(*net, unknown)],
+                        },
+                    );
                 }
             }
             let Some(apex) = name(&format!("cluster.{cluster}")) else {
@@ -272,8 +315,13 @@ impl ZoneData {
                 apex.clone(),
                 ZoneKind::Forward {
                     pod_cidrs: pod_cidrs.to_vec(),
+                    unknown: if unknown { Unknown::Whole } else { Unknown::No },
                 },
             );
+            if unknown {
+                // Nothing of it is known; the lookup answers SERVFAIL before any record.
+                continue;
+            }
             // `pod.<zone>` holds the pod form below it: an empty non-terminal, so NODATA.
             if let Some(pod) = child("pod", &apex) {
                 b.data.names.entry(LowerName::new(&pod)).or_default();
@@ -288,7 +336,19 @@ impl ZoneData {
         if cfg.dns.all_zone {
             if let Some(all) = name(ALL_ZONE) {
                 let pods = clusters.iter().flat_map(|c| c.1.iter().copied()).collect();
-                b.add_zone(all.clone(), ZoneKind::Forward { pod_cidrs: pods });
+                let any_unknown = clusters.iter().any(|c| is_unknown(c.0));
+                b.data.has_unknown |= any_unknown;
+                b.add_zone(
+                    all.clone(),
+                    ZoneKind::Forward {
+                        pod_cidrs: pods,
+                        unknown: if any_unknown {
+                            Unknown::Misses
+                        } else {
+                            Unknown::No
+                        },
+                    },
+                );
                 if let Some(pod) = child("pod", &all) {
                     b.data.names.entry(LowerName::new(&pod)).or_default();
                 }
@@ -299,7 +359,34 @@ impl ZoneData {
                 add_all(&mut b, &all, &snaps);
             }
         }
+        b.data.wire = b.data.render();
         b.data
+    }
+
+    /// Renders every node's answers for the fast path. Off while a cluster is unknown: those
+    /// answers depend on the zone walk, which only the hickory path does.
+    fn render(&self) -> WireIndex {
+        let mut wire = WireIndex::new(!self.has_unknown);
+        if self.has_unknown {
+            return wire;
+        }
+        let soas: HashMap<&LowerName, u16> = self
+            .zones
+            .iter()
+            .filter_map(|(apex, z)| wire.add_soa(&z.soa).map(|i| (apex, i)))
+            .collect();
+        for (name, node) in &self.names {
+            let zone = self
+                .zone_of(name)
+                .and_then(|(apex, _)| soas.get(apex).copied());
+            wire.add_node(name, &node.rrsets, zone);
+        }
+        wire
+    }
+
+    /// Names with rendered answers (for tests of the fast path).
+    pub fn rendered_names(&self) -> usize {
+        self.wire.len()
     }
 
     /// Number of records (excluding SOA), for status and tests.
@@ -330,8 +417,55 @@ impl ZoneData {
         }
     }
 
+    /// Whether `qname` lies where an unknown cluster's data would be: its forward zone, or
+    /// inside one of its CIDRs in a reverse zone.
+    fn in_unknown(&self, qname: &LowerName) -> bool {
+        match self.zone_of(qname) {
+            Some((
+                _,
+                Zone {
+                    kind: ZoneKind::Forward { unknown, .. },
+                    ..
+                },
+            )) => *unknown == Unknown::Whole,
+            Some((
+                _,
+                Zone {
+                    kind: ZoneKind::Reverse { cidrs },
+                    ..
+                },
+            )) => Name::from(qname)
+                .parse_arpa_name()
+                .is_ok_and(|net| cidrs.iter().any(|(c, u)| *u && c.contains(&net))),
+            None => false,
+        }
+    }
+
     /// Looks a name up. Case-insensitive: `LowerName` is already lower-cased.
     pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Lookup<'_> {
+        if self.has_unknown && self.in_unknown(qname) {
+            return Lookup::Unknown;
+        }
+        let found = self.lookup_known(qname, qtype);
+        if self.has_unknown {
+            if let Lookup::NxDomain(_) = found {
+                if let Some((_, zone)) = self.zone_of(qname) {
+                    if matches!(
+                        zone.kind,
+                        ZoneKind::Forward {
+                            unknown: Unknown::Misses,
+                            ..
+                        }
+                    ) {
+                        return Lookup::Unknown;
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    fn lookup_known(&self, qname: &LowerName, qtype: RecordType) -> Lookup<'_> {
         if let Some(node) = self.names.get(qname) {
             // Hits never walk to the apex: only a negative answer needs the zone's SOA.
             if qtype == RecordType::ANY {
@@ -358,7 +492,7 @@ impl ZoneData {
             return Lookup::NotOurs;
         };
         match &zone.kind {
-            ZoneKind::Forward { pod_cidrs } => {
+            ZoneKind::Forward { pod_cidrs, .. } => {
                 if let Some(answer) = pod_lookup(qname, apex, pod_cidrs, qtype, zone) {
                     return answer;
                 }
@@ -370,7 +504,7 @@ impl ZoneData {
                 };
                 // Only names inside our CIDRs are ours; the apex was rounded to a label
                 // boundary and may cover addresses the upstream resolvers know.
-                if cidrs.iter().any(|c| c.contains(&net)) {
+                if cidrs.iter().any(|(c, _)| c.contains(&net)) {
                     Lookup::NxDomain(&zone.soa)
                 } else {
                     Lookup::NotOurs

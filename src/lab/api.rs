@@ -3,7 +3,7 @@
 
 use super::plan::{Cluster, Plan, API_TOKEN};
 use super::LabError;
-use crate::clusters::simapi::SimApi;
+use crate::clusters::simapi::{Fault, Refusal, SimApi};
 use crate::netns::NetNs;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -50,6 +50,23 @@ impl LabApi {
             url: sim.url(),
             sim,
         })
+    }
+
+    /// Injects `fault` (`Fault::None` undoes any).
+    pub fn set_fault(&self, fault: Fault) -> Result<(), LabError> {
+        self.sim
+            .try_set_fault(fault)
+            .map_err(|e| LabError::Api(format!("{}: {e}", self.cluster)))
+    }
+
+    /// The fault in force.
+    pub fn fault(&self) -> Fault {
+        self.sim.fault()
+    }
+
+    /// Manifest documents the server refused at start (the others loaded).
+    pub fn refused(&self) -> Vec<Refusal> {
+        self.sim.refused()
     }
 
     /// A kubeconfig for this server (token user, the server's CA).

@@ -8,12 +8,14 @@ use super::manifests::{cluster_ip, endpoint_slice_yaml, svc, SERVICE_PORT};
 use super::plan::{
     Cluster, Plan, Pod, Proxy, FORWARDED_ADDR, FORWARDED_NAME, K8S_NAMESPACE, POD_PORT,
 };
+use super::probe;
 use super::run::{Lab, READY_TIMEOUT};
 use super::servers::tcp_ask;
 use super::LabError;
 use crate::netns::NetNs;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
+use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
@@ -190,6 +192,7 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     emit(churn(lab, &pods, a, b));
     emit(hostile(lab, &pods, a, b));
     emit(restart(lab, &pods, a, b));
+    emit(faults_kill_restart(lab, a, b));
     emit(service_delete(lab, &pods, a, b));
 }
 
@@ -823,4 +826,159 @@ mod tests {
         assert_eq!(r, Err("never".to_string()));
         assert!(t >= Duration::from_millis(300));
     }
+}
+
+/// How long the fault checks watch after the daemon is ready again: past one full resync
+/// (`resync_interval = 10` in the lab's node config), whose plan would withdraw whatever the
+/// restarted daemon wrongly believes gone.
+const FAULT_OBSERVE: Duration = Duration::from_secs(12);
+
+/// Probes from a pod of `a` through its node to `b`'s echo Service and `b`'s objects on that
+/// node, started together.
+pub struct FaultProbes {
+    stream: probe::Probe<probe::Counts>,
+    connects: probe::Probe<probe::Counts>,
+    udp: probe::Probe<probe::Counts>,
+    dns: probe::Probe<probe::DnsCounts>,
+    watch: probe::Probe<probe::Withdrawals>,
+    ipvs: bool,
+}
+
+/// What [`FaultProbes`] counted.
+#[derive(Clone, Debug)]
+pub struct FaultReport {
+    pub stream: probe::Counts,
+    pub connects: probe::Counts,
+    pub udp: probe::Counts,
+    pub dns: probe::DnsCounts,
+    pub watch: probe::Withdrawals,
+    /// IPVS proxy: VIPs are addresses on the namespace's interface (nftables DNATs without).
+    pub ipvs: bool,
+}
+
+impl FaultProbes {
+    /// Starts every probe: from the first pod of `a`'s first node to `b`'s echo VIP (TCP
+    /// stream, TCP connects, UDP) and its DNS name, and the withdrawal watcher of `b` in that
+    /// node's daemon namespace. Waits until the VIP answers first.
+    pub fn start(plan: &Plan, a: &Cluster, b: &Cluster) -> Result<FaultProbes, String> {
+        let node = &a.nodes[0];
+        let pod = &node.pods[0];
+        let to = vip(b, svc::ECHO)?;
+        let pods = Pods::open(plan).map_err(|e| e.to_string())?;
+        let (ready, _) = eventually(CONVERGE, || pods.tcp(pod, to));
+        ready.map_err(|e| format!("{to} does not answer before the fault: {e}"))?;
+        let name = format!("{}.{K8S_NAMESPACE}.svc.cluster.{}.", svc::ECHO, b.name);
+        let e = |e: LabError| e.to_string();
+        Ok(FaultProbes {
+            stream: probe::tcp_stream(&pod.netns, to).map_err(e)?,
+            connects: probe::tcp_connects(&pod.netns, to).map_err(e)?,
+            udp: probe::udp(&pod.netns, to).map_err(e)?,
+            dns: probe::dns(&pod.netns, dns_server(), &name).map_err(e)?,
+            watch: probe::withdrawals(probe::WatchTarget {
+                daemon_netns: node.daemon_netns.clone(),
+                wg_if: node.wg_if.clone(),
+                cidrs: vec![IpNet::V4(b.pod_cidr), IpNet::V4(b.service_cidr)],
+                ipvs: plan.proxy == Proxy::Ipvs,
+            })
+            .map_err(e)?,
+            ipvs: plan.proxy == Proxy::Ipvs,
+        })
+    }
+
+    /// Stops every probe.
+    pub fn stop(self) -> Result<FaultReport, String> {
+        let e = |e: LabError| e.to_string();
+        Ok(FaultReport {
+            stream: self.stream.stop().map_err(e)?,
+            connects: self.connects.stop().map_err(e)?,
+            udp: self.udp.stop().map_err(e)?,
+            dns: self.dns.stop().map_err(e)?,
+            watch: self.watch.stop().map_err(e)?,
+            ipvs: self.ipvs,
+        })
+    }
+}
+
+impl FaultReport {
+    /// Every probe clean: no failed request, the stream never moved, every DNS answer
+    /// positive, nothing of the remote withdrawn, and the watcher saw a peer, a route, a
+    /// service entry and (IPVS) a VIP, so "nothing withdrawn" means something.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (what, c) in [
+            ("tcp stream", &self.stream),
+            ("tcp connects", &self.connects),
+            ("udp", &self.udp),
+        ] {
+            if c.failures > 0 || c.attempts == 0 {
+                p.push(format!("{what}: {c}"));
+            }
+        }
+        if self.stream.answered_by.len() > 1 {
+            p.push(format!(
+                "the tcp stream moved: {:?}",
+                self.stream.answered_by
+            ));
+        }
+        if !self.dns.all_ok() {
+            p.push(format!("dns: {}", self.dns));
+        }
+        if !self.watch.removed.is_empty() || self.watch.poll_errors > 0 {
+            p.push(format!(
+                "withdrawn: {} {:?}",
+                self.watch, self.watch.removed
+            ));
+        }
+        let kinds = self.watch.baseline_kinds();
+        let want: &[&str] = if self.ipvs {
+            &["peer", "route", "ipvs", "vip"]
+        } else {
+            &["peer", "route", "nft"]
+        };
+        if !want.iter().all(|k| kinds.contains_key(*k)) {
+            p.push(format!("the watcher saw too little to judge: {kinds:?}"));
+        }
+        p
+    }
+}
+
+impl std::fmt::Display for FaultReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tcp stream {}; tcp connects {}; udp {}; dns {}; watcher {}",
+            self.stream, self.connects, self.udp, self.dns, self.watch
+        )
+    }
+}
+
+/// Issue 13 scenario a: kill -9 and restart of one node's daemon with every API server up;
+/// traffic, DNS and the kernel objects of the remote stay untouched throughout.
+fn faults_kill_restart(lab: &mut Lab, a: &Cluster, b: &Cluster) -> Outcome {
+    let node = a.nodes[0].name.clone();
+    let r = (|| {
+        let probes = FaultProbes::start(&lab.plan, a, b)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let restarted = lab.restart_daemon(&node, true);
+        if restarted.is_ok() {
+            std::thread::sleep(FAULT_OBSERVE);
+        }
+        let report = probes.stop()?;
+        let restarted = restarted.map_err(|e| format!("{e}; probes: {report}"))?;
+        let problems = report.problems();
+        let detail = format!(
+            "kill -9 of {node} (pid {} gone in {:.2}s, new pid {} ready in {:.1}s, watched {}s more): {report}",
+            restarted.old_pid,
+            restarted.stopped.as_secs_f64(),
+            restarted.pid,
+            restarted.ready.as_secs_f64(),
+            FAULT_OBSERVE.as_secs()
+        );
+        if problems.is_empty() {
+            Ok(detail)
+        } else {
+            Err(format!("{}; {detail}", problems.join("; ")))
+        }
+    })();
+    outcome(format!("faults-kill-restart {node}"), r)
 }

@@ -190,6 +190,23 @@ pub fn stop(pid: u32, config: &Path, grace: Duration) -> Result<bool, LabError> 
     Ok(true)
 }
 
+/// SIGKILL (a crash) and wait up to `grace` until the process is gone.
+pub fn kill_and_wait(pid: u32, config: &Path, grace: Duration) -> Result<(), LabError> {
+    signal(pid, config, Signal::SIGKILL)?;
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        reap(pid);
+        if !is_ours(pid, config) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(LabError::Daemon {
+        node: config.display().to_string(),
+        reason: format!("pid {pid} still runs {grace:?} after SIGKILL"),
+    })
+}
+
 /// Runs `sdnlinkd --config <cfg> ARGS` in the lab's own namespace (the control socket is a
 /// path, reachable from anywhere).
 pub fn cli(daemon: &Path, config: &Path, args: &[&str]) -> Result<String, LabError> {

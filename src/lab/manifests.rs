@@ -152,10 +152,75 @@ fn slices_yaml(cluster: &Cluster) -> String {
     s
 }
 
+/// A benchmark scale: extra Services per cluster, each with this many endpoints
+/// (`sdnlink-lab --scale 10000x10`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scale {
+    pub services: u32,
+    pub endpoints: u32,
+}
+
+impl std::str::FromStr for Scale {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scale, String> {
+        let bad = || format!("--scale {s:?}: want SERVICESxENDPOINTS, e.g. 10000x10");
+        let (a, b) = s.split_once('x').ok_or_else(bad)?;
+        let scale = Scale {
+            services: a.parse().map_err(|_| bad())?,
+            endpoints: b.parse().map_err(|_| bad())?,
+        };
+        // ClusterIPs come from the .1.1-.250.250 part of the /16 service CIDR.
+        if scale.services == 0 || scale.services > 62_500 || scale.endpoints > 1000 {
+            return Err(format!(
+                "--scale {s:?}: 1..=62500 services of 0..=1000 endpoints each"
+            ));
+        }
+        Ok(scale)
+    }
+}
+
+/// Pod addresses the scale endpoints use: 10.(10k).100.1 - 10.(10k).249.250, above the lab's
+/// node subnets (no pod answers there: the scale objects load the daemons, not the checks).
+const SCALE_ADDRS: u32 = 150 * 250;
+
+/// `scale.services` Services `scale-N` with an EndpointSlice of `scale.endpoints` endpoints
+/// each, inside `cluster`'s CIDRs.
+pub fn scale_yaml(cluster: &Cluster, scale: Scale) -> String {
+    let s_o = cluster.service_cidr.network().octets();
+    let p_o = cluster.pod_cidr.network().octets();
+    let mut out =
+        String::with_capacity(scale.services as usize * (600 + 120 * scale.endpoints as usize));
+    for i in 0..scale.services {
+        let name = format!("scale-{i}");
+        let ip = Ipv4Addr::new(s_o[0], s_o[1], (1 + i / 250) as u8, (1 + i % 250) as u8);
+        out.push_str(&service_header(&name));
+        out.push_str(&format!(
+            "  type: ClusterIP\n  clusterIP: {ip}\n  clusterIPs:\n  - {ip}\n  ports:\n"
+        ));
+        out.push_str(&port("tcp", "TCP", SERVICE_PORT, POD_PORT));
+        out.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-lab\n  namespace: {K8S_NAMESPACE}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nendpoints:{}\n",
+            if scale.endpoints == 0 { " []" } else { "" }
+        ));
+        for j in 0..scale.endpoints {
+            let n = (i * scale.endpoints + j) % SCALE_ADDRS;
+            let a = Ipv4Addr::new(p_o[0], p_o[1], (100 + n / 250) as u8, (1 + n % 250) as u8);
+            out.push_str(&format!(
+                "- addresses:\n  - {a}\n  conditions:\n    ready: true\n"
+            ));
+        }
+        out.push_str(&format!(
+            "ports:\n- name: tcp\n  protocol: TCP\n  port: {POD_PORT}\n"
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::lab::plan::{Plan, Proxy, Tunnel};
+    use std::collections::BTreeSet;
     use std::path::Path;
 
     fn plan() -> Plan {
@@ -225,6 +290,41 @@ mod tests {
                 assert_eq!(got, want);
             }
         }
+    }
+
+    #[test]
+    fn scale_manifests_stay_inside_the_cluster_and_are_admitted() {
+        let p = plan();
+        let c = &p.clusters[1];
+        let scale: Scale = "300x3".parse().expect("scale");
+        let (ok, refused) =
+            crate::clusters::simapi::admit_for_tests("scale.yaml", &scale_yaml(c, scale));
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(ok, 600);
+        let y = scale_yaml(c, scale);
+        let docs = docs(&y);
+        let ips: BTreeSet<String> = docs
+            .iter()
+            .filter_map(|d| d["spec"]["clusterIP"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(ips.len(), 300, "distinct ClusterIPs");
+        for ip in &ips {
+            let ip: Ipv4Addr = ip.parse().expect("ip");
+            assert!(c.service_cidr.contains(&ip) && cluster_ip(c, svc::ECHO) != Some(ip));
+        }
+        for d in docs.iter().filter(|d| d["kind"] == "EndpointSlice") {
+            for e in d["endpoints"].as_sequence().expect("endpoints") {
+                let a: Ipv4Addr = e["addresses"][0]
+                    .as_str()
+                    .expect("addr")
+                    .parse()
+                    .expect("ip");
+                assert!(c.pod_cidr.contains(&a));
+                assert!(c.nodes.iter().all(|n| !n.pod_subnet.contains(&a)));
+            }
+        }
+        assert!("0x1".parse::<Scale>().is_err());
+        assert!("10k".parse::<Scale>().is_err());
     }
 
     #[test]

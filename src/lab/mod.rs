@@ -10,12 +10,15 @@
 
 pub mod api;
 pub mod checks;
+pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod kubeprobe;
 pub mod manifests;
 pub mod net;
 pub mod plan;
+pub mod prereq;
+pub mod probe;
 pub mod run;
 pub mod servers;
 pub mod vm;

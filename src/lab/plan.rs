@@ -265,8 +265,12 @@ impl Plan {
         s.push_str("log_level = \"info\"\n");
         s.push_str("resync_interval = 10\n");
         s.push_str(&format!(
-            "control_socket = {:?}\n\n",
+            "control_socket = {:?}\n",
             self.control_socket(node).display().to_string()
+        ));
+        s.push_str(&format!(
+            "state_dir = {:?}\n\n",
+            dir.join("state").display().to_string()
         ));
         s.push_str("[local]\n");
         s.push_str(&format!("name = {:?}\n", local.name));
@@ -297,8 +301,10 @@ impl Plan {
             Tunnel::Userspace => "userspace",
         };
         s.push_str(&format!("mode = {mode:?}\n"));
-        // Keepalive keeps the userspace devices' handshakes fresh across daemon restarts.
-        s.push_str("persistent_keepalive = 5\n\n");
+        // Keepalive keeps the userspace devices' handshakes fresh across daemon restarts. 25 s,
+        // the default: 15 s or less keeps WireGuard from re-handshaking a session that works one
+        // way only (see `tunnel::keepalive_warning`).
+        s.push_str("persistent_keepalive = 25\n\n");
         s.push_str("[proxy]\n");
         let backend = match self.proxy {
             Proxy::Ipvs => "ipvs",

@@ -7,6 +7,7 @@ use super::net::{self, Created};
 use super::plan::{Plan, Proxy, Tunnel, FORWARDED_ADDR, FORWARDED_NAME, POD_PORT};
 use super::servers::Servers;
 use super::LabError;
+use crate::clusters::simapi::Fault;
 use crate::netns::NetNs;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -100,6 +101,17 @@ impl State {
         std::fs::write(&tmp, text).map_err(|e| LabError::io(format!("{}", tmp.display()), e))?;
         std::fs::rename(&tmp, path).map_err(|e| LabError::io(format!("{}", path.display()), e))
     }
+}
+
+/// What [`Lab::restart_daemon`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restarted {
+    pub old_pid: u32,
+    pub pid: u32,
+    /// From the signal until the old process was gone.
+    pub stopped: Duration,
+    /// From the new start until `status --json` said ready.
+    pub ready: Duration,
 }
 
 /// A lab that is up. Dropping it without [`Lab::down`] still removes the namespaces.
@@ -211,6 +223,98 @@ impl Lab {
         Ok(lab)
     }
 
+    fn node(&self, node: &str) -> Result<super::plan::Node, LabError> {
+        self.plan
+            .nodes()
+            .find(|n| n.name == node)
+            .cloned()
+            .ok_or_else(|| LabError::Daemon {
+                node: node.to_string(),
+                reason: format!(
+                    "no such node (nodes: {})",
+                    self.plan
+                        .nodes()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    fn daemon_of(&self, node: &str) -> Result<(DaemonState, PathBuf), LabError> {
+        let bin = self.daemon_bin.clone().ok_or_else(|| LabError::Daemon {
+            node: node.to_string(),
+            reason: "the lab runs no daemons (--topology-only)".into(),
+        })?;
+        let d = self
+            .daemons
+            .iter()
+            .find(|d| d.node == node)
+            .cloned()
+            .ok_or_else(|| LabError::Daemon {
+                node: node.to_string(),
+                reason: "no daemon recorded for this node".into(),
+            })?;
+        Ok((d, bin))
+    }
+
+    /// Stops `node`'s daemon (`kill`: SIGKILL, as a crash; else SIGTERM as systemd stops it),
+    /// waits until it is gone, starts it again exactly as `up` does, records the new pid in the
+    /// state (so `down` stops it) and waits until `status --json` says ready.
+    pub fn restart_daemon(&mut self, node: &str, kill: bool) -> Result<Restarted, LabError> {
+        let n = self.node(node)?;
+        let (d, bin) = self.daemon_of(node)?;
+        let started = std::time::Instant::now();
+        if kill {
+            daemon::kill_and_wait(d.pid, &d.config, STOP_GRACE)?;
+        } else {
+            daemon::stop(d.pid, &d.config, STOP_GRACE)?;
+        }
+        let stopped = started.elapsed();
+        let pid = daemon::spawn(&bin, &self.plan, &n)?;
+        self.set_daemon_pid(node, pid)?;
+        let ready = daemon::wait_ready(&bin, &d.config, pid, READY_TIMEOUT)?;
+        Ok(Restarted {
+            old_pid: d.pid,
+            pid,
+            stopped,
+            ready,
+        })
+    }
+
+    /// Injects `fault` into `cluster`'s API server (`Fault::None` undoes it).
+    pub fn set_api_fault(&self, cluster: &str, fault: Fault) -> Result<(), LabError> {
+        self.apis
+            .iter()
+            .find(|a| a.cluster == cluster)
+            .ok_or_else(|| LabError::Api(format!("no API server for cluster {cluster}")))?
+            .set_fault(fault)
+    }
+
+    /// The daemon config `node` runs with (as on disk).
+    pub fn node_config(&self, node: &str) -> Result<String, LabError> {
+        let path = self.plan.node_config_path(&self.node(node)?);
+        std::fs::read_to_string(&path).map_err(|e| LabError::io(format!("{}", path.display()), e))
+    }
+
+    /// Writes `config` as `node`'s daemon config and runs `sdnlinkd reload`; returns its
+    /// output. If the reload fails the previous file is put back (the daemon keeps running the
+    /// old config, and a later restart starts with it) and the error carries the reason.
+    pub fn reload_daemon(&self, node: &str, config: &str) -> Result<String, LabError> {
+        let n = self.node(node)?;
+        let (d, bin) = self.daemon_of(node)?;
+        let path = self.plan.node_config_path(&n);
+        let old = self.node_config(node)?;
+        write_private_atomic(&path, config)?;
+        match daemon::cli(&bin, &d.config, &["reload"]) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                write_private_atomic(&path, &old)?;
+                Err(e)
+            }
+        }
+    }
+
     /// Replaces the recorded pid of `node`'s daemon (after a restart).
     pub fn set_daemon_pid(&mut self, node: &str, pid: u32) -> Result<(), LabError> {
         for d in self.daemons.iter_mut().filter(|d| d.node == node) {
@@ -246,6 +350,38 @@ impl Lab {
                         p.name, p.addr, p.netns
                     ));
                 }
+            }
+        }
+        if !self.daemons.is_empty() {
+            let (n, c) = (&self.plan.clusters[0].nodes[0], &self.plan.clusters[1]);
+            s.push_str("reproduce faults (add --prefix when not the default):\n");
+            s.push_str(&format!(
+                "  sdnlink-lab restart {} [--kill]      stop (kill -9) and restart one daemon, wait until ready\n",
+                n.name
+            ));
+            s.push_str(&format!(
+                "  sdnlink-lab api {} unreachable|hang|gone|forbidden|ok   fault one cluster's API server; ok undoes\n",
+                c.name
+            ));
+            s.push_str(&format!(
+                "  sdnlink-lab reload {} [--config FILE]  sdnlinkd reload, optionally with a new config\n",
+                n.name
+            ));
+            s.push_str(
+                "kubectl against a simulated API server (get, create, apply, edit, patch, delete of\n  Services, EndpointSlices, Nodes; from a node namespace, which reaches the underlay):\n",
+            );
+            s.push_str(&format!(
+                "  ip netns exec {} kubectl --kubeconfig {} get svc -A\n",
+                n.netns,
+                self.plan.kubeconfig_path(n, &c.name).display()
+            ));
+        }
+        for api in &self.apis {
+            for r in api.refused() {
+                s.push_str(&format!(
+                    "refused manifest document ({}): {r}\n",
+                    api.cluster
+                ));
             }
         }
         s.push_str("remove it with: sdnlink-lab down\n");
@@ -300,6 +436,14 @@ fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
         .map_err(|e| LabError::io(format!("{}", path.display()), e))?;
     f.write_all(text.as_bytes())
         .map_err(|e| LabError::io(format!("{}", path.display()), e))
+}
+
+/// [`write_private`] to a temporary file renamed over `path` (a daemon reading it never sees
+/// half a file).
+fn write_private_atomic(path: &Path, text: &str) -> Result<(), LabError> {
+    let tmp = path.with_extension("toml.tmp");
+    write_private(&tmp, text)?;
+    std::fs::rename(&tmp, path).map_err(|e| LabError::io(format!("{}", path.display()), e))
 }
 
 /// Runs `sdnlinkd cleanup --config CFG` inside the node namespace (it removes the veth and

@@ -139,6 +139,14 @@ impl NetNs {
         })
     }
 
+    /// Another handle on the same namespace with a worker thread of its own, for work that
+    /// must not queue behind long jobs on this handle's thread (status reads during a sync).
+    pub fn with_own_worker(&self) -> Result<NetNs, NetnsError> {
+        use std::os::fd::AsRawFd;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", self.inner.file.as_raw_fd()));
+        Self::from_path(&self.inner.name, &path)
+    }
+
     pub fn name(&self) -> &str {
         &self.inner.name
     }

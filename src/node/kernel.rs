@@ -158,30 +158,33 @@ async fn dump_addrs(
         if m.header.index != index {
             continue;
         }
-        // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
-        let local = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(ip) => Some(*ip),
-            _ => None,
-        });
-        let addr = local.or_else(|| {
-            m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            })
-        });
-        if let Some(ip) = addr {
+        if let Some(n) = address_net(&m) {
             // The kernel adds fe80::/64 to every IPv6-enabled link; it is not ours.
-            if let Ok(n) = IpNet::new(ip, m.header.prefix_len) {
-                if !is_link_local_v6(&ip) || keep.contains(&n) {
-                    out.insert(n);
-                }
+            if !is_link_local_v6(&n.addr()) || keep.contains(&n) {
+                out.insert(n);
             }
         }
     }
     Ok(out)
 }
 
-fn route_table(m: &RouteMessage) -> u32 {
+/// The address (with its prefix length) an address message is about.
+pub(crate) fn address_net(m: &AddressMessage) -> Option<IpNet> {
+    // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on p2p links).
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let ip = local.or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })?;
+    IpNet::new(ip, m.header.prefix_len).ok()
+}
+
+pub(crate) fn route_table(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
         .find_map(|a| match a {
@@ -189,6 +192,23 @@ fn route_table(m: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or(m.header.table as u32)
+}
+
+/// The destination of a route message (RTA_DST, or the default route without it).
+pub(crate) fn route_dst(m: &RouteMessage) -> Option<IpNet> {
+    let dst = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v)) => Some(IpAddr::from(*v)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v)) => Some(IpAddr::from(*v)),
+            _ => None,
+        })
+        .unwrap_or(match m.header.address_family {
+            AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
+    IpNet::new(dst, m.header.destination_prefix_length).ok()
 }
 
 /// Our routes (main table, our protocol) by destination, with the device named through `names`.
@@ -210,13 +230,10 @@ pub(crate) async fn dump_routes(
             {
                 continue;
             }
-            let mut dst: Option<IpAddr> = None;
             let mut via: Option<IpAddr> = None;
             let mut oif: Option<u32> = None;
             for a in &m.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(v)) => dst = Some((*v).into()),
-                    RouteAttribute::Destination(RouteAddress::Inet6(v)) => dst = Some((*v).into()),
                     RouteAttribute::Gateway(RouteAddress::Inet(v)) => via = Some((*v).into()),
                     RouteAttribute::Gateway(RouteAddress::Inet6(v)) => via = Some((*v).into()),
                     RouteAttribute::Via(RouteVia::Inet(v)) => via = Some((*v).into()),
@@ -225,11 +242,7 @@ pub(crate) async fn dump_routes(
                     _ => {}
                 }
             }
-            let dst = dst.unwrap_or(match m.header.address_family {
-                AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            });
-            let Ok(net) = IpNet::new(dst, m.header.destination_prefix_length) else {
+            let Some(net) = route_dst(&m) else {
                 continue;
             };
             let dev = oif
@@ -261,6 +274,15 @@ pub async fn observe(
     ns: &Handle,
     desired: &NodeDesired,
 ) -> Result<Observed, NodeError> {
+    Ok(observe_indexed(host, ns, desired).await?.0)
+}
+
+/// [`observe`], with the interface indexes of the links read (for the netlink event filter).
+pub(crate) async fn observe_indexed(
+    host: &Handle,
+    ns: &Handle,
+    desired: &NodeDesired,
+) -> Result<(Observed, Ifindexes), NodeError> {
     let h = get_link(host, &desired.host_interface).await?;
     let n = get_link(ns, &desired.interface).await?;
     let pair = check_ownership(
@@ -271,6 +293,7 @@ pub async fn observe(
         n,
     )?;
     let mut obs = Observed::default();
+    let mut idx = Ifindexes::default();
     if let Some((h, n)) = &pair {
         obs.host_link = Some(LinkState {
             mtu: h.mtu,
@@ -280,11 +303,17 @@ pub async fn observe(
             mtu: n.mtu,
             up: n.up,
         });
+        idx.host_veth = Some(h.index);
+        idx.ns_veth = Some(n.index);
         obs.host_addrs = dump_addrs(host, h.index, &desired.host_addrs).await?;
         obs.ns_addrs = dump_addrs(ns, n.index, &desired.ns_addrs).await?;
     }
-    obs.ns_lo_up = get_link(ns, "lo").await?.is_some_and(|l| l.up);
-    obs.tunnel_present = get_link(ns, &desired.tunnel_interface).await?.is_some();
+    let lo = get_link(ns, "lo").await?;
+    obs.ns_lo_up = lo.as_ref().is_some_and(|l| l.up);
+    idx.ns_lo = lo.map(|l| l.index);
+    let tunnel = get_link(ns, &desired.tunnel_interface).await?;
+    obs.tunnel_present = tunnel.is_some();
+    idx.tunnel = tunnel.map(|l| l.index);
     let hn = link_names(host).await?;
     let nn = link_names(ns).await?;
     obs.host_routes = dump_routes(host, desired.protocol, &hn)
@@ -297,7 +326,16 @@ pub async fn observe(
         .into_iter()
         .map(|(d, s, _)| (d, s))
         .collect();
-    Ok(obs)
+    Ok((obs, idx))
+}
+
+/// Interface indexes of the links the plumbing owns or depends on, as last read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Ifindexes {
+    pub host_veth: Option<u32>,
+    pub ns_veth: Option<u32>,
+    pub ns_lo: Option<u32>,
+    pub tunnel: Option<u32>,
 }
 
 /// Builds a route message for (dst, spec) with our protocol in the main table.

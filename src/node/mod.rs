@@ -11,13 +11,15 @@ mod desired;
 mod events;
 mod kernel;
 mod namespace;
+mod owned;
 mod plan;
 mod plumbing;
 
 pub use desired::{NodeDesired, NodeExtras, RouteSpec};
-pub use events::watch_events;
+pub use events::{watch_events, NodeEvents, Notice};
 pub use kernel::observe;
 pub use namespace::{ensure_namespace, remove_namespace};
+pub use owned::{concerns_us, LinkRole, Owned, OwnedHandle, OwnedLink, OwnedSide, Reason};
 pub use plan::{apply_to_observed, plan, skipped_routes, LinkState, NodeOp, Observed, Side};
 pub use plumbing::{cleanup, cleanup_in, CleanupReport, NodeReport, NodeStatus, Plumbing};
 

@@ -2,9 +2,10 @@
 //! and [`cleanup`].
 
 use super::desired::NodeDesired;
-use super::kernel::{self, Indexes};
+use super::kernel::{self, Ifindexes, Indexes};
 use super::namespace;
-use super::plan::{apply_to_observed, plan, skipped_routes, Observed};
+use super::owned::{Owned, OwnedHandle};
+use super::plan::{apply_to_observed, plan, skipped_routes, NodeOp, Observed};
 use super::NodeError;
 use crate::config::Config;
 use crate::netns::NetNs;
@@ -62,6 +63,10 @@ pub struct Plumbing {
     last_ops: usize,
     skipped: Vec<IpNet>,
     last_error: Option<String>,
+    /// Interface indexes of our links as last read.
+    ifindexes: Ifindexes,
+    /// What the event filter treats as ours, published around every sync.
+    owned: OwnedHandle,
 }
 
 impl Plumbing {
@@ -80,7 +85,17 @@ impl Plumbing {
             last_ops: 0,
             skipped: Vec::new(),
             last_error: None,
+            ifindexes: Ifindexes::default(),
+            owned: OwnedHandle::default(),
         }
+    }
+
+    /// What the plumbing owns and wants, updated around every sync: pass it to
+    /// [`watch_events`](super::watch_events) so only changes to these objects ask for a repair.
+    /// Before a sync executes, it drops what the sync is about to withdraw, so the plumbing's
+    /// own deletions never come back as notifications.
+    pub fn owned(&self) -> OwnedHandle {
+        self.owned.clone()
     }
 
     async fn handles(&mut self) -> Result<(rtnetlink::Handle, rtnetlink::Handle), NodeError> {
@@ -150,28 +165,36 @@ impl Plumbing {
                 .ns
                 .run_async(move || namespace::repin(&ns_handle, &name))
                 .await??;
-            kernel::observe(&host, &ns, desired).await?
+            let (obs, idx) = kernel::observe_indexed(&host, &ns, desired).await?;
+            self.ifindexes = idx;
+            obs
         } else {
             let mut o = self
                 .committed
                 .clone()
                 .expect("checked: not full implies committed");
             // One cheap query so tunnel routes follow the tunnel link appearing.
-            o.tunnel_present = kernel::get_link(&ns, &desired.tunnel_interface)
-                .await?
-                .is_some();
+            let tunnel = kernel::get_link(&ns, &desired.tunnel_interface).await?;
+            o.tunnel_present = tunnel.is_some();
+            self.ifindexes.tunnel = tunnel.map(|l| l.index);
             o
         };
         let mut ops = plan(desired, &obs);
         if additive {
             ops.retain(|op| !op.is_removal());
         }
+        // What is both wanted and there now: what this sync withdraws is no longer ours
+        // before its deletion's notification can arrive.
+        self.owned
+            .store(Owned::wanted(desired, &obs, &self.ifindexes));
         report.skipped_routes = skipped_routes(desired, &obs);
         let mut idx = Indexes::default();
         let mut failed = Vec::new();
+        let mut created_veth = false;
         for op in &ops {
             match kernel::execute(op, &host, &ns, self.ns.file(), &mut idx).await {
                 Ok(()) => {
+                    created_veth |= matches!(op, NodeOp::CreateVeth { .. });
                     tracing::info!(op = %op, "node");
                     apply_to_observed(&mut obs, op, desired);
                     report.ops.push(op.to_string());
@@ -185,6 +208,16 @@ impl Plumbing {
                 }
             }
         }
+        if created_veth {
+            self.ifindexes.host_veth = kernel::get_link(&host, &desired.host_interface)
+                .await?
+                .map(|l| l.index);
+            self.ifindexes.ns_veth = kernel::get_link(&ns, &desired.interface)
+                .await?
+                .map(|l| l.index);
+        }
+        self.owned
+            .store(Owned::wanted(desired, &obs, &self.ifindexes));
         if !report.skipped_routes.is_empty() && full {
             tracing::info!(
                 routes = ?report.skipped_routes,

@@ -373,3 +373,280 @@ fn ownership_of_the_veth_pair() {
         }
     }
 }
+
+mod owned_filter {
+    use super::*;
+    use crate::node::kernel::Ifindexes;
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+    use rtnetlink::packet_route::route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    };
+    use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+
+    const HOST_VETH: u32 = 5;
+    const NS_VETH: u32 = 2;
+    const NS_LO: u32 = 1;
+    const TUNNEL: u32 = 3;
+
+    fn idx() -> Ifindexes {
+        Ifindexes {
+            host_veth: Some(HOST_VETH),
+            ns_veth: Some(NS_VETH),
+            ns_lo: Some(NS_LO),
+            tunnel: Some(TUNNEL),
+        }
+    }
+
+    /// Desired with one VIP, observed matching it, plus a VIP and a route of ours that are
+    /// no longer desired (what a sync is about to withdraw).
+    fn owned() -> (NodeDesired, Owned) {
+        let d = NodeDesired::from_config(&cfg(), &extras(&["172.31.0.10"]));
+        let mut obs = matching(&d);
+        obs.ns_addrs.insert(net("172.31.0.99/32"));
+        obs.host_routes.insert(
+            net("10.250.0.0/16"),
+            RouteSpec {
+                dev: "sdnlink0".into(),
+                via: Some(ip("169.254.100.2")),
+            },
+        );
+        let o = Owned::wanted(&d, &obs, &idx());
+        (d, o)
+    }
+
+    /// An RTM_DELROUTE as the kernel sends it for `ip route del` of an IPv4 route.
+    fn del_route(dst: &str, protocol: u8, table: u8) -> RouteNetlinkMessage {
+        let dst = net(dst);
+        let IpNet::V4(v4) = dst else {
+            panic!("IPv4 literal")
+        };
+        let mut m = RouteMessage::default();
+        m.header = RouteHeader {
+            address_family: AddressFamily::Inet,
+            destination_prefix_length: dst.prefix_len(),
+            source_prefix_length: 0,
+            tos: 0,
+            table,
+            protocol: RouteProtocol::from(protocol),
+            scope: RouteScope::Universe,
+            kind: RouteType::Unicast,
+            flags: Default::default(),
+        };
+        m.attributes = vec![
+            RouteAttribute::Table(u32::from(table)),
+            RouteAttribute::Destination(RouteAddress::Inet(v4.network())),
+            RouteAttribute::Gateway(RouteAddress::Inet("169.254.100.2".parse().expect("lit"))),
+            RouteAttribute::Oif(HOST_VETH),
+        ];
+        RouteNetlinkMessage::DelRoute(m)
+    }
+
+    fn del_addr(index: u32, addr: &str) -> RouteNetlinkMessage {
+        let a = net(addr);
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = a.prefix_len();
+        m.header.index = index;
+        m.attributes = vec![
+            AddressAttribute::Address(a.addr()),
+            AddressAttribute::Local(a.addr()),
+            AddressAttribute::Label("eth0".into()),
+        ];
+        RouteNetlinkMessage::DelAddress(m)
+    }
+
+    fn link(index: u32, name: &str, up: bool, mtu: u32) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        if up {
+            m.header.flags = LinkFlags::Up | LinkFlags::Broadcast | LinkFlags::Multicast;
+        }
+        m.attributes = vec![LinkAttribute::IfName(name.into()), LinkAttribute::Mtu(mtu)];
+        m
+    }
+
+    #[test]
+    fn wanted_is_desired_and_installed() {
+        let (d, o) = owned();
+        assert_eq!(o.protocol, 245);
+        assert_eq!(o.host.addrs, d.host_addrs);
+        assert_eq!(o.ns.addrs, d.ns_addrs, "not the withdrawn 172.31.0.99");
+        assert!(o.host.routes.contains_key(&net("172.31.0.0/16")));
+        assert!(!o.host.routes.contains_key(&net("10.250.0.0/16")));
+        assert_eq!(
+            o.ns.routes.get(&net("10.132.0.0/23")).map(String::as_str),
+            Some(d.tunnel_interface.as_str())
+        );
+        let roles: Vec<_> =
+            o.ns.links
+                .iter()
+                .map(|l| (l.index, l.role.clone()))
+                .collect();
+        assert_eq!(
+            roles,
+            vec![
+                (NS_LO, LinkRole::Loopback),
+                (NS_VETH, LinkRole::Veth { mtu: 1500 }),
+                (TUNNEL, LinkRole::Tunnel),
+            ]
+        );
+        // Nothing installed: nothing to defend.
+        let none = Owned::wanted(&d, &Observed::default(), &Ifindexes::default());
+        assert!(none.host.links.is_empty() && none.host.addrs.is_empty());
+        assert!(none.ns.routes.is_empty());
+    }
+
+    #[test]
+    fn deletions_of_our_objects_concern_us() {
+        let (_, o) = owned();
+        let mut m = LinkMessage::default();
+        m.header.index = HOST_VETH;
+        assert_eq!(
+            concerns_us(Side::Host, &RouteNetlinkMessage::DelLink(m.clone()), &o),
+            Some(Reason::LinkDeleted {
+                side: Side::Host,
+                name: "sdnlink0".into(),
+                index: HOST_VETH
+            })
+        );
+        m.header.index = TUNNEL;
+        let r = concerns_us(Side::Ns, &RouteNetlinkMessage::DelLink(m), &o).expect("tunnel");
+        assert!(r.to_string().contains("ifindex 3) deleted"), "{r}");
+        let r = concerns_us(Side::Ns, &del_addr(NS_VETH, "172.31.0.10/32"), &o);
+        assert_eq!(
+            r,
+            Some(Reason::AddressDeleted {
+                side: Side::Ns,
+                dev: "eth0".into(),
+                addr: net("172.31.0.10/32")
+            })
+        );
+        let r = concerns_us(Side::Host, &del_route("172.31.0.0/16", 245, 254), &o);
+        assert_eq!(
+            r.map(|r| r.to_string()).as_deref(),
+            Some("host route 172.31.0.0/16 proto 245 deleted")
+        );
+    }
+
+    #[test]
+    fn foreign_objects_and_our_withdrawals_do_not() {
+        let (_, o) = owned();
+        let mut m = LinkMessage::default();
+        // A bridge or a pod's veth: another index.
+        m.header.index = 42;
+        assert_eq!(
+            concerns_us(Side::Host, &RouteNetlinkMessage::DelLink(m.clone()), &o),
+            None
+        );
+        // Index spaces are per namespace: the host veth's index in the namespace is not ours.
+        m.header.index = HOST_VETH;
+        assert_eq!(
+            concerns_us(Side::Ns, &RouteNetlinkMessage::DelLink(m), &o),
+            None
+        );
+        // An address on another link, one we withdraw, one with another prefix length.
+        assert_eq!(
+            concerns_us(Side::Ns, &del_addr(42, "172.31.0.10/32"), &o),
+            None
+        );
+        assert_eq!(
+            concerns_us(Side::Ns, &del_addr(NS_VETH, "172.31.0.99/32"), &o),
+            None
+        );
+        assert_eq!(
+            concerns_us(Side::Ns, &del_addr(NS_VETH, "172.31.0.10/24"), &o),
+            None
+        );
+        // A CNI's route (another protocol), one of ours we withdraw, our destination in
+        // another table, another side.
+        assert_eq!(
+            concerns_us(Side::Host, &del_route("172.31.0.0/16", 4, 254), &o),
+            None
+        );
+        assert_eq!(
+            concerns_us(Side::Host, &del_route("10.250.0.0/16", 245, 254), &o),
+            None
+        );
+        assert_eq!(
+            concerns_us(Side::Host, &del_route("172.31.0.0/16", 245, 100), &o),
+            None
+        );
+        assert_eq!(
+            concerns_us(Side::Ns, &del_route("172.31.0.0/16", 245, 254), &o),
+            None
+        );
+        // New objects never do.
+        let RouteNetlinkMessage::DelRoute(r) = del_route("172.31.0.0/16", 245, 254) else {
+            unreachable!()
+        };
+        assert_eq!(
+            concerns_us(Side::Host, &RouteNetlinkMessage::NewRoute(r), &o),
+            None
+        );
+    }
+
+    #[test]
+    fn link_changes_that_break_the_veth_concern_us() {
+        let (_, o) = owned();
+        let new = |m| RouteNetlinkMessage::NewLink(m);
+        assert_eq!(
+            concerns_us(
+                Side::Host,
+                &new(link(HOST_VETH, "sdnlink0", true, 1500)),
+                &o
+            ),
+            None
+        );
+        let change = |m| match concerns_us(Side::Host, &new(m), &o) {
+            Some(Reason::LinkChanged { change, .. }) => change,
+            other => panic!("expected a link change, got {other:?}"),
+        };
+        assert_eq!(change(link(HOST_VETH, "sdnlink0", false, 1500)), "down");
+        assert_eq!(
+            change(link(HOST_VETH, "sdnlink0", true, 1400)),
+            "mtu 1400 (want 1500)"
+        );
+        assert_eq!(
+            change(link(HOST_VETH, "other", true, 1500)),
+            "renamed to other"
+        );
+        let r = concerns_us(Side::Ns, &new(link(NS_LO, "lo", false, 65536)), &o);
+        assert!(matches!(r, Some(Reason::LinkChanged { .. })), "{r:?}");
+        // The tunnel's state is the tunnel's business; a foreign link going down is nobody's.
+        assert_eq!(
+            concerns_us(Side::Ns, &new(link(TUNNEL, "x", false, 1420)), &o),
+            None
+        );
+        assert_eq!(
+            concerns_us(Side::Host, &new(link(42, "br0", false, 1500)), &o),
+            None
+        );
+    }
+
+    #[test]
+    fn the_daemon_names_and_withdraws_the_tunnel() {
+        let (d, o) = owned();
+        let h = OwnedHandle::default();
+        h.store(o);
+        let mut del = LinkMessage::default();
+        del.header.index = 9;
+        let del = RouteNetlinkMessage::DelLink(del);
+        assert_eq!(concerns_us(Side::Ns, &del, &h.load()), None);
+        h.set_tunnel(&d.tunnel_interface, Some(9));
+        assert!(concerns_us(Side::Ns, &del, &h.load()).is_some());
+        // Withdrawn before the daemon deletes it: the link and the routes through it.
+        h.set_tunnel(&d.tunnel_interface, None);
+        assert_eq!(concerns_us(Side::Ns, &del, &h.load()), None);
+        let through_tunnel = h
+            .load()
+            .ns
+            .routes
+            .values()
+            .filter(|dev| **dev == d.tunnel_interface)
+            .count();
+        assert_eq!(through_tunnel, 0);
+        assert!(h.load().ns.routes.contains_key(&net("10.128.0.0/14")));
+    }
+}

@@ -131,12 +131,15 @@ pub(crate) mod tests {
             kubeconfig: None,
             pod_cidrs: pods.iter().map(|p| net(p)).collect(),
             service_cidrs: svcs.iter().map(|p| net(p)).collect(),
+            endpoint_cidrs: vec![],
             peers: vec![],
         };
         Config {
             log_level: "info".into(),
             resync_interval: Duration::from_secs(300),
             control_socket: "/run/sdnlink/control.sock".into(),
+            state_dir: "/var/lib/sdnlink".into(),
+            config_dir: "/etc/sdnlink".into(),
             local: LocalCluster {
                 name: "home".into(),
                 pod_cidrs: vec![net("10.0.0.0/16")],
@@ -175,12 +178,15 @@ pub(crate) mod tests {
                 all_zone: true,
                 ttl: 5,
                 cache_size: 1000,
+                log_queries: false,
+                max_forwards_in_flight: 256,
             },
             sync: SyncConfig {
                 startup_grace: Duration::from_secs(60),
                 min_interval: Duration::from_millis(100),
                 max_delay: Duration::from_millis(1000),
                 max_objects_per_cluster: 100_000,
+                max_bytes_per_cluster: 256 << 20,
                 api_timeout: Duration::from_secs(60),
             },
             remote: vec![
@@ -202,7 +208,7 @@ pub(crate) mod tests {
             terminating,
             hostname: None,
             node_name: None,
-            ports: vec![],
+            ports: Vec::new().into(),
         }
     }
 

@@ -13,9 +13,9 @@
 //! (checked on this machine). So the link is moved once wireguard-go has opened its UAPI socket,
 //! i.e. once `CreateTUNFromFile` is done.
 
-use super::diff::{CurrentPeer, PeerChange, PeerDiff};
+use super::diff::{CurrentPeer, KeepaliveHolds, PeerChange, PeerDiff};
 use super::keys::{PrivateKey, PublicKey};
-use super::{DesiredPeers, SkippedPeer, TunnelError};
+use super::{DesiredPeers, NodeFacts, SkippedPeer, TunnelError};
 use crate::config::{Config, TunnelMode};
 use crate::netns::NetNs;
 use futures::TryStreamExt as _;
@@ -25,7 +25,7 @@ use rtnetlink::{LinkUnspec, LinkWireguard};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
@@ -117,19 +117,24 @@ pub struct CleanupReport {
     pub stopped_pid: Option<i32>,
     /// `namespace/interface` of each link deleted.
     pub deleted_links: Vec<String>,
+    /// Links with the tunnel's name that sdnlinkd did not create, left alone (and why).
+    pub kept_foreign: Vec<String>,
 }
 
 impl std::fmt::Display for CleanupReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.stopped_pid.is_none() && self.deleted_links.is_empty() {
-            return f.write_str("nothing to remove");
-        }
         let mut parts = Vec::new();
+        if self.stopped_pid.is_none() && self.deleted_links.is_empty() {
+            parts.push("nothing to remove".to_string());
+        }
         if let Some(pid) = self.stopped_pid {
             parts.push(format!("stopped wireguard-go (pid {pid})"));
         }
         if !self.deleted_links.is_empty() {
             parts.push(format!("deleted {}", self.deleted_links.join(", ")));
+        }
+        for k in &self.kept_foreign {
+            parts.push(format!("left alone: {k}"));
         }
         f.write_str(&parts.join("; "))
     }
@@ -185,6 +190,11 @@ pub struct Tunnel {
     names: BTreeMap<PublicKey, (String, String)>,
     skipped: Vec<SkippedPeer>,
     messages: u64,
+    /// Which new peers get their keepalive later (see [`KeepaliveHolds`]).
+    holds: KeepaliveHolds,
+    /// The host namespace's own addresses, read on every full sync, plus `tunnel.endpoint`.
+    own_addrs: BTreeSet<IpAddr>,
+    advertised: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -278,6 +288,22 @@ fn open_tun(name: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The error for a host link with the tunnel's name that sdnlinkd did not create.
+fn foreign_host(iface: &str, link: &Link) -> TunnelError {
+    let kind = link
+        .kind
+        .as_ref()
+        .map(|k| format!("{k:?}").to_lowercase())
+        .unwrap_or_else(|| "unknown".into());
+    TunnelError::ForeignHost {
+        iface: iface.to_string(),
+        why: match &link.alias {
+            Some(a) => format!("kind {kind}, alias {a:?}"),
+            None => format!("kind {kind}, no sdnlinkd mark"),
+        },
+    }
+}
+
 fn nl_io(e: rtnetlink::Error) -> io::Error {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.to_io(),
@@ -313,11 +339,24 @@ fn socket_answers(iface: &str) -> bool {
     UnixStream::connect(socket_path(iface)).is_ok()
 }
 
-/// The link named `name` in the namespace behind `handle`: index and kind.
-async fn find_link(
-    handle: &rtnetlink::Handle,
-    name: &str,
-) -> Result<Option<(u32, Option<InfoKind>)>, TunnelError> {
+/// A link found by name: index, kind and alias (IFLA_IFALIAS, where sdnlinkd marks the links it
+/// creates in the host namespace).
+#[derive(Clone, Debug)]
+struct Link {
+    index: u32,
+    kind: Option<InfoKind>,
+    alias: Option<String>,
+}
+
+/// The alias sdnlinkd gives a tunnel link it creates in the host namespace, before moving it into
+/// `ns`: the only proof that a host link with the tunnel's name is ours (a link keeps its alias
+/// across namespaces).
+pub fn ownership_mark(ns: &str) -> String {
+    format!("sdnlinkd tunnel of netns {ns}")
+}
+
+/// The link named `name` in the namespace behind `handle`.
+async fn find_link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<Link>, TunnelError> {
     let res = handle
         .link()
         .get()
@@ -326,7 +365,14 @@ async fn find_link(
         .try_next()
         .await;
     match res {
-        Ok(Some(msg)) => Ok(Some((msg.header.index, link_kind(&msg)))),
+        Ok(Some(msg)) => Ok(Some(Link {
+            index: msg.header.index,
+            kind: link_kind(&msg),
+            alias: msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfAlias(s) => Some(s.clone()),
+                _ => None,
+            }),
+        })),
         Ok(None) => Ok(None),
         Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => Ok(None),
         Err(e) => Err(TunnelError::Netlink {
@@ -347,21 +393,36 @@ fn link_kind(msg: &LinkMessage) -> Option<InfoKind> {
     })
 }
 
-/// Creates a kernel WireGuard link in the namespace behind `handle`. `Ok(false)` when the kernel
-/// has no WireGuard support (no module: EOPNOTSUPP from rtnl_newlink's missing link ops).
-async fn create_kernel_link(handle: &rtnetlink::Handle, name: &str) -> Result<bool, TunnelError> {
+/// What creating a kernel WireGuard link did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KernelLink {
+    Created,
+    /// A link with the name exists already (someone else's, unless it carries our mark).
+    Exists,
+    /// The kernel has no WireGuard support (no module: EOPNOTSUPP from rtnl_newlink's missing
+    /// link ops).
+    Unsupported,
+}
+
+/// Creates a kernel WireGuard link in the namespace behind `handle`.
+async fn create_kernel_link(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> Result<KernelLink, TunnelError> {
     match handle
         .link()
         .add(LinkWireguard::new(name).build())
         .execute()
         .await
     {
-        Ok(()) => Ok(true),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => Ok(true),
+        Ok(()) => Ok(KernelLink::Created),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::EEXIST => {
+            Ok(KernelLink::Exists)
+        }
         Err(rtnetlink::Error::NetlinkError(m))
             if [-libc::EOPNOTSUPP, -libc::ENODEV, -libc::ENOENT].contains(&m.raw_code()) =>
         {
-            Ok(false)
+            Ok(KernelLink::Unsupported)
         }
         Err(e) => Err(TunnelError::Netlink {
             op: "create wireguard link",
@@ -405,7 +466,13 @@ impl Tunnel {
             names: BTreeMap::new(),
             skipped: Vec::new(),
             messages: 0,
+            holds: KeepaliveHolds::new(public),
+            own_addrs: BTreeSet::new(),
+            advertised: cfg.tunnel.endpoint,
         };
+        if let Some(w) = super::keepalive_warning(cfg.tunnel.persistent_keepalive) {
+            tracing::warn!(interface = %tunnel.iface, "{w}");
+        }
         tunnel.backend = match cfg.tunnel.mode {
             TunnelMode::Kernel => Backend::Kernel,
             TunnelMode::Userspace => Backend::Userspace,
@@ -421,15 +488,107 @@ impl Tunnel {
         };
         tunnel.ensure_device().await?;
         tunnel.committed = tunnel.read_peers().await?;
+        tunnel.own_addrs = tunnel.host_addrs().await?;
         Ok(tunnel)
+    }
+
+    /// Every address of the host namespace (where the WireGuard socket lives), broadcast
+    /// addresses included, and the advertised endpoint's address: a remote that announces one of
+    /// them as its endpoint would have this node send handshakes to itself.
+    async fn host_addrs(&self) -> Result<BTreeSet<IpAddr>, TunnelError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let hh = rtnl(&self.host).await?;
+        let mut stream = hh.address().get().execute();
+        let mut out: BTreeSet<IpAddr> = self
+            .advertised
+            .map(|e| e.ip().to_canonical())
+            .into_iter()
+            .collect();
+        loop {
+            match stream.try_next().await {
+                Ok(Some(msg)) => {
+                    for a in msg.attributes {
+                        match a {
+                            AddressAttribute::Address(ip) | AddressAttribute::Local(ip) => {
+                                out.insert(ip.to_canonical());
+                            }
+                            AddressAttribute::Broadcast(ip) => {
+                                out.insert(IpAddr::V4(ip));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(TunnelError::Netlink {
+                        op: "list host addresses",
+                        iface: self.iface.clone(),
+                        source: nl_io(e),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The host link with the tunnel's name, if any, provided sdnlinkd made it (it carries our
+    /// mark); any other is someone else's and is never moved, configured or deleted.
+    async fn own_host_link(&self, hh: &rtnetlink::Handle) -> Result<Option<Link>, TunnelError> {
+        let Some(link) = find_link(hh, &self.iface).await? else {
+            return Ok(None);
+        };
+        let mark = ownership_mark(self.ns.name());
+        if link.alias.as_deref() == Some(mark.as_str()) {
+            Ok(Some(link))
+        } else {
+            Err(foreign_host(&self.iface, &link))
+        }
+    }
+
+    /// Marks the link just created in the host namespace as ours.
+    async fn created_in_host(&self, hh: &rtnetlink::Handle) -> Result<(), TunnelError> {
+        let Some(link) = find_link(hh, &self.iface).await? else {
+            return Err(TunnelError::Netlink {
+                op: "find the new link in the host namespace",
+                iface: self.iface.clone(),
+                source: io::Error::from_raw_os_error(libc::ENODEV),
+            });
+        };
+        self.mark_host_link(hh, link.index).await
+    }
+
+    /// Marks the host link `index` as ours (see [`ownership_mark`]).
+    async fn mark_host_link(&self, hh: &rtnetlink::Handle, index: u32) -> Result<(), TunnelError> {
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes
+            .push(LinkAttribute::IfAlias(ownership_mark(self.ns.name())));
+        hh.link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| TunnelError::Netlink {
+                op: "mark link as sdnlinkd's (alias)",
+                iface: self.iface.clone(),
+                source: nl_io(e),
+            })
     }
 
     /// Auto mode: an existing device decides; otherwise creating the kernel link in the host
     /// namespace is the probe (and, when it works, the device).
     async fn probe_backend(&self) -> Result<Backend, TunnelError> {
         let nsh = rtnl(&self.ns).await?;
-        if let Some((_, kind)) = find_link(&nsh, &self.iface).await? {
-            return Ok(if kind == Some(InfoKind::Wireguard) {
+        if let Some(link) = find_link(&nsh, &self.iface).await? {
+            return Ok(if link.kind == Some(InfoKind::Wireguard) {
+                Backend::Kernel
+            } else {
+                Backend::Userspace
+            });
+        }
+        let hh = rtnl(&self.host).await?;
+        if let Some(link) = self.own_host_link(&hh).await? {
+            // Our own leftover, created but not yet moved when the daemon stopped.
+            return Ok(if link.kind == Some(InfoKind::Wireguard) {
                 Backend::Kernel
             } else {
                 Backend::Userspace
@@ -438,12 +597,17 @@ impl Tunnel {
         if socket_answers(&self.iface) {
             return Ok(Backend::Userspace);
         }
-        let hh = rtnl(&self.host).await?;
-        Ok(if create_kernel_link(&hh, &self.iface).await? {
-            Backend::Kernel
-        } else {
-            Backend::Userspace
-        })
+        match create_kernel_link(&hh, &self.iface).await? {
+            KernelLink::Created => {
+                self.created_in_host(&hh).await?;
+                Ok(Backend::Kernel)
+            }
+            KernelLink::Exists => match find_link(&hh, &self.iface).await? {
+                Some(link) => Err(foreign_host(&self.iface, &link)),
+                None => Ok(Backend::Userspace),
+            },
+            KernelLink::Unsupported => Ok(Backend::Userspace),
+        }
     }
 
     /// Makes sure the device exists in the namespace, is up with our MTU, key and port.
@@ -452,7 +616,9 @@ impl Tunnel {
         let nsh = rtnl(&self.ns).await?;
         let mut created = false;
         let index = match find_link(&nsh, &self.iface).await? {
-            Some((idx, kind)) => {
+            Some(Link {
+                index: idx, kind, ..
+            }) => {
                 let ours = match self.backend {
                     Backend::Kernel => kind == Some(InfoKind::Wireguard),
                     Backend::Userspace => kind == Some(InfoKind::Tun) && self.adoptable()?,
@@ -469,28 +635,47 @@ impl Tunnel {
             None => {
                 created = true;
                 let hh = rtnl(&self.host).await?;
+                // A host link with our name that we did not make is someone else's device:
+                // never moved into our namespace (this errors out naming it).
+                let leftover = self.own_host_link(&hh).await?;
                 match self.backend {
-                    Backend::Kernel => {
-                        if !create_kernel_link(&hh, &self.iface).await? {
+                    Backend::Kernel if leftover.is_some() => {}
+                    Backend::Kernel => match create_kernel_link(&hh, &self.iface).await? {
+                        KernelLink::Created => self.created_in_host(&hh).await?,
+                        KernelLink::Exists => {
+                            // Appeared since we looked: someone else's.
+                            return Err(match find_link(&hh, &self.iface).await? {
+                                Some(link) => foreign_host(&self.iface, &link),
+                                None => TunnelError::Netlink {
+                                    op: "create wireguard link (kernel backend)",
+                                    iface: self.iface.clone(),
+                                    source: io::Error::from_raw_os_error(libc::EEXIST),
+                                },
+                            });
+                        }
+                        KernelLink::Unsupported => {
                             return Err(TunnelError::Netlink {
                                 op: "create wireguard link (kernel backend)",
                                 iface: self.iface.clone(),
                                 source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
                             });
                         }
-                    }
+                    },
                     Backend::Userspace => {
-                        if self.adoptable()? && find_link(&hh, &self.iface).await?.is_none() {
+                        if self.adoptable()? && leftover.is_none() {
                             // Its link was deleted out of band and it has not exited yet: a
                             // wireguard-go without a TUN is useless, start a fresh one.
                             let _ = stop_userspace(&self.iface, &self.userspace_binary, &self.host)
                                 .await;
                             self.reap_child();
                         }
-                        self.ensure_userspace_process().await?
+                        self.ensure_userspace_process().await?;
+                        if leftover.is_none() {
+                            self.created_in_host(&hh).await?;
+                        }
                     }
                 }
-                let Some((hidx, _)) = find_link(&hh, &self.iface).await? else {
+                let Some(Link { index: hidx, .. }) = self.own_host_link(&hh).await? else {
                     return Err(TunnelError::Netlink {
                         op: "find the new link in the host namespace",
                         iface: self.iface.clone(),
@@ -510,7 +695,7 @@ impl Tunnel {
                 tracing::info!(interface = %self.iface, backend = %self.backend, ns = %self.ns.name(),
                     "created WireGuard device and moved it into the namespace");
                 match find_link(&nsh, &self.iface).await? {
-                    Some((idx, _)) => idx,
+                    Some(link) => link.index,
                     None => {
                         return Err(TunnelError::Netlink {
                             op: "find the moved link in the namespace",
@@ -723,7 +908,26 @@ impl Tunnel {
         }
     }
 
+    /// Userspace backend: the UAPI socket path is shared by every namespace, so before talking
+    /// to it, check that the process behind it is in our host namespace (ours, or adopted as
+    /// ours); another node's wireguard-go is never read or configured.
+    fn check_socket_owner(&self) -> Result<(), TunnelError> {
+        if self.backend != Backend::Userspace {
+            return Ok(());
+        }
+        match socket_owner(&self.iface) {
+            Some(pid) if !in_namespace(pid, &self.host) && running(pid) => {
+                Err(TunnelError::OtherNamespace {
+                    iface: self.iface.clone(),
+                    pid,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn get_device(&self) -> Result<wireguard_control::Device, TunnelError> {
+        self.check_socket_owner()?;
         let (name, backend) = (self.wg_name, self.backend);
         let res = self
             .wg_ns()
@@ -747,6 +951,7 @@ impl Tunnel {
     /// either would put a device with its UDP socket inside the namespace, so a missing device
     /// is ENODEV here and the next full sync re-creates it properly.
     async fn apply(&mut self, update: DeviceUpdate, op: &'static str) -> Result<(), TunnelError> {
+        self.check_socket_owner()?;
         let (name, backend, iface) = (self.wg_name, self.backend, self.iface.clone());
         let res = self
             .wg_ns()
@@ -808,6 +1013,18 @@ impl Tunnel {
         let before = self.messages;
         let mut report = TunnelReport::default();
         self.reap_child();
+        if full {
+            report.recreated = self.ensure_device().await?;
+            self.committed = self.read_peers().await?;
+            self.own_addrs = self.host_addrs().await?;
+        }
+        let facts = NodeFacts {
+            local_key: Some(self.public),
+            own_addrs: &self.own_addrs,
+            current: &self.committed,
+        };
+        let settled = desired.settle(&facts);
+        let desired = &settled;
         self.names = desired
             .peers
             .iter()
@@ -819,21 +1036,29 @@ impl Tunnel {
             }
         }
         self.skipped = desired.skipped.clone();
-        if full {
-            report.recreated = self.ensure_device().await?;
-            self.committed = self.read_peers().await?;
+        let now = SystemTime::now();
+        let diff = PeerDiff::compute(&self.committed, desired, &self.last_set, &self.holds, now);
+        for (key, d) in &diff.held {
+            self.holds.until.insert(*key, now + *d);
         }
-        let diff = PeerDiff::compute(&self.committed, desired, &self.last_set, SystemTime::now());
         for change in diff.changes {
             let line = change.to_string();
             let key = *change.key();
             let update = match &change {
-                PeerChange::Add { key, peer } => {
+                PeerChange::Add {
+                    key,
+                    peer,
+                    keepalive_after,
+                } => {
                     let mut b = PeerConfigBuilder::new(&key.to_wg()).replace_allowed_ips();
                     if let Some(e) = peer.endpoint {
                         b = b.set_endpoint(e);
                     }
-                    b = b.set_persistent_keepalive_interval(peer.keepalive.unwrap_or(0));
+                    let keepalive = match keepalive_after {
+                        Some(_) => 0,
+                        None => peer.keepalive.unwrap_or(0),
+                    };
+                    b = b.set_persistent_keepalive_interval(keepalive);
                     for n in &peer.allowed_ips {
                         b = b.add_allowed_ip(n.addr(), n.prefix_len());
                     }
@@ -867,12 +1092,21 @@ impl Tunnel {
                 .await
             {
                 Ok(()) => {
+                    tracing::info!(interface = %self.iface, "{line}");
                     report.plan.push(line);
                     match change {
-                        PeerChange::Add { peer, .. } => {
+                        PeerChange::Add {
+                            peer,
+                            keepalive_after,
+                            ..
+                        } => {
                             report.added += 1;
-                            self.committed
-                                .insert(key, CurrentPeer::from_desired(&peer, peer.endpoint));
+                            let mut applied = CurrentPeer::from_desired(&peer, peer.endpoint);
+                            if let Some(d) = keepalive_after {
+                                applied.keepalive = None;
+                                self.holds.until.insert(key, now + d);
+                            }
+                            self.committed.insert(key, applied);
                             self.last_set.insert(key, peer.endpoint);
                         }
                         PeerChange::Update {
@@ -891,6 +1125,7 @@ impl Tunnel {
                                 }
                                 if let Some(k) = keepalive {
                                     c.keepalive = k;
+                                    self.holds.until.remove(&key);
                                 }
                             }
                         }
@@ -898,6 +1133,7 @@ impl Tunnel {
                             report.removed += 1;
                             self.committed.remove(&key);
                             self.last_set.remove(&key);
+                            self.holds.until.remove(&key);
                         }
                     }
                 }
@@ -926,8 +1162,16 @@ impl Tunnel {
                 self.last_set.insert(*key, p.endpoint);
             }
         }
+        let committed = &self.committed;
+        self.holds.until.retain(|k, _| committed.contains_key(k));
         report.messages = self.messages - before;
         Ok(report)
+    }
+
+    /// When a held keepalive (see [`KeepaliveHolds`]) falls due: the caller should sync then.
+    /// Until it does, the keepalive is turned on by the next sync after that moment.
+    pub fn next_wakeup(&self) -> Option<SystemTime> {
+        self.holds.next_due()
     }
 
     fn reap_child(&mut self) {
@@ -951,51 +1195,32 @@ impl Tunnel {
     /// Reads the device and reports it. The read runs on the namespace worker thread, so it
     /// never blocks an async worker.
     pub async fn status(&self) -> TunnelStatus {
-        let read = self.get_device().await;
-        let mut status = TunnelStatus {
+        self.probe(self.wg_ns().clone()).status().await
+    }
+
+    /// A read-only handle for status that reads the device through `ns` (a handle on the
+    /// namespace the device is read from, see [`Tunnel::status_namespace`]), with the names of
+    /// the last sync.
+    pub fn probe(&self, ns: NetNs) -> TunnelProbe {
+        TunnelProbe {
+            ns,
+            wg_name: self.wg_name,
             backend: self.backend,
-            interface: self.iface.clone(),
-            public_key: self.public,
+            iface: self.iface.clone(),
+            public: self.public,
             listen_port: self.listen_port,
-            peers: Vec::new(),
+            names: self.names.clone(),
             skipped: self.skipped.clone(),
-            error: None,
-        };
-        let dev = match read {
-            Ok(dev) => dev,
-            Err(e) => {
-                status.error = Some(e.to_string());
-                return status;
-            }
-        };
-        if let Some(p) = dev.listen_port {
-            status.listen_port = p;
         }
-        let now = SystemTime::now();
-        for p in dev.peers {
-            let key = PublicKey(p.config.public_key.0);
-            let names = self.names.get(&key);
-            status.peers.push(PeerStatus {
-                public_key: key,
-                cluster: names.map(|n| n.0.clone()),
-                node: names.map(|n| n.1.clone()),
-                endpoint: p.config.endpoint,
-                allowed_ips: p
-                    .config
-                    .allowed_ips
-                    .iter()
-                    .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
-                    .collect(),
-                latest_handshake_age_secs: p
-                    .stats
-                    .last_handshake_time
-                    .map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
-                rx_bytes: p.stats.rx_bytes,
-                tx_bytes: p.stats.tx_bytes,
-            });
+    }
+
+    /// Which of (`host`, `ns`) the device is read from: the namespace for the kernel backend,
+    /// the host (where wireguard-go's control socket is) for userspace.
+    pub fn status_namespace<'a>(&self, host: &'a NetNs, ns: &'a NetNs) -> &'a NetNs {
+        match self.backend {
+            Backend::Kernel => ns,
+            Backend::Userspace => host,
         }
-        status.peers.sort_by_key(|p| p.public_key);
-        status
     }
 
     /// The subnets routed through the device: every allowed IP of every peer it has as of the
@@ -1115,26 +1340,53 @@ pub async fn cleanup_in(
     let mut report = CleanupReport::default();
     let iface = cfg.tunnel.interface.as_str();
     let sock = socket_path(iface);
-    report.stopped_pid = stop_userspace(iface, &cfg.tunnel.userspace_binary, host).await;
-    let mut spaces = vec![host];
-    spaces.extend(ns);
-    for space in spaces {
-        let h = rtnl(space).await?;
-        if let Some((idx, kind)) = find_link(&h, iface).await? {
-            if matches!(kind, Some(InfoKind::Wireguard) | Some(InfoKind::Tun)) {
-                match h.link().del(idx).execute().await {
-                    Ok(()) => report
-                        .deleted_links
-                        .push(format!("{}/{iface}", space.name())),
-                    Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => {}
-                    Err(e) => {
-                        return Err(TunnelError::Netlink {
-                            op: "delete link",
-                            iface: iface.to_string(),
-                            source: nl_io(e),
-                        })
-                    }
-                }
+    let hh = rtnl(host).await?;
+    let nsh = match ns {
+        Some(n) => Some(rtnl(n).await?),
+        None => None,
+    };
+    let mark = ownership_mark(ns.map_or(cfg.namespace.name.as_str(), |n| n.name()));
+    let host_link = find_link(&hh, iface).await?;
+    let ns_link = match &nsh {
+        Some(h) => find_link(h, iface).await?,
+        None => None,
+    };
+    let host_foreign = host_link
+        .as_ref()
+        .filter(|l| l.alias.as_deref() != Some(mark.as_str()));
+    if let Some(l) = host_foreign {
+        report.kept_foreign.push(foreign_host(iface, l).to_string());
+    }
+    // The wireguard-go behind the socket serves a host link of that name that is not ours,
+    // unless our namespace has the device: then it is ours.
+    let ours_served = host_foreign.is_none() || ns_link.is_some();
+    if ours_served {
+        report.stopped_pid = stop_userspace(iface, &cfg.tunnel.userspace_binary, host).await;
+    }
+    let deletable = |l: &Link| matches!(l.kind, Some(InfoKind::Wireguard) | Some(InfoKind::Tun));
+    let mut targets: Vec<(&rtnetlink::Handle, &NetNs, u32)> = Vec::new();
+    if let Some(l) = host_link
+        .as_ref()
+        .filter(|l| host_foreign.is_none() && deletable(l))
+    {
+        targets.push((&hh, host, l.index));
+    }
+    if let (Some(h), Some(n), Some(l)) = (&nsh, ns, ns_link.as_ref().filter(|l| deletable(l))) {
+        // Our namespace holds only what sdnlinkd put there.
+        targets.push((h, n, l.index));
+    }
+    for (h, space, idx) in targets {
+        match h.link().del(idx).execute().await {
+            Ok(()) => report
+                .deleted_links
+                .push(format!("{}/{iface}", space.name())),
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => {}
+            Err(e) => {
+                return Err(TunnelError::Netlink {
+                    op: "delete link",
+                    iface: iface.to_string(),
+                    source: nl_io(e),
+                })
             }
         }
     }
@@ -1142,4 +1394,111 @@ pub async fn cleanup_in(
         let _ = std::fs::remove_file(&sock);
     }
     Ok(report)
+}
+
+/// A read-only view of the tunnel for `sdnlinkd status`, independent of the reconcile task.
+#[derive(Clone)]
+pub struct TunnelProbe {
+    ns: NetNs,
+    wg_name: InterfaceName,
+    backend: Backend,
+    iface: String,
+    public: PublicKey,
+    listen_port: u16,
+    names: BTreeMap<PublicKey, (String, String)>,
+    skipped: Vec<SkippedPeer>,
+}
+
+impl TunnelProbe {
+    /// Reads the device and reports it (on the probe's namespace thread).
+    pub async fn status(&self) -> TunnelStatus {
+        let (name, backend) = (self.wg_name, self.backend);
+        // wireguard-go's sockets in /run/wireguard are visible from every namespace: a socket
+        // of our name served from another namespace is not our device (the probe's namespace
+        // is the host one for the userspace backend).
+        if backend == Backend::Userspace {
+            if let Some(pid) = socket_owner(&self.iface) {
+                if !in_namespace(pid, &self.ns) && running(pid) {
+                    return TunnelStatus {
+                        backend,
+                        interface: self.iface.clone(),
+                        public_key: self.public,
+                        listen_port: self.listen_port,
+                        peers: Vec::new(),
+                        skipped: self.skipped.clone(),
+                        error: Some(
+                            TunnelError::OtherNamespace {
+                                iface: self.iface.clone(),
+                                pid,
+                            }
+                            .to_string(),
+                        ),
+                    };
+                }
+            }
+        }
+        let read = self
+            .ns
+            .run_async(move || {
+                if backend == Backend::Userspace && !socket_answers(&name.to_string()) {
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
+                }
+                wireguard_control::Device::get(&name, backend.wg())
+            })
+            .await;
+        let mut status = TunnelStatus {
+            backend: self.backend,
+            interface: self.iface.clone(),
+            public_key: self.public,
+            listen_port: self.listen_port,
+            peers: Vec::new(),
+            skipped: self.skipped.clone(),
+            error: None,
+        };
+        let dev = match read {
+            Ok(Ok(dev)) => dev,
+            Ok(Err(source)) => {
+                let e = TunnelError::Device {
+                    op: "read device",
+                    iface: self.iface.clone(),
+                    backend,
+                    source,
+                };
+                status.error = Some(e.to_string());
+                return status;
+            }
+            Err(e) => {
+                status.error = Some(e.to_string());
+                return status;
+            }
+        };
+        if let Some(p) = dev.listen_port {
+            status.listen_port = p;
+        }
+        let now = SystemTime::now();
+        for p in dev.peers {
+            let key = PublicKey(p.config.public_key.0);
+            let names = self.names.get(&key);
+            status.peers.push(PeerStatus {
+                public_key: key,
+                cluster: names.map(|n| n.0.clone()),
+                node: names.map(|n| n.1.clone()),
+                endpoint: p.config.endpoint,
+                allowed_ips: p
+                    .config
+                    .allowed_ips
+                    .iter()
+                    .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+                    .collect(),
+                latest_handshake_age_secs: p
+                    .stats
+                    .last_handshake_time
+                    .map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0)),
+                rx_bytes: p.stats.rx_bytes,
+                tx_bytes: p.stats.tx_bytes,
+            });
+        }
+        status.peers.sort_by_key(|p| p.public_key);
+        status
+    }
 }

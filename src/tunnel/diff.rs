@@ -39,12 +39,77 @@ impl CurrentPeer {
     }
 }
 
+/// Who sends the first handshake initiation to a new peer.
+///
+/// Two ends that add each other within one network round trip (both daemons react to the same
+/// Node annotations) and both enable persistent keepalive at once send crossed initiations:
+/// wireguard-go (and the kernel) send one at once when keepalive is turned on for a new peer.
+/// Each end then answers the other's initiation, which overwrites its own handshake state. In
+/// the lab (wireguard-go 0.0.20220316, 2 cores) that ended in one of two ways, both captured on
+/// the wire: both responses are rejected ("Received invalid response message") and, with a 5 s
+/// keepalive, both ends re-initiate in lockstep for 100 s; or the response and the crossed
+/// initiation are handled concurrently by two handshake workers, leaving one end with a session
+/// whose receive index it has already freed, so it silently drops everything the other sends
+/// while its own keepalives keep that other end from ever re-handshaking.
+///
+/// So only the end with the lower public key turns keepalive on when it adds the peer; the
+/// other adds the peer with keepalive off, answers the first initiation, and turns keepalive on
+/// after [`KeepaliveHolds::delay`]: by then a session exists (the keepalive rides on it) or the
+/// other end is not initiating at all (no crossing is possible).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeepaliveHolds {
+    /// This device's public key; `None` = every new peer gets its keepalive at once.
+    pub local: Option<PublicKey>,
+    /// Per peer: keepalive stays off until then.
+    pub until: BTreeMap<PublicKey, SystemTime>,
+}
+
+impl KeepaliveHolds {
+    pub fn new(local: PublicKey) -> KeepaliveHolds {
+        KeepaliveHolds {
+            local: Some(local),
+            until: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a newly added `peer` gets its keepalive only later: when this end has the higher
+    /// key (ties cannot happen; a peer with our own key is never desired).
+    pub fn defers(&self, peer: &PublicKey) -> bool {
+        self.local.is_some_and(|l| l > *peer)
+    }
+
+    /// How long the higher key waits: at least 1 s, far more than both ends take to add each
+    /// other (milliseconds) plus a handshake's round trip, and under 2 s, well inside the lower
+    /// end's 5 s REKEY_TIMEOUT retry. The jitter is a pure function of both keys, so it is
+    /// reproducible and different for every pair.
+    pub fn delay(&self, peer: &PublicKey) -> Duration {
+        let local = self.local.map(|k| k.0).unwrap_or_default();
+        let mix = local.iter().zip(peer.0.iter()).fold(0u64, |h, (a, b)| {
+            h.wrapping_mul(0x100_0000_01b3) ^ u64::from(a ^ b)
+        });
+        Duration::from_millis(1000 + mix % 1000)
+    }
+
+    /// Whether the keepalive of `peer` is still held at `now`.
+    pub fn holds(&self, peer: &PublicKey, now: SystemTime) -> bool {
+        self.until.get(peer).is_some_and(|t| now < *t)
+    }
+
+    /// The earliest moment a held keepalive is due: the next sync should run then.
+    pub fn next_due(&self) -> Option<SystemTime> {
+        self.until.values().min().copied()
+    }
+}
+
 /// One operation on one peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerChange {
     Add {
         key: PublicKey,
         peer: DesiredPeer,
+        /// `Some(d)`: add the peer with keepalive off and turn `peer.keepalive` on after `d`
+        /// (see [`KeepaliveHolds`]).
+        keepalive_after: Option<Duration>,
     },
     Update {
         key: PublicKey,
@@ -80,7 +145,11 @@ impl fmt::Display for PeerChange {
                 .join(",")
         };
         match self {
-            PeerChange::Add { key, peer } => {
+            PeerChange::Add {
+                key,
+                peer,
+                keepalive_after,
+            } => {
                 write!(f, "add peer {key} ({}/{})", peer.cluster, peer.node)?;
                 if let Some(e) = peer.endpoint {
                     write!(f, " endpoint={e}")?;
@@ -88,6 +157,13 @@ impl fmt::Display for PeerChange {
                 write!(f, " allowed_ips={}", nets(&peer.allowed_ips))?;
                 if let Some(k) = peer.keepalive {
                     write!(f, " keepalive={k}")?;
+                    if let Some(d) = keepalive_after {
+                        write!(
+                            f,
+                            " from +{:.1}s (the lower key initiates first)",
+                            d.as_secs_f64()
+                        )?;
+                    }
                 }
                 Ok(())
             }
@@ -118,25 +194,34 @@ impl fmt::Display for PeerChange {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerDiff {
     pub changes: Vec<PeerChange>,
+    /// Existing peers whose keepalive turns on only after this delay (see [`KeepaliveHolds`]);
+    /// nothing is sent for them now.
+    pub held: Vec<(PublicKey, Duration)>,
 }
 
 impl PeerDiff {
     /// Diffs `current` against `desired`. A current peer that the desired state lacks is
-    /// removed, unless all its allowed IPs lie in one cluster of `desired.held`. `last_set` holds, per peer, the endpoint sdnlinkd last
-    /// set (absent when it never set one in this process, e.g. right after a restart); `now`
-    /// dates the handshakes.
+    /// removed, unless all its allowed IPs lie in one cluster of `desired.held`. `last_set`
+    /// holds, per peer, the endpoint sdnlinkd last set (absent when it never set one in this
+    /// process, e.g. right after a restart); `holds` says which new peers get their keepalive
+    /// later and which keepalives are still held; `now` dates the handshakes and the holds.
     pub fn compute(
         current: &BTreeMap<PublicKey, CurrentPeer>,
         desired: &DesiredPeers,
         last_set: &BTreeMap<PublicKey, Option<SocketAddr>>,
+        holds: &KeepaliveHolds,
         now: SystemTime,
     ) -> PeerDiff {
         let mut changes = Vec::new();
+        let mut held = Vec::new();
         for (key, want) in &desired.peers {
             let Some(have) = current.get(key) else {
+                let keepalive_after =
+                    (want.keepalive.is_some() && holds.defers(key)).then(|| holds.delay(key));
                 changes.push(PeerChange::Add {
                     key: *key,
                     peer: want.clone(),
+                    keepalive_after,
                 });
                 continue;
             };
@@ -158,7 +243,16 @@ impl PeerDiff {
                 });
             let want_ips: BTreeSet<IpNet> = want.allowed_ips.iter().copied().collect();
             let allowed_ips = (want_ips != have.allowed_ips).then(|| want.allowed_ips.clone());
-            let keepalive = (want.keepalive != have.keepalive).then_some(want.keepalive);
+            // Keepalive going from off to on starts initiations just like a new peer does: the
+            // higher key waits here too (a peer added by a process that died before its hold
+            // ended, or keepalive turned on by a reload on both ends).
+            let turning_on = have.keepalive.is_none() && want.keepalive.is_some();
+            let start_hold = turning_on && holds.defers(key) && !holds.until.contains_key(key);
+            if start_hold {
+                held.push((*key, holds.delay(key)));
+            }
+            let waits = turning_on && (start_hold || holds.holds(key, now));
+            let keepalive = (want.keepalive != have.keepalive && !waits).then_some(want.keepalive);
             if endpoint.is_some() || allowed_ips.is_some() || keepalive.is_some() {
                 changes.push(PeerChange::Update {
                     key: *key,
@@ -180,7 +274,7 @@ impl PeerDiff {
             changes.push(PeerChange::Remove { key: *key });
         }
         changes.sort_by(|a, b| a.key().cmp(b.key()));
-        PeerDiff { changes }
+        PeerDiff { changes, held }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -192,6 +286,13 @@ impl fmt::Display for PeerDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in &self.changes {
             writeln!(f, "{c}")?;
+        }
+        for (k, d) in &self.held {
+            writeln!(
+                f,
+                "hold keepalive of peer {k} for {:.1}s (the lower key initiates first)",
+                d.as_secs_f64()
+            )?;
         }
         Ok(())
     }

@@ -1,5 +1,39 @@
 use super::*;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use serde_json::json;
+
+/// An object as the watch delivers it.
+fn dynamic<T: serde::Serialize>(o: &T) -> DynamicObject {
+    serde_json::from_value(serde_json::to_value(o).expect("test object serializes"))
+        .expect("test object is a DynamicObject")
+}
+
+/// [`super::service`] on typed test objects.
+fn service(
+    svc: &core::Service,
+    slices: &[&discovery::EndpointSlice],
+    trust: Trust<'_>,
+) -> Converted<Service> {
+    let slices: Vec<DynamicObject> = slices.iter().map(|s| dynamic(*s)).collect();
+    let refs: Vec<&DynamicObject> = slices.iter().collect();
+    super::service(&dynamic(svc), &refs, trust)
+}
+
+/// [`node_record`] then [`super::node`] on a typed test Node.
+fn node(n: &core::Node, host_subnets: &[&HostSubnet], trust: Trust<'_>) -> Converted<Node> {
+    let rec = node_record(&dynamic(n), trust);
+    let mut skips = rec.skips;
+    let Some(rec) = rec.value else {
+        return Converted { value: None, skips };
+    };
+    let out = super::node(&rec, host_subnets, trust);
+    skips.extend(out.skips);
+    Converted {
+        value: out.value,
+        skips,
+    }
+}
 
 fn nets(s: &[&str]) -> Vec<IpNet> {
     s.iter().map(|n| n.parse().expect("test CIDR")).collect()
@@ -64,7 +98,7 @@ fn web_slice(
             if let Some(t) = terminating {
                 cond.insert("terminating".into(), t.into());
             }
-            json!({"addresses": [a], "conditions": cond, "hostname": format!("h-{a}")})
+            json!({"addresses": [a], "conditions": cond, "hostname": format!("h-{}", a.replace('.', "-"))})
         })
         .collect();
     slice(json!({
@@ -100,7 +134,7 @@ fn named_target_port_resolves_through_slice_ports() {
         .find(|p| p.name == v.ports[0].name)
         .expect("named port");
     assert_eq!(http.port, 8080);
-    assert_eq!(ep.hostname.as_deref(), Some("h-10.128.0.5"));
+    assert_eq!(ep.hostname.as_deref(), Some("h-10-128-0-5"));
 }
 
 #[test]
@@ -287,7 +321,6 @@ fn nodes_with_pod_cidrs_host_subnets_and_annotations() {
     let hs = HostSubnet {
         host: "w1".into(),
         subnet: "10.129.4.0/23".into(),
-        ..Default::default()
     };
     let out = node(&n, &[&hs], c.trust());
     assert!(out.skips.is_empty(), "{:?}", out.skips);
@@ -314,5 +347,322 @@ fn nodes_with_pod_cidrs_host_subnets_and_annotations() {
             SkipReason::NodeSubnetOutsidePodCidrs,
             SkipReason::Malformed
         ]
+    );
+}
+
+fn obj(v: serde_json::Value) -> DynamicObject {
+    serde_json::from_value(v).expect("test object")
+}
+
+fn named_svc(ns: &str, name: &str) -> DynamicObject {
+    obj(json!({"metadata": {"namespace": ns, "name": name},
+        "spec": {"clusterIP": "172.30.0.1", "ports": [{"name": "http", "port": 80}]}}))
+}
+
+fn reason_of(skips: &[Skip]) -> Option<SkipReason> {
+    skips.first().map(|s| s.reason)
+}
+
+#[test]
+fn service_names_are_dns_1035_labels_and_namespaces_dns_1123_labels() {
+    let c = cidrs();
+    let long63 = format!("a{}", "b".repeat(62));
+    let long64 = format!("a{}", "b".repeat(63));
+    for (ns, name) in [
+        ("shop", "web"),
+        ("0ns", "w-1"),
+        (long63.as_str(), long63.as_str()),
+    ] {
+        let out = service_record(&named_svc(ns, name), c.trust());
+        assert!(out.value.is_some(), "{ns}/{name}: {:?}", out.skips);
+    }
+    let bad_names = [
+        "a.b",           // a dot would add a label under another record
+        "1web",          // DNS-1035: starts with a letter
+        "Web",           // lower case only
+        "web-",          // ends with a letter or digit
+        "we_b",          // no underscore
+        long64.as_str(), // at most 63 characters
+        "",
+    ];
+    for name in bad_names {
+        let out = service_record(&named_svc("shop", name), c.trust());
+        assert_eq!(out.value, None, "{name:?}");
+        assert_eq!(
+            reason_of(&out.skips),
+            Some(SkipReason::InvalidServiceName),
+            "{name:?}"
+        );
+    }
+    for ns in ["a.b", "Shop", "-x", long64.as_str()] {
+        let out = service_record(&named_svc(ns, "web"), c.trust());
+        assert_eq!(out.value, None, "{ns:?}");
+        assert_eq!(
+            reason_of(&out.skips),
+            Some(SkipReason::InvalidNamespace),
+            "{ns:?}"
+        );
+    }
+    // Slices of a namespace the API server would refuse are refused too.
+    let s = obj(
+        json!({"metadata": {"namespace": "a.b", "name": "s", "labels": {LABEL_SERVICE_NAME: "web"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.128.0.1"]}]}),
+    );
+    let out = slice_record(&s, c.trust(), &mut Interner::default());
+    assert_eq!(reason_of(&out.skips), Some(SkipReason::InvalidNamespace));
+}
+
+#[test]
+fn endpoint_hostnames_port_names_external_names_and_node_names_follow_the_api_rules() {
+    let c = cidrs();
+    let slice_with = |ep: serde_json::Value, port_name: &str| {
+        obj(
+            json!({"metadata": {"namespace": "shop", "name": "s", "labels": {LABEL_SERVICE_NAME: "web"}},
+            "addressType": "IPv4", "endpoints": [ep, {"addresses": ["10.128.0.9"], "hostname": "ok-0"}],
+            "ports": [{"name": port_name, "port": 8080}]}),
+        )
+    };
+    let mut intern = Interner::default();
+    // A hostname with a dot would answer for a name under another record: the endpoint goes.
+    for host in ["web.evil", "UP", "x".repeat(64).as_str()] {
+        let out = slice_record(
+            &slice_with(
+                json!({"addresses": ["10.128.0.1"], "hostname": host}),
+                "http",
+            ),
+            c.trust(),
+            &mut intern,
+        );
+        let v = out.value.expect("slice kept");
+        assert_eq!(v.endpoints.len(), 1, "{host}");
+        assert_eq!(v.endpoints[0].hostname(), Some("ok-0"));
+        assert_eq!(
+            reason_of(&out.skips),
+            Some(SkipReason::InvalidEndpointHostname),
+            "{host}"
+        );
+    }
+    // A bad nodeName only loses the node name (it is not served anywhere).
+    let out = slice_record(
+        &slice_with(
+            json!({"addresses": ["10.128.0.1"], "nodeName": "Node_1"}),
+            "http",
+        ),
+        c.trust(),
+        &mut intern,
+    );
+    assert_eq!(out.value.expect("kept").endpoints.len(), 2);
+    assert_eq!(reason_of(&out.skips), Some(SkipReason::InvalidNodeName));
+    // A slice port name that is not a label: the slice contributes nothing.
+    let out = slice_record(
+        &slice_with(json!({"addresses": ["10.128.0.1"]}), "_http._tcp"),
+        c.trust(),
+        &mut intern,
+    );
+    assert!(out.value.expect("kept").endpoints.is_empty());
+    assert_eq!(reason_of(&out.skips), Some(SkipReason::InvalidPortName));
+    // Service port names (SRV labels) and named targetPorts.
+    for (ports, want) in [
+        (
+            json!([{"name": "a.b", "port": 80}]),
+            SkipReason::InvalidPortName,
+        ),
+        (
+            json!([{"name": "http", "port": 80, "targetPort": "a.b"}]),
+            SkipReason::InvalidPortName,
+        ),
+        (
+            json!([{"name": "http", "port": 80, "targetPort": "sixteen-chars-xx"}]),
+            SkipReason::InvalidPortName,
+        ),
+    ] {
+        let s = obj(json!({"metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"clusterIP": "172.30.0.1", "ports": ports}}));
+        let out = service_record(&s, c.trust());
+        assert_eq!(out.value, None, "{ports}");
+        assert_eq!(reason_of(&out.skips), Some(want), "{ports}");
+    }
+    // ExternalName: a DNS-1123 subdomain (a trailing dot is fine).
+    let ext = |name: &str| {
+        obj(json!({"metadata": {"namespace": "x", "name": "ext"},
+            "spec": {"type": "ExternalName", "externalName": name}}))
+    };
+    assert!(service_record(&ext("db.example.com."), c.trust())
+        .value
+        .is_some());
+    for bad in ["db example.com", "DB.example.com", "a..b", "-a.b"] {
+        let out = service_record(&ext(bad), c.trust());
+        assert_eq!(
+            reason_of(&out.skips),
+            Some(SkipReason::InvalidExternalName),
+            "{bad}"
+        );
+    }
+    // Node names: DNS-1123 subdomains of at most 253 characters.
+    let n =
+        |name: &str| obj(json!({"metadata": {"name": name}, "spec": {"podCIDR": "10.128.2.0/24"}}));
+    let ok = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    assert_eq!(ok.len(), 253);
+    assert!(node_record(&n(&ok), c.trust()).value.is_some());
+    for bad in [format!("{ok}x"), "w1/evil".into(), "W1".into(), "".into()] {
+        let out = node_record(&n(&bad), c.trust());
+        assert_eq!(out.value, None, "{bad}");
+        assert_eq!(
+            reason_of(&out.skips),
+            Some(SkipReason::InvalidNodeName),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn api_server_limits_on_ports_endpoints_and_addresses() {
+    let c = cidrs();
+    let mut intern = Interner::default();
+    let ports = |n: usize| -> Vec<serde_json::Value> {
+        (0..n)
+            .map(|i| json!({"name": format!("p{i}"), "port": 1000 + i}))
+            .collect()
+    };
+    let svc = |n: usize| {
+        obj(json!({"metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"clusterIP": "172.30.0.1", "ports": ports(n)}}))
+    };
+    assert_eq!(
+        service_record(&svc(MAX_SERVICE_PORTS), c.trust())
+            .value
+            .expect("at the limit")
+            .service
+            .ports
+            .len(),
+        100
+    );
+    let out = service_record(&svc(MAX_SERVICE_PORTS + 1), c.trust());
+    assert_eq!(
+        (out.value, reason_of(&out.skips).expect("a reason")),
+        (None, SkipReason::TooManyPorts)
+    );
+
+    let slice = |eps: usize, ports_n: usize, addrs: usize| {
+        let eps: Vec<serde_json::Value> = (0..eps)
+            .map(|i| {
+                let a: Vec<String> = (0..addrs)
+                    .map(|j| format!("10.128.{}.{}", i / 250, 1 + (i + j) % 250))
+                    .collect();
+                json!({"addresses": a})
+            })
+            .collect();
+        obj(
+            json!({"metadata": {"namespace": "shop", "name": "s", "labels": {LABEL_SERVICE_NAME: "web"}},
+            "addressType": "IPv4", "endpoints": eps, "ports": ports(ports_n)}),
+        )
+    };
+    let out = slice_record(&slice(MAX_SLICE_ENDPOINTS, 1, 1), c.trust(), &mut intern);
+    assert_eq!(out.value.expect("at the limit").endpoints.len(), 1000);
+    let out = slice_record(
+        &slice(MAX_SLICE_ENDPOINTS + 1, 1, 1),
+        c.trust(),
+        &mut intern,
+    );
+    assert_eq!(
+        (out.value, reason_of(&out.skips).expect("a reason")),
+        (None, SkipReason::TooManyEndpoints)
+    );
+    let out = slice_record(&slice(1, MAX_SLICE_PORTS, 1), c.trust(), &mut intern);
+    assert_eq!(out.value.expect("at the limit").ports.len(), 100);
+    let out = slice_record(&slice(1, MAX_SLICE_PORTS + 1, 1), c.trust(), &mut intern);
+    assert_eq!(
+        (out.value, reason_of(&out.skips).expect("a reason")),
+        (None, SkipReason::TooManyPorts)
+    );
+    // An endpoint with more addresses than the API admits is dropped; the others stay.
+    let mut s = slice(2, 1, 1);
+    s.data["endpoints"][0]["addresses"] = json!((0..=MAX_ENDPOINT_ADDRESSES)
+        .map(|i| format!("10.129.0.{}", i + 1))
+        .collect::<Vec<_>>());
+    let out = slice_record(&s, c.trust(), &mut intern);
+    assert_eq!(out.value.expect("kept").endpoints.len(), 1);
+    assert_eq!(reason_of(&out.skips), Some(SkipReason::TooManyAddresses));
+}
+
+#[test]
+fn records_keep_only_what_the_daemon_uses() {
+    let c = cidrs();
+    let big = "x".repeat(100_000);
+    let n = obj(json!({"metadata": {"name": "w1",
+            "annotations": {ANNOTATION_PUBLIC_KEY: "k", "kubectl.kubernetes.io/last-applied-configuration": big.clone()},
+            "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]},
+        "spec": {"podCIDR": "10.128.2.0/24"}, "status": {"images": [{"names": [big.clone()]}]}}));
+    let rec = node_record(&n, c.trust()).value.expect("kept");
+    assert_eq!(
+        rec,
+        NodeRecord {
+            name: "w1".into(),
+            pod_cidrs: nets(&["10.128.2.0/24"]),
+            public_key: Some("k".into()),
+            endpoint: None
+        }
+    );
+    // Our own annotations are bounded too.
+    let n = obj(json!({"metadata": {"name": "w1", "annotations": {ANNOTATION_ENDPOINT: big}}}));
+    let out = node_record(&n, c.trust());
+    assert_eq!(out.value.expect("kept").endpoint, None);
+    assert_eq!(reason_of(&out.skips), Some(SkipReason::Malformed));
+    // Endpoints of one slice share one port list and one copy of each node name.
+    let s = obj(
+        json!({"metadata": {"namespace": "shop", "name": "s", "labels": {LABEL_SERVICE_NAME: "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.128.0.1"], "nodeName": "n1"}, {"addresses": ["10.128.0.2"], "nodeName": "n1"}],
+        "ports": [{"name": "http", "port": 8080}]}),
+    );
+    let mut intern = Interner::default();
+    let a = slice_record(&s, c.trust(), &mut intern)
+        .value
+        .expect("kept");
+    let b = slice_record(&s, c.trust(), &mut intern)
+        .value
+        .expect("kept");
+    assert!(Arc::ptr_eq(&a.ports, &b.ports));
+    let (n1, n2) = (
+        a.endpoints[0].node_name.clone(),
+        b.endpoints[1].node_name.clone(),
+    );
+    assert!(Arc::ptr_eq(&n1.expect("node"), &n2.expect("node")));
+    let merged = merge_endpoints([&a]);
+    assert!(Arc::ptr_eq(&merged[0].ports, &merged[1].ports));
+}
+
+#[test]
+fn interner_forgets_what_no_record_uses() {
+    let mut i = Interner::default();
+    let keep = i.str("kept");
+    for n in 0..5000 {
+        drop(i.str(&format!("node-{n}")));
+    }
+    assert!(i.len() < 2100, "swept as it grows: {}", i.len());
+    assert!(
+        Arc::ptr_eq(&keep, &i.str("kept")),
+        "a used entry survives a sweep"
+    );
+}
+
+#[test]
+fn remote_values_in_details_are_cut_short() {
+    let c = cidrs();
+    let long = "9".repeat(10_000);
+    let s = obj(json!({"metadata": {"namespace": "shop", "name": "web"},
+        "spec": {"clusterIP": long, "ports": [{"port": 80}]}}));
+    let out = service_record(&s, c.trust());
+    assert_eq!(reason_of(&out.skips), Some(SkipReason::Malformed));
+    assert!(
+        out.skips[0].detail.len() < 200,
+        "{}",
+        out.skips[0].detail.len()
     );
 }

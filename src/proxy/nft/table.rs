@@ -512,7 +512,7 @@ pub fn diff(target: &str, want: &Table, have: &Table) -> Tx {
         }
     }
     for name in want.sets.keys() {
-        if have.sets.get(name).is_none() || gone_sets.contains(name.as_str()) {
+        if !have.sets.contains_key(name) || gone_sets.contains(name.as_str()) {
             new_sets.insert(name);
         }
     }
