@@ -7,7 +7,7 @@
 //! server's SYN-ACK (arriving through `tun0`) both carry at most 1380.
 
 mod common;
-use common::sh;
+use common::{sh, NftMonitor};
 use nix::sys::socket::{getsockopt, sockopt::TcpMaxSeg};
 use sdnlinkd::netns::NetNs;
 use sdnlinkd::tunnel::mss::{ClampSync, MssClamp, TABLE};
@@ -21,9 +21,10 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    /// `name` keeps the namespaces of tests running in parallel apart.
+    fn new(name: &str) -> Lab {
         let lab = Lab {
-            tag: format!("sdnt-mss-{}", std::process::id()),
+            tag: format!("sdnt-mss-{name}-{}", std::process::id()),
         };
         let (c, r, s) = (lab.ns("c"), lab.ns("r"), lab.ns("s"));
         for n in [&c, &r, &s] {
@@ -114,7 +115,7 @@ impl Drop for Lab {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_mss_clamp_lowers_syn_and_syn_ack_and_repairs_drift() {
-    let lab = Lab::new();
+    let lab = Lab::new("clamp");
     let (c0, s0) = lab.mss_pair(7001);
     assert!(
         c0 > 1380 && s0 > 1380,
@@ -166,4 +167,70 @@ async fn root_mss_clamp_lowers_syn_and_syn_ack_and_repairs_drift() {
     );
     let (c2, s2) = lab.mss_pair(7003);
     assert!(c2 <= 1260 && s2 <= 1260, "client {c2}, server {s2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_mss_idle_full_syncs_write_nothing_and_drift_is_repaired_per_chain() {
+    let lab = Lab::new("idle");
+    let mut clamp = MssClamp::new(NetNs::open(&lab.ns("r")).expect("router ns"));
+    assert_eq!(
+        clamp.sync("tun0", 1420, true).await.expect("first sync"),
+        ClampSync::Applied
+    );
+    let mut mon = NftMonitor::start(&lab.ns("r"));
+    for _ in 0..3 {
+        assert_eq!(
+            clamp
+                .sync("tun0", 1420, true)
+                .await
+                .expect("idle full sync"),
+            ClampSync::Unchanged
+        );
+    }
+    let lines = mon.lines_until_marker();
+    assert!(lines.is_empty(), "3 idle full syncs wrote: {lines:#?}");
+
+    // The IPv4 rule of the outgoing direction deleted out of band: the client's SYN leaves
+    // through tun0 unclamped.
+    let (_, listing) = lab.nft(&["-a", "list", "chain", "inet", "sdnlink-mss", "postrouting"]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("nfproto ipv4"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .map(|h| h.trim().to_string())
+        .expect("the ipv4 rule and its handle");
+    assert!(
+        lab.nft(&[
+            "delete",
+            "rule",
+            "inet",
+            "sdnlink-mss",
+            "postrouting",
+            "handle",
+            &handle
+        ])
+        .0
+    );
+    let (_, s0) = lab.mss_pair(7011);
+    assert!(
+        s0 > 1380,
+        "without the rule the server sees the client's MSS: {s0}"
+    );
+    mon.lines_until_marker();
+
+    assert_eq!(
+        clamp.sync("tun0", 1420, true).await.expect("repair"),
+        ClampSync::Applied
+    );
+    let lines = mon.lines_until_marker();
+    let objects: Vec<&String> = lines.iter().filter(|l| !l.starts_with('#')).collect();
+    assert!(!objects.is_empty());
+    assert!(
+        objects
+            .iter()
+            .all(|l| l.contains("postrouting") && !l.contains("table")),
+        "only the drifted chain is rewritten: {lines:#?}"
+    );
+    let (c1, s1) = lab.mss_pair(7012);
+    assert!(c1 <= 1380 && s1 <= 1380, "client {c1}, server {s1}");
 }

@@ -13,10 +13,10 @@
 //! - ClusterIPs 10.97.0.0/16: .10 tcp/80, .53 udp/53, .13 tcp/80 and udp/53 without endpoints
 
 mod common;
-use common::sh;
-use sdnlinkd::model::{Protocol, ServiceKey};
+use common::{sh, NftMonitor};
+use sdnlinkd::model::{Held, Protocol, ServiceKey};
 use sdnlinkd::netns::NetNs;
-use sdnlinkd::proxy::nft::{nft_available, NftBackend};
+use sdnlinkd::proxy::nft::{nft_available, FullRead, NftBackend};
 use sdnlinkd::proxy::{
     DesiredProxy, Destination, ProxyBackend, SyncReport, VirtualKey, VirtualService,
 };
@@ -344,6 +344,19 @@ fn sync(b: &mut NftBackend, d: &DesiredProxy, full: bool) -> SyncReport {
     rt.block_on(b.sync(d, full)).expect("nft sync")
 }
 
+/// A full sync, with how it read the kernel.
+fn full(b: &mut NftBackend, d: &DesiredProxy) -> (usize, FullRead) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(b.full_sync(d)).expect("nft full sync")
+}
+
+fn names(seen: &BTreeMap<String, usize>) -> Vec<String> {
+    seen.keys().cloned().collect()
+}
+
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("test literal")
 }
@@ -534,24 +547,22 @@ fn root_nft_full_sync_repairs_drift_and_spares_foreign_tables() {
     sync(&mut b, &d, true);
     assert!(tcp_ask(&lab.client, sa("10.97.0.10:80")).is_ok());
 
-    // Out-of-band: our service's map element and chains deleted, a stale chain added, a base
-    // chain's rule removed.
-    nft_in(
-        &p,
-        "delete element inet sdnlink service-ips { 10.97.0.10 . tcp . 80 }",
-    );
-    nft_in(&p, "flush chain inet sdnlink svc-10.97.0.10-tcp-80");
-    nft_in(&p, "delete chain inet sdnlink svc-10.97.0.10-tcp-80");
+    // Out-of-band: the map elements of both services and the selection chain they share
+    // deleted (the kernel refuses to delete a chain something points at), a stale chain added.
+    for vip in ["10.97.0.10", "10.97.0.11"] {
+        nft_in(
+            &p,
+            &format!("delete element inet sdnlink service-ips {{ {vip} . tcp . 80 }}"),
+        );
+    }
+    nft_in(&p, "delete chain inet sdnlink pick4-tcp-random-2");
     nft_in(&p, "add chain inet sdnlink svc-stale");
-    assert!(!nft_try(
-        &p,
-        "list chain inet sdnlink svc-10.97.0.10-tcp-80"
-    ));
+    assert!(!nft_try(&p, "list chain inet sdnlink pick4-tcp-random-2"));
 
     let r = sync(&mut b, &d, true);
     assert!(r.full);
     assert!(
-        nft_try(&p, "list chain inet sdnlink svc-10.97.0.10-tcp-80"),
+        nft_try(&p, "list chain inet sdnlink pick4-tcp-random-2"),
         "chain repaired"
     );
     assert!(
@@ -561,14 +572,13 @@ fn root_nft_full_sync_repairs_drift_and_spares_foreign_tables() {
     let seen = spread(20, || tcp_ask(&lab.client, sa("10.97.0.10:80")));
     assert_eq!(seen.len(), 2, "repaired service balances again: {seen:?}");
 
-    // Out-of-band deletion, then an incremental sync touching that chain: the transaction
-    // fails as a whole and the backend falls back to a full sync.
+    // Out-of-band deletion, then an incremental sync that deletes that element (to point the
+    // service at the one-endpoint chain): the transaction fails as a whole and the backend
+    // falls back to a full sync.
     nft_in(
         &p,
         "delete element inet sdnlink service-ips { 10.97.0.11 . tcp . 80 }",
     );
-    nft_in(&p, "flush chain inet sdnlink svc-10.97.0.11-tcp-80");
-    nft_in(&p, "delete chain inet sdnlink svc-10.97.0.11-tcp-80");
     let d2 = desired(vec![
         vs("10.97.0.10", Protocol::Tcp, 80, None, &eps),
         vs("10.97.0.11", Protocol::Tcp, 80, None, &eps[..1]),
@@ -624,4 +634,216 @@ fn root_nft_consistent_scheduler_hashes_the_client() {
         1,
         "sh must pin a client to one endpoint: {seen:?}"
     );
+}
+
+#[test]
+fn root_nft_idle_full_syncs_write_nothing() {
+    let lab = Lab::new("idle", 2);
+    let p = lab.proxy.clone();
+    let eps = [("10.1.1.2", 8080), ("10.1.2.2", 8080)];
+    let d = desired(vec![
+        vs("10.97.0.10", Protocol::Tcp, 80, None, &eps),
+        vs("10.97.0.53", Protocol::Udp, 53, None, &[("10.1.1.2", 5353)]),
+        vs("10.97.0.20", Protocol::Tcp, 80, Some(600), &eps),
+        vs("10.97.0.13", Protocol::Tcp, 80, None, &[]),
+        vs("fd97::10", Protocol::Tcp, 80, None, &[("fd01:1::2", 8080)]),
+    ]);
+    let mut b = lab.backend();
+    sync(&mut b, &d, true);
+    let mut mon = NftMonitor::start(&p);
+
+    // The monitor's marker was a commit: the first full sync lists the table and compares;
+    // the next ones see that nothing was committed since.
+    assert_eq!(full(&mut b, &d), (0, FullRead::Listing));
+    assert_eq!(full(&mut b, &d), (0, FullRead::Generation));
+    let r = sync(&mut b, &d, true);
+    assert!(r.full);
+    assert_eq!(r.operations, 0);
+    let lines = mon.lines_until_marker();
+    assert!(lines.is_empty(), "3 idle full syncs wrote: {lines:#?}");
+
+    // A commit of someone else moves the generation: every full sync lists again, and still
+    // writes nothing.
+    for i in 0..3 {
+        nft_in(&p, &format!("add table ip foreign{i}"));
+        assert_eq!(full(&mut b, &d), (0, FullRead::Listing));
+    }
+    let lines = mon.lines_until_marker();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("# new generation"))
+            .count(),
+        3,
+        "only the three foreign commits: {lines:#?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains("sdnlink")), "{lines:#?}");
+    let seen = spread(20, || tcp_ask(&lab.client, sa("10.97.0.10:80")));
+    assert_eq!(names(&seen), ["e1", "e2"]);
+}
+
+#[test]
+fn root_nft_drift_is_repaired_by_a_small_transaction_and_traffic_recovers() {
+    let lab = Lab::new("dr", 2);
+    let p = lab.proxy.clone();
+    let eps = [("10.1.1.2", 8080), ("10.1.2.2", 8080)];
+    let d = desired(vec![
+        vs("10.97.0.10", Protocol::Tcp, 80, None, &eps),
+        vs("10.97.0.11", Protocol::Tcp, 80, None, &eps),
+    ]);
+    let mut b = lab.backend();
+    sync(&mut b, &d, true);
+    let mut mon = NftMonitor::start(&p);
+
+    // One endpoint element deleted out of band: one command puts it back.
+    nft_in(
+        &p,
+        "delete element inet sdnlink endpoints-tcp { 10.97.0.10 . 80 . 1 }",
+    );
+    assert_eq!(mon.lines_until_marker().len(), 2, "the out-of-band delete");
+    assert_eq!(full(&mut b, &d), (1, FullRead::Listing));
+    let lines = mon.lines_until_marker();
+    assert_eq!(
+        lines[0],
+        "add element inet sdnlink endpoints-tcp { 10.97.0.10 . 80 . 1 : 10.1.2.2 . 8080 }"
+    );
+    assert_eq!(lines.len(), 2, "one element, one transaction: {lines:#?}");
+    let seen = spread(20, || tcp_ask(&lab.client, sa("10.97.0.10:80")));
+    assert_eq!(
+        names(&seen),
+        ["e1", "e2"],
+        "repaired service balances again"
+    );
+
+    // One verdict map element deleted out of band: one command puts it back.
+    nft_in(
+        &p,
+        "delete element inet sdnlink service-ips { 10.97.0.11 . tcp . 80 }",
+    );
+    mon.lines_until_marker();
+    assert_eq!(full(&mut b, &d), (1, FullRead::Listing));
+    let lines = mon.lines_until_marker();
+    assert_eq!(
+        lines[0],
+        "add element inet sdnlink service-ips { 10.97.0.11 . tcp . 80 : goto pick4-tcp-random-2 }"
+    );
+    assert_eq!(lines.len(), 2, "one element, one transaction: {lines:#?}");
+
+    // The selection chain both services share deleted out of band (their map elements first:
+    // the kernel refuses to delete a chain something points at).
+    for vip in ["10.97.0.10", "10.97.0.11"] {
+        nft_in(
+            &p,
+            &format!("delete element inet sdnlink service-ips {{ {vip} . tcp . 80 }}"),
+        );
+    }
+    nft_in(&p, "delete chain inet sdnlink pick4-tcp-random-2");
+    mon.lines_until_marker();
+    let (ops, read) = full(&mut b, &d);
+    assert_eq!(read, FullRead::Listing);
+    assert_eq!(
+        ops, 3,
+        "add chain, its rule, one command for both map elements"
+    );
+    let lines = mon.lines_until_marker();
+    let objects: Vec<&String> = lines.iter().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(objects.len(), 4, "chain, rule, two elements: {lines:#?}");
+    assert!(
+        objects
+            .iter()
+            .all(|l| l.starts_with("add ") && l.contains("pick4-tcp-random-2")),
+        "only the deleted chain and what points at it are written: {lines:#?}"
+    );
+    for vip in ["10.97.0.10:80", "10.97.0.11:80"] {
+        let seen = spread(20, || tcp_ask(&lab.client, sa(vip)));
+        assert_eq!(names(&seen), ["e1", "e2"], "{vip} answers again");
+    }
+
+    // A rule edited out of band: its chain alone is rewritten.
+    nft_in(&p, "flush chain inet sdnlink pick4-tcp-random-2");
+    nft_in(
+        &p,
+        "add rule inet sdnlink pick4-tcp-random-2 meta l4proto tcp dnat ip to 10.1.1.2:8080",
+    );
+    mon.lines_until_marker();
+    let seen = spread(20, || tcp_ask(&lab.client, sa("10.97.0.10:80")));
+    assert_eq!(names(&seen), ["e1"], "the edited rule is in force");
+    let (ops, _) = full(&mut b, &d);
+    assert_eq!(ops, 2, "flush the chain, add its rule");
+    let seen = spread(20, || tcp_ask(&lab.client, sa("10.97.0.10:80")));
+    assert_eq!(names(&seen), ["e1", "e2"]);
+    let lines = mon.lines_until_marker();
+    assert!(
+        lines
+            .iter()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.contains("pick4-tcp-random-2")),
+        "{lines:#?}"
+    );
+
+    // A whole kind of selection chains going away (the last service of it removed) deletes
+    // chains that still hold their rule, without flushing them first.
+    let d = desired(vec![vs("10.97.0.53", Protocol::Udp, 53, None, &eps[..1])]);
+    let r = sync(&mut b, &d, false);
+    assert!(!r.full, "{r:?}");
+    assert!(!nft_try(&p, "list chain inet sdnlink pick4-tcp-random-2"));
+    assert!(nft_try(&p, "list chain inet sdnlink pick4-udp-random-1"));
+    assert_eq!(full(&mut b, &d).0, 0, "the kernel holds what was committed");
+}
+
+/// West (10.98.0.0/16) has not listed in this run: what the kernel has for it stays, and its
+/// endpoints only grow, until it lists.
+#[test]
+fn root_nft_held_cluster_keeps_services_until_it_lists() {
+    let lab = Lab::new("hd", 3);
+    let p = lab.proxy.clone();
+    let east = vs("10.97.0.10", Protocol::Tcp, 80, None, &[("10.1.1.2", 8080)]);
+    let west = |eps: &[(&str, u16)]| {
+        let mut v = vs("10.98.0.20", Protocol::Tcp, 80, None, eps);
+        v.cluster = "west".into();
+        v
+    };
+    let both = [("10.1.2.2", 8080), ("10.1.3.2", 8080)];
+    let held = Held {
+        cidrs: vec![("west".into(), "10.98.0.0/16".parse().expect("literal"))],
+    };
+    let mut b = lab.backend();
+    sync(&mut b, &desired(vec![east.clone(), west(&both)]), true);
+    let west_vip = sa("10.98.0.20:80");
+    assert_eq!(
+        names(&spread(20, || tcp_ask(&lab.client, west_vip))),
+        ["e2", "e3"]
+    );
+
+    // A restart (a new backend, nothing committed) while west has not listed and has no
+    // snapshot: the desired state lacks its Service.
+    let mut b = lab.backend();
+    let mut mon = NftMonitor::start(&p);
+    let mut d = desired(vec![east.clone()]);
+    d.held = held.clone();
+    let r = sync(&mut b, &d, true);
+    assert_eq!(r.operations, 0, "nothing of west is withdrawn");
+    // A persisted snapshot that knows one endpoint only: the union stays.
+    let mut d = desired(vec![east.clone(), west(&both[..1])]);
+    d.held = held.clone();
+    assert_eq!(sync(&mut b, &d, false).operations, 0);
+    assert_eq!(sync(&mut b, &d, true).operations, 0);
+    let lines = mon.lines_until_marker();
+    assert!(lines.is_empty(), "held state written: {lines:#?}");
+    assert_eq!(
+        names(&spread(20, || tcp_ask(&lab.client, west_vip))),
+        ["e2", "e3"]
+    );
+
+    // West lists: its state is what it says.
+    let d = desired(vec![east.clone(), west(&both[..1])]);
+    assert!(sync(&mut b, &d, false).operations > 0);
+    assert_eq!(
+        names(&spread(20, || tcp_ask(&lab.client, west_vip))),
+        ["e2"]
+    );
+    let d = desired(vec![east]);
+    sync(&mut b, &d, false);
+    let listing = nft_in(&p, "list map inet sdnlink service-ips");
+    assert!(!listing.contains("10.98.0.20"), "{listing}");
 }

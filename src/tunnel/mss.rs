@@ -11,10 +11,14 @@
 //!
 //! The rules live in their own table, `inet sdnlink-mss`, in sdnlinkd's namespace, apart from the
 //! proxy's `inet sdnlink` table: the IPVS backend has no nftables table at all, and the nft
-//! backend's full sync deletes chains it does not know.
+//! backend's full sync deletes chains it does not know. A sync compares the kernel's table
+//! (`nft -j list table`, parsed by `crate::proxy::nft::table`) with the desired one and writes
+//! only the difference, nothing when they match.
 
 use crate::netns::{NetNs, NetnsError};
-use crate::proxy::nft::{run_nft, NftError};
+use crate::proxy::nft::table::{self, diff, expr, BaseSpec, Chain, Rule, Table, Tx};
+use crate::proxy::nft::{list_table_json, run_nft, NftError};
+use serde_json::json;
 use std::path::PathBuf;
 
 /// Errors of the MSS clamp.
@@ -22,6 +26,8 @@ use std::path::PathBuf;
 pub enum MssError {
     #[error("MSS clamp table {TABLE}: {0}")]
     Nft(#[from] NftError),
+    #[error("MSS clamp table {TABLE}: {0}")]
+    Parse(#[from] table::ParseError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
 }
@@ -42,69 +48,62 @@ pub fn mss_for(mtu: u32) -> (u32, u32) {
     )
 }
 
-/// The rules for `iface` of `mtu`, one per direction and family, as they appear in the body of
-/// the table's chains. Rules only lower an MSS (`> n`): a smaller one (a path with a lower MTU
-/// elsewhere) is left alone.
-fn rules(iface: &str, mtu: u32) -> [(&'static str, String); 4] {
+/// Mangle priority: before the nat chains (-100) and IPVS, so the clamped SYN is what the rest
+/// of the stack sees.
+const PRIORITY_MANGLE: i64 = -150;
+
+/// The table for `iface` of `mtu`: one rule per direction and family. Rules only lower an MSS
+/// (`> n`): a smaller one (a path with a lower MTU elsewhere) is left alone.
+pub fn desired_table(iface: &str, mtu: u32) -> Table {
     let (v4, v6) = mss_for(mtu);
     let rule = |dir: &str, family: &str, mss: u32| {
-        format!(
-            "{dir} \"{iface}\" meta nfproto {family} tcp flags & (syn | rst) == syn \
-             tcp option maxseg size > {mss} tcp option maxseg size set {mss}"
+        let maxseg = json!({"tcp option": {"name": "maxseg", "field": "size"}});
+        Rule::new(
+            format!(
+                "{dir} \"{iface}\" meta nfproto {family} tcp flags & (syn | rst) == syn \
+                 tcp option maxseg size > {mss} tcp option maxseg size set {mss}"
+            ),
+            json!([
+                expr::matches("==", expr::meta(dir), json!(iface)),
+                expr::matches("==", expr::meta("nfproto"), json!(family)),
+                expr::matches(
+                    "==",
+                    json!({"&": [expr::payload("tcp", "flags"), ["syn", "rst"]]}),
+                    json!("syn")
+                ),
+                expr::matches(">", maxseg.clone(), json!(mss)),
+                {"mangle": {"key": maxseg, "value": mss}}
+            ]),
         )
     };
-    [
-        ("prerouting", rule("iifname", "ipv4", v4)),
-        ("prerouting", rule("iifname", "ipv6", v6)),
-        ("postrouting", rule("oifname", "ipv4", v4)),
-        ("postrouting", rule("oifname", "ipv6", v6)),
-    ]
-}
-
-/// The whole table as one `nft -f` transaction that replaces any previous version atomically
-/// (declare, delete, re-create: the idiom that works whether or not the table exists).
-pub fn render(iface: &str, mtu: u32) -> String {
-    let rules = rules(iface, mtu);
-    let mut text = format!("table {TABLE}\ndelete table {TABLE}\ntable {TABLE} {{\n");
-    // Mangle priority (-150): before the nat chains (-100) and IPVS, so the clamped SYN is what
-    // the rest of the stack sees.
-    for (chain, hook) in [("prerouting", "prerouting"), ("postrouting", "postrouting")] {
-        text.push_str(&format!(
-            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority mangle; policy accept;\n"
-        ));
-        for (c, rule) in &rules {
-            if *c == chain {
-                text.push_str(&format!("\t\t{rule}\n"));
-            }
-        }
-        text.push_str("\t}\n");
+    let mut t = Table::empty("");
+    for (chain, dir) in [("prerouting", "iifname"), ("postrouting", "oifname")] {
+        t.chains.insert(
+            chain.into(),
+            Chain {
+                base: Some(BaseSpec {
+                    kind: "filter".into(),
+                    hook: chain.into(),
+                    prio: PRIORITY_MANGLE,
+                    policy: "accept".into(),
+                }),
+                rules: vec![rule(dir, "ipv4", v4), rule(dir, "ipv6", v6)],
+            },
+        );
     }
-    text.push_str("}\n");
-    text
+    t
 }
 
-/// Whether a listing of the table (`nft list table`) holds every rule for `iface` and `mtu`:
-/// the check of a full sync that repairs a table edited or deleted out of band.
-pub fn listing_matches(listing: &str, iface: &str, mtu: u32) -> bool {
-    let (v4, v6) = mss_for(mtu);
-    let want = [
-        (format!("iifname \"{iface}\""), v4),
-        (format!("iifname \"{iface}\""), v6),
-        (format!("oifname \"{iface}\""), v4),
-        (format!("oifname \"{iface}\""), v6),
-    ];
-    let lines: Vec<&str> = listing.lines().map(str::trim).collect();
-    let count_rules = lines
-        .iter()
-        .filter(|l| l.contains("maxseg size set"))
-        .count();
-    count_rules == want.len()
-        && want.iter().all(|(dir, mss)| {
-            let set = format!("maxseg size set {mss}");
-            lines
-                .iter()
-                .any(|l| l.starts_with(dir.as_str()) && l.ends_with(&set))
-        })
+/// Parses `nft -j -p list table inet sdnlink-mss`.
+pub fn parse_listing(json: &str) -> Result<Table, table::ParseError> {
+    let (family, name) = TABLE.split_once(' ').expect("TABLE is `FAMILY NAME`");
+    table::parse(json, family, name)
+}
+
+/// The transaction that makes `observed` hold the rules for `iface` and `mtu`: empty when it
+/// does, else only the chains that differ.
+pub fn transaction(iface: &str, mtu: u32, observed: &Table) -> Tx {
+    diff(TABLE, &desired_table(iface, mtu), observed)
 }
 
 /// What a sync of the clamp did.
@@ -116,11 +115,11 @@ pub enum ClampSync {
     Applied,
 }
 
-/// The MSS clamp of one namespace: the table's last committed content.
+/// The MSS clamp of one namespace: the configuration last made true in the kernel.
 pub struct MssClamp {
     ns: NetNs,
     program: PathBuf,
-    committed: Option<String>,
+    committed: Option<(String, u32)>,
 }
 
 impl MssClamp {
@@ -134,34 +133,37 @@ impl MssClamp {
     }
 
     /// Makes the table hold the rules for `iface` and `mtu`. Incremental: nothing when the
-    /// config did not change. Full: lists the table and rewrites it if it differs.
+    /// config did not change. Full, or a changed config: lists the table and writes only what
+    /// differs.
     pub async fn sync(&mut self, iface: &str, mtu: u32, full: bool) -> Result<ClampSync, MssError> {
-        let text = render(iface, mtu);
-        if !full && self.committed.as_deref() == Some(text.as_str()) {
+        let config = (iface.to_string(), mtu);
+        if !full && self.committed.as_ref() == Some(&config) {
             return Ok(ClampSync::Unchanged);
         }
-        if full || self.committed.is_none() {
-            let p = self.program.clone();
-            let listing = self
-                .ns
-                .run_async(move || run_nft(&p, &["list", "table", TABLE], None))
-                .await?;
-            // A missing table is an error of `nft list`: the rewrite below creates it.
-            if let Ok(listing) = listing {
-                if listing_matches(&listing, iface, mtu) {
-                    self.committed = Some(text);
-                    return Ok(ClampSync::Unchanged);
-                }
-            }
-        }
         self.committed = None;
-        let tx = text.clone();
         let p = self.program.clone();
-        self.ns
-            .run_async(move || run_nft(&p, &["-f", "-"], Some(&tx)))
+        let listing = self
+            .ns
+            .run_async(move || list_table_json(&p, TABLE))
             .await??;
-        self.committed = Some(text);
-        Ok(ClampSync::Applied)
+        let observed = match listing {
+            Some(json) => parse_listing(&json)?,
+            None => Table::default(),
+        };
+        let tx = transaction(iface, mtu, &observed);
+        if !tx.is_empty() {
+            let text = tx.text().to_string();
+            let p = self.program.clone();
+            self.ns
+                .run_async(move || run_nft(&p, &["-f", "-"], Some(&text)))
+                .await??;
+        }
+        self.committed = Some(config);
+        Ok(if tx.is_empty() {
+            ClampSync::Unchanged
+        } else {
+            ClampSync::Applied
+        })
     }
 }
 
@@ -177,60 +179,75 @@ mod tests {
     }
 
     #[test]
-    fn render_golden() {
-        let want = "table inet sdnlink-mss\n\
-delete table inet sdnlink-mss\n\
-table inet sdnlink-mss {\n\
-\tchain prerouting {\n\
-\t\ttype filter hook prerouting priority mangle; policy accept;\n\
-\t\tiifname \"wg0\" meta nfproto ipv4 tcp flags & (syn | rst) == syn tcp option maxseg size > 1380 tcp option maxseg size set 1380\n\
-\t\tiifname \"wg0\" meta nfproto ipv6 tcp flags & (syn | rst) == syn tcp option maxseg size > 1360 tcp option maxseg size set 1360\n\
-\t}\n\
-\tchain postrouting {\n\
-\t\ttype filter hook postrouting priority mangle; policy accept;\n\
-\t\toifname \"wg0\" meta nfproto ipv4 tcp flags & (syn | rst) == syn tcp option maxseg size > 1380 tcp option maxseg size set 1380\n\
-\t\toifname \"wg0\" meta nfproto ipv6 tcp flags & (syn | rst) == syn tcp option maxseg size > 1360 tcp option maxseg size set 1360\n\
-\t}\n\
-}\n";
-        assert_eq!(render("wg0", 1420), want);
+    fn creation_golden() {
+        let tx = transaction("wg0", 1420, &Table::default());
+        let want = "add table inet sdnlink-mss\n\
+add chain inet sdnlink-mss postrouting { type filter hook postrouting priority -150; policy accept; }\n\
+add chain inet sdnlink-mss prerouting { type filter hook prerouting priority -150; policy accept; }\n\
+add rule inet sdnlink-mss postrouting oifname \"wg0\" meta nfproto ipv4 tcp flags & (syn | rst) == syn tcp option maxseg size > 1380 tcp option maxseg size set 1380\n\
+add rule inet sdnlink-mss postrouting oifname \"wg0\" meta nfproto ipv6 tcp flags & (syn | rst) == syn tcp option maxseg size > 1360 tcp option maxseg size set 1360\n\
+add rule inet sdnlink-mss prerouting iifname \"wg0\" meta nfproto ipv4 tcp flags & (syn | rst) == syn tcp option maxseg size > 1380 tcp option maxseg size set 1380\n\
+add rule inet sdnlink-mss prerouting iifname \"wg0\" meta nfproto ipv6 tcp flags & (syn | rst) == syn tcp option maxseg size > 1360 tcp option maxseg size set 1360\n";
+        assert_eq!(tx.text(), want);
     }
 
-    /// The listing format of nft 1.0.6 (Debian 12) for the rendered table.
-    const LISTING: &str = "table inet sdnlink-mss {
-\tchain prerouting {
-\t\ttype filter hook prerouting priority mangle; policy accept;
-\t\tiifname \"wg0\" meta nfproto ipv4 tcp flags & (syn | rst) == syn tcp option maxseg size > 1380 tcp option maxseg size set 1380
-\t\tiifname \"wg0\" meta nfproto ipv6 tcp flags & (syn | rst) == syn tcp option maxseg size > 1360 tcp option maxseg size set 1360
-\t}
+    /// What nft 1.0.6 (Debian 12) printed for `nft -j -p list table inet sdnlink-mss` after
+    /// the creation transaction above.
+    const LISTING: &str = include_str!("testdata/mss-listing.json");
 
-\tchain postrouting {
-\t\ttype filter hook postrouting priority mangle; policy accept;
-\t\toifname \"wg0\" meta nfproto ipv4 tcp flags & (syn | rst) == syn tcp option maxseg size > 1380 tcp option maxseg size set 1380
-\t\toifname \"wg0\" meta nfproto ipv6 tcp flags & (syn | rst) == syn tcp option maxseg size > 1360 tcp option maxseg size set 1360
-\t}
-}
-";
+    fn listed() -> Table {
+        parse_listing(LISTING).expect("a real listing parses")
+    }
 
     #[test]
-    fn listing_of_the_rendered_table_matches() {
-        assert!(listing_matches(LISTING, "wg0", 1420));
+    fn listing_of_the_created_table_matches() {
+        let tx = transaction("wg0", 1420, &listed());
+        assert!(tx.is_empty(), "{}", tx.text());
     }
 
     #[test]
     fn listing_with_other_mtu_interface_or_extra_rule_does_not_match() {
-        assert!(!listing_matches(LISTING, "wg0", 1380));
-        assert!(!listing_matches(LISTING, "wg1", 1420));
-        let missing: String = LISTING
-            .lines()
-            .filter(|l| !l.contains("oifname \"wg0\" meta nfproto ipv6"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(!listing_matches(&missing, "wg0", 1420));
-        let extra = LISTING.replace(
-            "\t}\n}\n",
-            "\t\toifname \"x\" tcp option maxseg size set 1\n\t}\n}\n",
+        let t = listed();
+        assert!(!transaction("wg0", 1380, &t).is_empty());
+        assert!(!transaction("wg1", 1420, &t).is_empty());
+        let mut missing = t.clone();
+        missing
+            .chains
+            .get_mut("postrouting")
+            .expect("chain")
+            .rules
+            .pop();
+        assert_eq!(
+            transaction("wg0", 1420, &missing).text(),
+            "flush chain inet sdnlink-mss postrouting\n\
+add rule inet sdnlink-mss postrouting oifname \"wg0\" meta nfproto ipv4 tcp flags & (syn | rst) == syn tcp option maxseg size > 1380 tcp option maxseg size set 1380\n\
+add rule inet sdnlink-mss postrouting oifname \"wg0\" meta nfproto ipv6 tcp flags & (syn | rst) == syn tcp option maxseg size > 1360 tcp option maxseg size set 1360\n",
+            "only the chain that lost a rule is rewritten"
         );
-        assert!(!listing_matches(&extra, "wg0", 1420));
-        assert!(!listing_matches("", "wg0", 1420));
+        let mut extra = t.clone();
+        extra
+            .chains
+            .get_mut("prerouting")
+            .expect("chain")
+            .rules
+            .push(Rule::new("", json!([{"drop": null}])));
+        assert!(transaction("wg0", 1420, &extra)
+            .text()
+            .starts_with("flush chain inet sdnlink-mss prerouting\n"));
+        let mut stray = t.clone();
+        stray.chains.insert("input".into(), Chain::default());
+        assert_eq!(
+            transaction("wg0", 1420, &stray).text(),
+            "delete chain inet sdnlink-mss input\n"
+        );
+        assert!(!transaction("wg0", 1420, &Table::default()).is_empty());
+    }
+
+    #[test]
+    fn a_new_mtu_rewrites_the_rules_in_place() {
+        let tx = transaction("wg0", 1300, &listed());
+        assert_eq!(tx.commands(), 6, "{}", tx.text());
+        assert!(!tx.text().contains("table"), "{}", tx.text());
+        assert!(tx.text().contains("maxseg size set 1260"), "{}", tx.text());
     }
 }

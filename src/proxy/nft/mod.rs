@@ -1,11 +1,21 @@
 //! The nftables service-proxy backend: one table, `inet sdnlink`, owned by sdnlinkd in its
-//! namespace (layout in [`ruleset`]).
+//! namespace (layout in [`ruleset`], model and diff in [`table`]).
 //!
-//! Why `nft -f -` with text rather than the `nftables` crate's JSON: both run the same `nft`
-//! binary and both make one netlink batch (one atomic transaction) per invocation, but the text
-//! is what operators read (`nft list table`), what the golden files hold, and what Debian 12's
-//! nft 1.0.6 parses fastest; JSON would only add a serialisation layer whose output nobody
-//! reviews. Each sync is exactly one `nft -f -` run, so the kernel sees all of it or none of it.
+//! A sync compares before it writes. Incremental: the desired state against the last committed
+//! one, for the services that changed. Full (periodic resync, repair): the desired table
+//! against the kernel's, read with `nft -j list table` and parsed ([`table::parse`]); only the
+//! difference is sent, and nothing at all when the kernel matches (no `nft -f` run). Listing a
+//! table of 10k Services costs seconds of nft's CPU, so a full sync first reads the namespace's
+//! nf_tables generation ([`generation`]): when no transaction at all was committed since the
+//! kernel was last verified to hold the committed state, that state is what the kernel holds
+//! and the listing is skipped. Any other writer (an operator's `nft delete element`, another
+//! program's table, our MSS clamp) moves the generation and the next full sync lists.
+//!
+//! Why `nft -f -` with text rather than the `nftables` crate's JSON for writes: both run the
+//! same `nft` binary and both make one netlink batch (one atomic transaction) per invocation,
+//! but the text is what operators read (`nft list table`), what the golden files hold, and what
+//! Debian 12's nft 1.0.6 parses fastest. Each write is exactly one `nft -f -` run, so the kernel
+//! sees all of it or none of it. Reads use `nft -j`, the format meant for programs.
 //!
 //! Namespace: `nft` must talk to the nf_tables of sdnlinkd's namespace. It is spawned from
 //! [`NetNs::run_async`], on the worker thread that has entered the namespace with `setns(2)`.
@@ -14,17 +24,21 @@
 //! the calling thread, not the process's main thread; so the child starts in the namespace.
 //! `root_nft_child_inherits_thread_namespace` checks that on this kernel.
 
+pub mod generation;
 pub mod ruleset;
+pub mod table;
 
 use super::{DesiredProxy, ProxyBackend, ProxyError, SyncReport};
 use crate::netns::NetNs;
 use ruleset::{
-    cleanup_transaction, full_transaction, incremental_transaction, parse_observed, Observed, Tx,
+    cleanup_transaction, full_transaction, incremental_transaction, parse_listing, table_services,
 };
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use table::{Table, Tx};
 
 /// Failures of the nft program.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +55,8 @@ pub enum NftError {
         status: std::process::ExitStatus,
         stderr: String,
     },
-    #[error("parsing nft JSON output: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Parse(#[from] table::ParseError),
 }
 
 impl From<NftError> for ProxyError {
@@ -103,13 +117,44 @@ pub(crate) fn run_nft(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether `nft list table` failed because the table does not exist (ENOENT).
+pub(crate) fn is_missing_table(e: &NftError) -> bool {
+    matches!(e, NftError::Failed { stderr, .. } if stderr.contains("No such file or directory"))
+}
+
+/// Lists `table` (`FAMILY NAME`) as JSON from the calling thread's namespace; `None` when it
+/// does not exist. `-p` prints protocols as numbers: resolving names costs a read of
+/// /etc/protocols per element and rule.
+pub(crate) fn list_table_json(program: &Path, table: &str) -> Result<Option<String>, NftError> {
+    let mut args = vec!["-j", "-p", "list", "table"];
+    args.extend(table.split(' '));
+    match run_nft(program, &args, None) {
+        Ok(out) => Ok(Some(out)),
+        Err(e) if is_missing_table(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The nftables backend, acting in one namespace.
 pub struct NftBackend {
     ns: NetNs,
     program: PathBuf,
-    /// What the kernel holds after the last successful transaction; `None` until a full sync
+    /// What the kernel holds after the last successful sync; `None` until a full sync
     /// succeeded, and again after any failure, so the next sync re-reads the kernel.
     committed: Option<DesiredProxy>,
+    /// The namespace's nf_tables generation at which the kernel was known to hold `committed`
+    /// (after a listing that matched, or right after our own transaction when no other one
+    /// came in between). `None`: the next full sync lists the table.
+    verified: Option<u32>,
+}
+
+/// How a full sync learnt what the kernel holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullRead {
+    /// The generation had not moved since the last verified state: no listing.
+    Generation,
+    /// The table was listed and parsed.
+    Listing,
 }
 
 impl NftBackend {
@@ -119,6 +164,7 @@ impl NftBackend {
             ns,
             program: PathBuf::from("nft"),
             committed: None,
+            verified: None,
         }
     }
 
@@ -133,50 +179,144 @@ impl NftBackend {
         self.committed.as_ref()
     }
 
+    /// Forgets the verified generation, so the next full sync lists the table whatever the
+    /// generation says (for benchmarks and tests of the listing path).
+    pub fn forget_verification(&mut self) {
+        self.verified = None;
+    }
+
     /// The transaction the next sync would send, without sending it (a printable plan). A full
-    /// plan reads the kernel's table first.
+    /// plan reads the kernel's generation, and its table when the generation moved.
     pub async fn plan(&self, desired: &DesiredProxy, full: bool) -> Result<String, ProxyError> {
-        match (&self.committed, full) {
-            (Some(old), false) => Ok(incremental_transaction(old, desired).text().to_string()),
-            _ => {
-                let observed = self.observe().await?;
-                Ok(full_transaction(desired, &observed).text().to_string())
+        if let Some(old) = &self.committed {
+            if !full || (self.verified.is_some() && self.generation().await == self.verified) {
+                let want = effective(desired, old.services.values().cloned());
+                return Ok(incremental_transaction(old, &want).text().to_string());
+            }
+        }
+        let observed = self.observe().await?;
+        let want = effective(desired, table_services(&observed));
+        Ok(full_transaction(&want, &observed).text().to_string())
+    }
+
+    /// Reads and parses the owned table (an absent table is `Table::default()`).
+    pub async fn observe(&self) -> Result<Table, ProxyError> {
+        let program = self.program.clone();
+        let json = self
+            .ns
+            .run_async(move || list_table_json(&program, ruleset::TARGET))
+            .await??;
+        match json {
+            Some(j) => Ok(parse_listing(&j).map_err(NftError::from)?),
+            None => Ok(Table::default()),
+        }
+    }
+
+    /// The namespace's nf_tables generation; `None` if it cannot be read, which only costs
+    /// listings.
+    async fn generation(&self) -> Option<u32> {
+        match self.ns.run_async(generation::current).await {
+            Ok(Ok(g)) => Some(g),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "reading the nf_tables generation");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the nf_tables generation");
+                None
             }
         }
     }
 
-    /// Reads the names of our chains and sets (not their rules or elements: cheap even at
-    /// 100k chains compared to `nft list table`).
-    pub async fn observe(&self) -> Result<Observed, ProxyError> {
-        let program = self.program.clone();
-        let (chains, sets) = self
-            .ns
-            .run_async(move || -> Result<(String, String), NftError> {
-                let chains = run_nft(&program, &["-j", "list", "chains", ruleset::FAMILY], None)?;
-                let sets = run_nft(&program, &["-j", "list", "sets", ruleset::FAMILY], None)?;
-                Ok((chains, sets))
-            })
-            .await??;
-        Ok(parse_observed(&chains, &sets).map_err(NftError::from)?)
-    }
-
-    async fn apply(&self, tx: &Tx) -> Result<(), ProxyError> {
+    /// Sends `tx`; returns the generation right after it.
+    async fn apply(&self, tx: &Tx) -> Result<Option<u32>, ProxyError> {
         let program = self.program.clone();
         let text = tx.text().to_string();
-        self.ns
-            .run_async(move || run_nft(&program, &["-f", "-"], Some(&text)))
+        let gen = self
+            .ns
+            .run_async(move || {
+                run_nft(&program, &["-f", "-"], Some(&text)).map(|_| generation::current().ok())
+            })
             .await??;
-        Ok(())
+        Ok(gen)
     }
 
-    async fn full_sync(&mut self, desired: &DesiredProxy) -> Result<usize, ProxyError> {
+    /// Applies the transaction from the committed state to `want` (assumed to be what the
+    /// kernel holds), keeping the verified generation when ours was the only commit.
+    async fn sync_from_committed(&mut self, want: DesiredProxy) -> Result<usize, ProxyError> {
+        let old = self.committed.take().expect("caller checked committed");
+        let tx = incremental_transaction(&old, &want);
+        if tx.is_empty() {
+            self.committed = Some(want);
+            return Ok(0);
+        }
+        let verified = self.verified.take();
+        match self.apply(&tx).await {
+            Ok(after) => {
+                self.verified = match (verified, after) {
+                    (Some(v), Some(g)) if g == generation::next(v) => Some(g),
+                    _ => None,
+                };
+                self.committed = Some(want);
+                Ok(tx.commands())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists the table, compares it with `desired` and sends the difference.
+    async fn sync_from_listing(&mut self, desired: &DesiredProxy) -> Result<usize, ProxyError> {
         self.committed = None;
+        self.verified = None;
+        let before = self.generation().await;
         let observed = self.observe().await?;
-        let tx = full_transaction(desired, &observed);
-        self.apply(&tx).await?;
-        self.committed = Some(desired.clone());
-        // Two listings plus the transaction's commands.
-        Ok(tx.commands() + 2)
+        let want = effective(desired, table_services(&observed)).into_owned();
+        let tx = full_transaction(&want, &observed);
+        self.verified = if tx.is_empty() {
+            before
+        } else {
+            let after = self.apply(&tx).await?;
+            match (before, after) {
+                (Some(b), Some(a)) if a == generation::next(b) => Some(a),
+                _ => None,
+            }
+        };
+        self.committed = Some(want);
+        Ok(tx.commands())
+    }
+
+    /// A full sync; also says how it read the kernel.
+    pub async fn full_sync(
+        &mut self,
+        desired: &DesiredProxy,
+    ) -> Result<(usize, FullRead), ProxyError> {
+        if self.committed.is_some()
+            && self.verified.is_some()
+            && self.generation().await == self.verified
+        {
+            let old = self.committed.as_ref().expect("checked above");
+            let want = effective(desired, old.services.values().cloned()).into_owned();
+            match self.sync_from_committed(want).await {
+                Ok(n) => return Ok((n, FullRead::Generation)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "nftables transaction failed; re-reading the table");
+                }
+            }
+        }
+        let n = self.sync_from_listing(desired).await?;
+        Ok((n, FullRead::Listing))
+    }
+}
+
+/// `desired` with the services of held clusters adopted from `observed` (see
+/// [`DesiredProxy::adopting`]); borrowed when nothing is held.
+fn effective(
+    desired: &DesiredProxy,
+    observed: impl IntoIterator<Item = super::VirtualService>,
+) -> Cow<'_, DesiredProxy> {
+    match desired.adopting(observed) {
+        Some(d) => Cow::Owned(d),
+        None => Cow::Borrowed(desired),
     }
 }
 
@@ -189,20 +329,15 @@ impl ProxyBackend for NftBackend {
         false
     }
 
+    /// `SyncReport::operations` counts the nft commands written; reads (the generation, a
+    /// listing) are not counted.
     async fn sync(&mut self, desired: &DesiredProxy, full: bool) -> Result<SyncReport, ProxyError> {
         let start = Instant::now();
         if !full {
             if let Some(old) = &self.committed {
-                let tx = incremental_transaction(old, desired);
-                let operations = tx.commands();
-                let applied = if tx.is_empty() {
-                    Ok(())
-                } else {
-                    self.apply(&tx).await
-                };
-                match applied {
-                    Ok(()) => {
-                        self.committed = Some(desired.clone());
+                let want = effective(desired, old.services.values().cloned()).into_owned();
+                match self.sync_from_committed(want).await {
+                    Ok(operations) => {
                         return Ok(SyncReport {
                             full: false,
                             operations,
@@ -218,7 +353,7 @@ impl ProxyBackend for NftBackend {
                 }
             }
         }
-        let operations = self.full_sync(desired).await?;
+        let (operations, _) = self.full_sync(desired).await?;
         Ok(SyncReport {
             full: true,
             operations,
@@ -229,6 +364,7 @@ impl ProxyBackend for NftBackend {
 
     async fn cleanup(&mut self) -> Result<(), ProxyError> {
         self.committed = None;
-        self.apply(&cleanup_transaction()).await
+        self.verified = None;
+        self.apply(&cleanup_transaction()).await.map(|_| ())
     }
 }

@@ -1,7 +1,6 @@
-//! Pure rendering of the owned nftables table: desired objects per virtual service, the full
-//! repair transaction, and the incremental transaction between two desired states. Everything
-//! here is `nft -f` text, one command per line, so a plan is printable and a golden file is
-//! readable.
+//! The owned nftables table of the proxy as a pure function of the desired state, and the
+//! transactions between states: full (desired against the kernel's parsed table) and
+//! incremental (desired against the last committed state, touching only changed services).
 //!
 //! Layout of `table inet sdnlink` (one `inet` table serves both families; the maps are per
 //! family because a concatenated key has a fixed address type):
@@ -9,26 +8,42 @@
 //! - `no-endpoint-services` / `no-endpoint-services6`: same key -> `goto reject-chain`, looked
 //!   up in filter chains before DNAT so a Service without endpoints is refused at once (TCP
 //!   reset, ICMP port-unreachable otherwise) instead of timing out, as kube-proxy does.
-//! - `svc-<key>`: affinity lookups, then a cascade of `numgen random` rules (or `jhash` for
-//!   the consistent IPVS schedulers `sh`/`mh`) that DNAT to one endpoint;
-//! - `ep-<key>-<endpoint>` (only for ClientIP affinity): refreshes the affinity set, then DNATs;
-//! - `aff-<key>-<endpoint>`: dynamic set of client addresses with the affinity timeout.
+//! - `endpoints-<proto>` / `endpoints6-<proto>` (tcp, udp, sctp): `daddr . dport . index` ->
+//!   `endpoint addr . port`, the `index`-th endpoint (in address order) of each service. One
+//!   map per protocol because the key is declared with `typeof ... tcp dport`, and nft 1.0.6
+//!   fails to re-evaluate a cached `typeof` key whose protocol differs from the rule's
+//!   ("conflicting protocols specified: udp vs. tcp") or is `th`;
+//! - `pick<4|6>-<proto>-<random|hash>-<N>`, shared by every service with N endpoints: one
+//!   rule, `dnat to daddr . dport . (numgen random mod N) map @endpoints-<proto>` (or `jhash`
+//!   of the client address for the consistent IPVS schedulers `sh`/`mh`). A service's element
+//!   in `service-ips` jumps to the chain of its endpoint count; the choice among its endpoints
+//!   is one map lookup, and endpoints are map elements, not rules;
+//! - with ClientIP affinity, the element jumps to `svc-<key>` instead, which holds the
+//!   affinity lookups and a cascade of selection rules; `ep-<key>-<endpoint>` refreshes the
+//!   affinity set and DNATs, and `aff-<key>-<endpoint>` is the dynamic set of client
+//!   addresses with the affinity timeout.
 //!
 //! Only DNAT is done: the client's address crosses the tunnel and the remote node routes the
 //! reply back through its own sdnlinkd (design.md), exactly like IPVS masquerade there.
 
+use super::table::{
+    diff, expr, BaseSpec, Chain, ElemKey, ElemValue, Elements, Rule, SetDecl, Table, Tx,
+};
+use crate::model::{Protocol, ServiceKey};
 use crate::proxy::{DesiredProxy, Destination, VirtualKey, VirtualService};
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 /// Family of the owned table.
 pub const FAMILY: &str = "inet";
 /// Name of the one table sdnlinkd owns in its namespace. Everything inside it is ours and is
-/// rewritten on a full sync; nothing outside it is ever touched.
+/// repaired on a full sync; nothing outside it is ever touched.
 pub const TABLE: &str = "sdnlink";
+/// `FAMILY TABLE`, as nft commands name the table.
+pub const TARGET: &str = "inet sdnlink";
 /// Table comment marking ownership for whoever lists the ruleset by hand.
-pub const TABLE_COMMENT: &str = "owned by sdnlinkd: rewritten on every sync, do not edit";
+pub const TABLE_COMMENT: &str = "owned by sdnlinkd: repaired on every sync, do not edit";
 
 const REJECT_CHAIN: &str = "reject-chain";
 const SERVICES_CHAIN: &str = "services";
@@ -39,7 +54,7 @@ struct BaseChain {
     kind: &'static str,
     hook: &'static str,
     /// Numeric, because Debian 12's nft 1.0.6 rejects `dstnat` on an `output` nat chain.
-    priority: i32,
+    priority: i64,
 }
 
 /// Filter chains run just before DNAT (-100) to reject connections to Services without
@@ -72,49 +87,63 @@ const BASE_CHAINS: [BaseChain; 4] = [
     },
 ];
 
-/// The four verdict maps: (name, address type).
-const MAPS: [(&str, &str); 4] = [
-    ("service-ips", "ipv4_addr"),
-    ("service-ips6", "ipv6_addr"),
-    ("no-endpoint-services", "ipv4_addr"),
-    ("no-endpoint-services6", "ipv6_addr"),
-];
-
-/// Names of the fixed (non per-service) chains.
-pub fn fixed_chains() -> impl Iterator<Item = &'static str> {
-    BASE_CHAINS
-        .iter()
-        .map(|c| c.name)
-        .chain([REJECT_CHAIN, SERVICES_CHAIN])
+fn v6(a: IpAddr) -> bool {
+    a.is_ipv6()
 }
 
-/// Hook parameters sdnlinkd wants for a base chain: (type, hook, priority).
-pub fn base_chain_spec(name: &str) -> Option<(&'static str, &'static str, i32)> {
-    BASE_CHAINS
-        .iter()
-        .find(|c| c.name == name)
-        .map(|c| (c.kind, c.hook, c.priority))
+fn ip_kw(a: IpAddr) -> &'static str {
+    if v6(a) {
+        "ip6"
+    } else {
+        "ip"
+    }
 }
 
-fn fixed_rules(chain: &str) -> Vec<String> {
-    let filter = || {
-        vec![
-            "ct state new ip daddr . meta l4proto . th dport vmap @no-endpoint-services".into(),
-            "ct state new ip6 daddr . meta l4proto . th dport vmap @no-endpoint-services6".into(),
-        ]
-    };
-    match chain {
-        "filter-prerouting" | "filter-output" => filter(),
-        "nat-prerouting" | "nat-output" => vec![format!("jump {SERVICES_CHAIN}")],
-        SERVICES_CHAIN => vec![
-            "ip daddr . meta l4proto . th dport vmap @service-ips".into(),
-            "ip6 daddr . meta l4proto . th dport vmap @service-ips6".into(),
-        ],
-        REJECT_CHAIN => vec![
-            "meta l4proto tcp reject with tcp reset".into(),
-            "reject".into(),
-        ],
-        _ => vec![],
+fn addr_type(a: IpAddr) -> &'static str {
+    if v6(a) {
+        "ipv6_addr"
+    } else {
+        "ipv4_addr"
+    }
+}
+
+fn suffix(a: IpAddr) -> &'static str {
+    if v6(a) {
+        "6"
+    } else {
+        ""
+    }
+}
+
+fn service_map(a: IpAddr) -> String {
+    format!("service-ips{}", suffix(a))
+}
+
+fn no_endpoint_map(a: IpAddr) -> String {
+    format!("no-endpoint-services{}", suffix(a))
+}
+
+fn endpoints_map(a: IpAddr, p: Protocol) -> String {
+    format!("endpoints{}-{p}", suffix(a))
+}
+
+const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+/// IP protocol number (IANA), as the maps' `inet_proto` keys hold it.
+pub fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn protocol_of(n: u8) -> Option<Protocol> {
+    match n {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
     }
 }
 
@@ -138,7 +167,7 @@ pub fn service_chain(key: &VirtualKey) -> String {
     format!("svc-{}", key_ident(key))
 }
 
-/// Name of the per-endpoint chain of `dest` in `key`.
+/// Name of the per-endpoint chain of `dest` in `key` (ClientIP affinity only).
 pub fn endpoint_chain(key: &VirtualKey, dest: &Destination) -> String {
     format!("ep-{}", dest_ident(key, dest))
 }
@@ -148,32 +177,24 @@ pub fn affinity_set(key: &VirtualKey, dest: &Destination) -> String {
     format!("aff-{}", dest_ident(key, dest))
 }
 
-fn ip_kw(a: IpAddr) -> &'static str {
-    if a.is_ipv4() {
-        "ip"
-    } else {
-        "ip6"
+/// Key of a service in the verdict maps.
+fn service_key(k: &VirtualKey) -> ElemKey {
+    ElemKey {
+        addr: k.vip,
+        proto: Some(proto_number(k.protocol)),
+        port: k.port,
+        index: None,
     }
 }
 
-fn addr_type(a: IpAddr) -> &'static str {
-    if a.is_ipv4() {
-        "ipv4_addr"
-    } else {
-        "ipv6_addr"
+/// Key of the `index`-th endpoint of a service in its endpoint map.
+fn endpoint_key(k: &VirtualKey, index: u32) -> ElemKey {
+    ElemKey {
+        addr: k.vip,
+        proto: None,
+        port: k.port,
+        index: Some(index),
     }
-}
-
-fn map_suffix(a: IpAddr) -> &'static str {
-    if a.is_ipv4() {
-        ""
-    } else {
-        "6"
-    }
-}
-
-fn element_key(k: &VirtualKey) -> String {
-    format!("{} . {} . {}", k.vip, k.protocol, k.port)
 }
 
 /// IPVS's consistent schedulers (source hashing, Maglev hashing) pick by client address;
@@ -182,644 +203,587 @@ fn consistent(scheduler: &str) -> bool {
     matches!(scheduler, "sh" | "mh")
 }
 
-/// A dynamic set's declaration: (address type, timeout seconds).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SetDef {
-    pub addr_type: &'static str,
-    pub timeout: u32,
+fn verdict_map_decl(a: IpAddr) -> SetDecl {
+    let ty = addr_type(a);
+    SetDecl {
+        body: format!("type {ty} . inet_proto . inet_service : verdict;"),
+        is_map: true,
+        key: format!("{ty} . inet_proto . inet_service"),
+        data: Some("verdict".into()),
+        flags: vec![],
+        timeout: None,
+    }
 }
 
-/// Every nftables object one virtual service needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceObjects {
-    /// chain name -> rules, in order.
-    pub chains: BTreeMap<String, Vec<String>>,
-    pub sets: BTreeMap<String, SetDef>,
-    /// (map, key) -> verdict.
-    pub elements: BTreeMap<(String, String), String>,
+/// The endpoint map's key ends in the selector's value (a 32-bit integer); `typeof` is the one
+/// way to declare it, as no named type is a plain integer.
+fn endpoints_map_decl(a: IpAddr, p: Protocol) -> SetDecl {
+    let (ty, kw) = (addr_type(a), ip_kw(a));
+    SetDecl {
+        body: format!(
+            "typeof {kw} daddr . {p} dport . numgen random mod 1 : {kw} daddr . {p} dport;"
+        ),
+        is_map: true,
+        key: format!("{ty} . inet_service . integer"),
+        data: Some(format!("{ty} . inet_service")),
+        flags: vec![],
+        timeout: None,
+    }
 }
 
-/// The objects of one virtual service, a pure function of it.
-pub fn service_objects(vs: &VirtualService) -> ServiceObjects {
-    let k = &vs.key;
-    let fam = ip_kw(k.vip);
-    let mut o = ServiceObjects::default();
-    if vs.destinations.is_empty() {
-        o.elements.insert(
-            (
-                format!("no-endpoint-services{}", map_suffix(k.vip)),
-                element_key(k),
-            ),
-            format!("goto {REJECT_CHAIN}"),
-        );
-        return o;
+fn affinity_set_decl(a: IpAddr, timeout: u32) -> SetDecl {
+    SetDecl {
+        body: format!(
+            "type {}; flags dynamic,timeout; timeout {timeout}s;",
+            addr_type(a)
+        ),
+        is_map: false,
+        key: addr_type(a).into(),
+        data: None,
+        // nft 1.0.6 reports `dynamic` in text listings only.
+        flags: vec!["timeout".into()],
+        timeout: Some(timeout.into()),
     }
-    let svc = service_chain(k);
-    let mut svc_rules = Vec::new();
-    let n = vs.destinations.len();
-    let hashed = consistent(&vs.scheduler);
-    let mut select = Vec::new();
-    for (i, d) in vs.destinations.iter().enumerate() {
-        let to = match d.addr {
-            IpAddr::V4(a) => format!("{a}:{}", d.port),
-            IpAddr::V6(a) => format!("[{a}]:{}", d.port),
-        };
-        // nft 1.0.6 wants a transport protocol match before `dnat to ADDR:PORT`.
-        let dnat = format!("meta l4proto {} dnat {fam} to {to}", k.protocol);
-        let target = match vs.affinity_timeout {
-            // ClientIP affinity needs a per-endpoint chain: the set update must run for the
-            // endpoint finally chosen, whether by affinity or by the selection below.
-            Some(timeout) => {
-                let ep = endpoint_chain(k, d);
-                let set = affinity_set(k, d);
-                svc_rules.push(format!("{fam} saddr @{set} goto {ep}"));
-                o.chains.insert(
-                    ep.clone(),
-                    vec![format!("update @{set} {{ {fam} saddr }}"), dnat],
-                );
-                o.sets.insert(
-                    set,
-                    SetDef {
-                        addr_type: addr_type(k.vip),
-                        timeout,
-                    },
-                );
-                format!("goto {ep}")
-            }
-            // Without affinity the DNAT sits in the service chain itself. nft 1.0.6 fetches
-            // every chain of the table before it applies any `add rule`, so the chain count
-            // sets the floor of every incremental sync: with a chain per endpoint, one
-            // endpoint change at 10k x 10 took ~1 s of nft's cache fetch alone (110k chains),
-            // against 0.04 s with 10k chains (measured on this host).
-            None => dnat,
-        };
-        // Selection is a cascade of rules rather than `numgen ... vmap { ... }`: every inline
-        // vmap is an anonymous set, and the kernel names and looks up sets by walking the
-        // table's set list (nf_tables_set_alloc_name, nft_set_lookup), which made 10k services
-        // quadratic (a 257 s soft lockup in nf_tables_newset on this host). Rule i of the
-        // random cascade fires with probability 1/(n-i), which is uniform overall, as
-        // iptables' `statistic --mode random` chains do. The hash cascade compares one hash
-        // with a fixed seed (without `seed`, each expression would draw its own). A DNAT
-        // ends the chain (its verdict is accept), so later rules never see the packet.
-        let rule = if i + 1 == n {
-            target
-        } else if hashed {
-            format!("jhash {fam} saddr mod {n} seed 0x0 {i} {target}")
-        } else {
-            format!("numgen random mod {} 0 {target}", n - i)
-        };
-        select.push(rule);
-    }
-    svc_rules.extend(select);
-    o.chains.insert(svc.clone(), svc_rules);
-    o.elements.insert(
-        (format!("service-ips{}", map_suffix(k.vip)), element_key(k)),
-        format!("goto {svc}"),
-    );
-    o
 }
 
-/// What a full sync found in the kernel's copy of the table.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Observed {
-    /// Chain name -> hook spec (type, hook, priority) for base chains, `None` for regular ones.
-    pub chains: BTreeMap<String, Option<(String, String, i32)>>,
-    /// Set name -> (address type, timeout seconds).
-    pub sets: BTreeMap<String, (String, Option<u32>)>,
+fn lookup_key(family: &str) -> Value {
+    expr::concat(vec![
+        expr::payload(family, "daddr"),
+        expr::meta("l4proto"),
+        expr::payload("th", "dport"),
+    ])
 }
 
-/// A transaction being written: one nft command per line, counted.
-#[derive(Default)]
-pub struct Tx {
-    text: String,
-    commands: usize,
-}
-
-impl Tx {
-    fn cmd(&mut self, args: std::fmt::Arguments<'_>) {
-        // Writing to a String cannot fail.
-        let _ = self.text.write_fmt(args);
-        self.text.push('\n');
-        self.commands += 1;
-    }
-
-    /// The transaction text for `nft -f -`.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// Number of commands in it.
-    pub fn commands(&self) -> usize {
-        self.commands
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.commands == 0
-    }
-
-    fn set_decl(&mut self, name: &str, def: &SetDef) {
-        self.cmd(format_args!(
-            "add set {FAMILY} {TABLE} {name} {{ type {}; flags dynamic,timeout; timeout {}s; }}",
-            def.addr_type, def.timeout
-        ));
-    }
-
-    fn rule(&mut self, chain: &str, rule: &str) {
-        self.cmd(format_args!("add rule {FAMILY} {TABLE} {chain} {rule}"));
-    }
-
-    fn element(&mut self, verb: &str, map: &str, key: &str, verdict: Option<&str>) {
-        match verdict {
-            Some(v) => self.cmd(format_args!(
-                "{verb} element {FAMILY} {TABLE} {map} {{ {key} : {v} }}"
-            )),
-            None => self.cmd(format_args!(
-                "{verb} element {FAMILY} {TABLE} {map} {{ {key} }}"
-            )),
+/// The maps every table has (declarations only).
+fn add_maps(t: &mut Table) {
+    for a in ["0.0.0.0", "::"] {
+        let a: IpAddr = a.parse().expect("literal address");
+        for (m, d) in [
+            (service_map(a), verdict_map_decl(a)),
+            (no_endpoint_map(a), verdict_map_decl(a)),
+        ]
+        .into_iter()
+        .chain(
+            PROTOCOLS
+                .iter()
+                .map(|p| (endpoints_map(a, *p), endpoints_map_decl(a, *p))),
+        ) {
+            t.sets.insert(m.clone(), d);
+            t.elements.insert(m, Elements::default());
         }
     }
 }
 
-/// The full repair transaction: makes the table equal to `desired` whatever `observed` holds,
-/// atomically. Every chain is flushed and rewritten, every map is flushed and refilled, chains
-/// and sets that are no longer desired are deleted, and base chains whose hook was changed out
-/// of band are recreated. Affinity sets that still match are kept with their contents, so a
-/// resync does not move clients.
-pub fn full_transaction(desired: &DesiredProxy, observed: &Observed) -> Tx {
-    let objects: Vec<ServiceObjects> = desired.services.values().map(service_objects).collect();
-    let mut want_chains: BTreeSet<&str> = fixed_chains().collect();
-    let mut want_sets: BTreeMap<&str, &SetDef> = BTreeMap::new();
-    for o in &objects {
-        want_chains.extend(o.chains.keys().map(String::as_str));
-        want_sets.extend(o.sets.iter().map(|(n, d)| (n.as_str(), d)));
-    }
-
-    let mut tx = Tx::default();
-    tx.cmd(format_args!(
-        "add table {FAMILY} {TABLE} {{ comment \"{TABLE_COMMENT}\"; }}"
-    ));
-    // A base chain with the wrong hook cannot be changed in place: drop it first.
-    let bad_base: Vec<&str> = BASE_CHAINS
-        .iter()
-        .filter(|b| {
-            matches!(observed.chains.get(b.name), Some(spec)
-                if spec.as_ref().map(|(t, h, p)| (t.as_str(), h.as_str(), *p)) != Some((b.kind, b.hook, b.priority)))
-        })
-        .map(|b| b.name)
-        .collect();
-    for name in &bad_base {
-        tx.cmd(format_args!("flush chain {FAMILY} {TABLE} {name}"));
-        tx.cmd(format_args!("delete chain {FAMILY} {TABLE} {name}"));
-    }
-    for (name, ty) in MAPS {
-        tx.cmd(format_args!(
-            "add map {FAMILY} {TABLE} {name} {{ type {ty} . inet_proto . inet_service : verdict; }}"
-        ));
-        tx.cmd(format_args!("flush map {FAMILY} {TABLE} {name}"));
-    }
+fn fixed_chains(t: &mut Table) {
+    let filter = |fam: &str, map: &str| {
+        Rule::new(
+            format!("ct state new {fam} daddr . meta l4proto . th dport vmap @{map}"),
+            json!([
+                expr::matches("in", json!({"ct": {"key": "state"}}), json!("new")),
+                expr::vmap(lookup_key(fam), map)
+            ]),
+        )
+    };
     for b in &BASE_CHAINS {
-        tx.cmd(format_args!(
-            "add chain {FAMILY} {TABLE} {} {{ type {} hook {} priority {}; policy accept; }}",
-            b.name, b.kind, b.hook, b.priority
-        ));
+        let rules = if b.kind == "filter" {
+            vec![
+                filter("ip", "no-endpoint-services"),
+                filter("ip6", "no-endpoint-services6"),
+            ]
+        } else {
+            vec![Rule::new(
+                format!("jump {SERVICES_CHAIN}"),
+                json!([expr::jump(SERVICES_CHAIN)]),
+            )]
+        };
+        t.chains.insert(
+            b.name.into(),
+            Chain {
+                base: Some(BaseSpec {
+                    kind: b.kind.into(),
+                    hook: b.hook.into(),
+                    prio: b.priority,
+                    policy: "accept".into(),
+                }),
+                rules,
+            },
+        );
     }
-    for name in &want_chains {
-        if base_chain_spec(name).is_none() {
-            tx.cmd(format_args!("add chain {FAMILY} {TABLE} {name}"));
-        }
-    }
-    for name in &want_chains {
-        tx.cmd(format_args!("flush chain {FAMILY} {TABLE} {name}"));
-    }
-    let stale_chains: Vec<&str> = observed
-        .chains
-        .keys()
-        .map(String::as_str)
-        .filter(|c| !want_chains.contains(c))
-        .collect();
-    for name in &stale_chains {
-        tx.cmd(format_args!("flush chain {FAMILY} {TABLE} {name}"));
-    }
-    for name in &stale_chains {
-        tx.cmd(format_args!("delete chain {FAMILY} {TABLE} {name}"));
-    }
-    for (name, (ty, timeout)) in &observed.sets {
-        let keep = want_sets
-            .get(name.as_str())
-            .is_some_and(|d| d.addr_type == ty && Some(d.timeout) == *timeout);
-        if !keep {
-            tx.cmd(format_args!("delete set {FAMILY} {TABLE} {name}"));
-        }
-    }
-    for (name, def) in &want_sets {
-        tx.set_decl(name, def);
-    }
-    for name in fixed_chains() {
-        for r in fixed_rules(name) {
-            tx.rule(name, &r);
-        }
-    }
-    for o in &objects {
-        for (chain, rules) in &o.chains {
-            for r in rules {
-                tx.rule(chain, r);
-            }
-        }
-    }
-    for o in &objects {
-        for ((map, key), verdict) in &o.elements {
-            tx.element("add", map, key, Some(verdict));
-        }
-    }
-    tx
+    let lookup = |fam: &str, map: &str| {
+        Rule::new(
+            format!("{fam} daddr . meta l4proto . th dport vmap @{map}"),
+            json!([expr::vmap(lookup_key(fam), map)]),
+        )
+    };
+    t.chains.insert(
+        SERVICES_CHAIN.into(),
+        Chain {
+            base: None,
+            rules: vec![lookup("ip", "service-ips"), lookup("ip6", "service-ips6")],
+        },
+    );
+    t.chains.insert(
+        REJECT_CHAIN.into(),
+        Chain {
+            base: None,
+            rules: vec![
+                Rule::new(
+                    "meta l4proto tcp reject with tcp reset",
+                    json!([
+                        expr::matches("==", expr::meta("l4proto"), json!(6)),
+                        {"reject": {"type": "tcp reset"}}
+                    ]),
+                ),
+                // In the inet family a bare `reject` is ICMPx port-unreachable.
+                Rule::new(
+                    "reject",
+                    json!([{"reject": {"type": "icmpx", "expr": "port-unreachable"}}]),
+                ),
+            ],
+        },
+    );
 }
 
-/// The incremental transaction from the committed state `old` to `new`: only the objects of
-/// virtual services that changed, and within them only the chains, sets and map elements that
-/// differ. One endpoint change therefore costs a handful of commands whatever the table size.
-/// It assumes the kernel still holds `old`; if it does not (out-of-band edits), the
-/// transaction fails as a whole and the caller falls back to a full sync.
-pub fn incremental_transaction(old: &DesiredProxy, new: &DesiredProxy) -> Tx {
-    let empty = ServiceObjects::default();
-    let keys: BTreeSet<&VirtualKey> = old.services.keys().chain(new.services.keys()).collect();
-    let mut changes: Vec<(ServiceObjects, ServiceObjects)> = Vec::new();
-    for k in keys {
-        let (o, n) = (old.services.get(k), new.services.get(k));
-        if o == n {
+/// `dnat ip to 10.1.0.1:8080`, with the protocol match nft 1.0.6 wants before a port.
+fn dnat_rule(k: &VirtualKey, d: &Destination) -> Rule {
+    let fam = ip_kw(k.vip);
+    let to = match d.addr {
+        IpAddr::V4(a) => format!("{a}:{}", d.port),
+        IpAddr::V6(a) => format!("[{a}]:{}", d.port),
+    };
+    Rule::new(
+        format!("meta l4proto {} dnat {fam} to {to}", k.protocol),
+        json!([
+            expr::matches("==", expr::meta("l4proto"), json!(proto_number(k.protocol))),
+            expr::dnat(fam, d.addr.to_string(), d.port)
+        ]),
+    )
+}
+
+/// Which shared selection chains a service without affinity jumps to: per family, protocol
+/// and selection method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pick {
+    v6: bool,
+    protocol: Protocol,
+    hashed: bool,
+}
+
+impl Pick {
+    fn of(vs: &VirtualService) -> Pick {
+        Pick {
+            v6: v6(vs.key.vip),
+            protocol: vs.key.protocol,
+            hashed: consistent(&vs.scheduler),
+        }
+    }
+}
+
+/// `pick4-tcp-random-10`: DNAT to one of 10 endpoints, of the service whose address and port
+/// the packet is sent to.
+fn pick_chain(p: &Pick, n: u32) -> String {
+    format!(
+        "pick{}-{}-{}-{n}",
+        if p.v6 { "6" } else { "4" },
+        p.protocol,
+        if p.hashed { "hash" } else { "random" }
+    )
+}
+
+/// Pick chains exist for N = 1..=K per kind in use, K the largest endpoint count of that kind
+/// rounded up to a power of two, at least 16: a service whose endpoint count changes then
+/// (nearly always) finds its new chain already there, so an endpoint change costs map element
+/// updates only. Services share these chains instead of holding one rule each because every
+/// rule that looks up a map binds it, and the kernel walks all of a map's bindings for each
+/// element added (nft_add_set_elem) and all of its elements for each binding added
+/// (nf_tables_bind_check_setelem): with a rule per service, 10k services x 10 endpoints took
+/// minutes of system time.
+const MIN_PICKS: u32 = 16;
+
+fn add_picks<'a>(t: &mut Table, services: impl IntoIterator<Item = &'a VirtualService>) {
+    let mut kinds: BTreeMap<Pick, u32> = BTreeMap::new();
+    for vs in services {
+        if vs.affinity_timeout.is_some() || vs.destinations.is_empty() {
             continue;
         }
-        changes.push((
-            o.map(service_objects).unwrap_or_else(|| empty.clone()),
-            n.map(service_objects).unwrap_or_else(|| empty.clone()),
-        ));
+        let n = u32::try_from(vs.destinations.len()).unwrap_or(u32::MAX);
+        let max = kinds.entry(Pick::of(vs)).or_insert(0);
+        *max = (*max).max(n);
     }
+    for (p, max) in kinds {
+        let k = max
+            .checked_next_power_of_two()
+            .unwrap_or(max)
+            .max(MIN_PICKS);
+        for n in 1..=k {
+            t.chains.insert(
+                pick_chain(&p, n),
+                Chain {
+                    base: None,
+                    rules: vec![pick_rule(&p, n)],
+                },
+            );
+        }
+    }
+}
 
-    let mut tx = Tx::default();
-    // Order matters inside one transaction: drop references (map elements, then rules) before
-    // the chains and sets they point to, and create chains and sets before rules use them.
-    for (o, n) in &changes {
-        for ((map, key), verdict) in &o.elements {
-            if n.elements.get(&(map.clone(), key.clone())) != Some(verdict) {
-                tx.element("delete", map, key, None);
+fn pick_rule(p: &Pick, n: u32) -> Rule {
+    let a: IpAddr = if p.v6 {
+        IpAddr::from([0u16; 8])
+    } else {
+        IpAddr::from([0u8; 4])
+    };
+    let (fam, emap) = (ip_kw(a), endpoints_map(a, p.protocol));
+    // `tcp dport` rather than `th dport`: the port half of the DNAT target needs a transport
+    // protocol in nft's context, which the `tcp` payload gives (with its implicit
+    // `meta l4proto tcp` match).
+    let proto = p.protocol.as_lower();
+    let (sel_text, sel) = if p.hashed {
+        (
+            format!("jhash {fam} saddr mod {n} seed 0x0"),
+            expr::jhash(n, expr::payload(fam, "saddr")),
+        )
+    } else {
+        (format!("numgen random mod {n}"), expr::numgen(n))
+    };
+    Rule::new(
+        format!("dnat {fam} to {fam} daddr . {proto} dport . {sel_text} map @{emap}"),
+        json!([expr::dnat_map(
+            fam,
+            expr::concat(vec![
+                expr::payload(fam, "daddr"),
+                expr::payload(proto, "dport"),
+                sel
+            ]),
+            &emap
+        )]),
+    )
+}
+
+/// Adds the objects of one virtual service to `t`.
+fn add_service(t: &mut Table, vs: &VirtualService) {
+    let k = &vs.key;
+    let fam = ip_kw(k.vip);
+    let ek = service_key(k);
+    if vs.destinations.is_empty() {
+        t.elements
+            .entry(no_endpoint_map(k.vip))
+            .or_default()
+            .items
+            .insert(ek, ElemValue::Goto(REJECT_CHAIN.into()));
+        return;
+    }
+    let n = u32::try_from(vs.destinations.len()).unwrap_or(u32::MAX);
+    let hashed = consistent(&vs.scheduler);
+    let svc = service_chain(k);
+    let rules = match vs.affinity_timeout {
+        None => {
+            let items = &mut t
+                .elements
+                .entry(endpoints_map(k.vip, k.protocol))
+                .or_default()
+                .items;
+            for (i, d) in (0u32..).zip(&vs.destinations) {
+                items.insert(endpoint_key(k, i), ElemValue::Target(d.addr, d.port));
             }
+            t.elements
+                .entry(service_map(k.vip))
+                .or_default()
+                .items
+                .insert(ek, ElemValue::Goto(pick_chain(&Pick::of(vs), n)));
+            return;
+        }
+        // ClientIP affinity needs a per-endpoint chain: the set update must run for the
+        // endpoint finally chosen, whether by affinity or by the selection below.
+        Some(timeout) => {
+            let mut lookups = Vec::new();
+            let mut select = Vec::new();
+            for (i, d) in (0u32..).zip(&vs.destinations) {
+                let ep = endpoint_chain(k, d);
+                let set = affinity_set(k, d);
+                lookups.push(Rule::new(
+                    format!("{fam} saddr @{set} goto {ep}"),
+                    json!([
+                        expr::matches("==", expr::payload(fam, "saddr"), json!(format!("@{set}"))),
+                        expr::goto(&ep)
+                    ]),
+                ));
+                t.chains.insert(
+                    ep.clone(),
+                    Chain {
+                        base: None,
+                        rules: vec![
+                            Rule::new(
+                                format!("update @{set} {{ {fam} saddr }}"),
+                                json!([{"set": {"op": "update", "elem": expr::payload(fam, "saddr"), "set": format!("@{set}")}}]),
+                            ),
+                            dnat_rule(k, d),
+                        ],
+                    },
+                );
+                t.sets.insert(set, affinity_set_decl(k.vip, timeout));
+                // Selection is a cascade of rules rather than `numgen ... vmap { ... }`: every
+                // inline vmap is an anonymous set, and the kernel names and looks up sets by
+                // walking the table's set list (nf_tables_set_alloc_name, nft_set_lookup),
+                // which made 10k services quadratic (a 257 s soft lockup in nf_tables_newset on
+                // this host). Rule i of the random cascade fires with probability 1/(n-i),
+                // uniform overall, as iptables' `statistic --mode random` chains do. The hash
+                // cascade compares one hash with a fixed seed (without `seed`, each expression
+                // would draw its own). A goto ends the chain.
+                select.push(if i + 1 == n {
+                    Rule::new(format!("goto {ep}"), json!([expr::goto(&ep)]))
+                } else if hashed {
+                    Rule::new(
+                        format!("jhash {fam} saddr mod {n} seed 0x0 {i} goto {ep}"),
+                        json!([
+                            expr::matches(
+                                "==",
+                                expr::jhash(n, expr::payload(fam, "saddr")),
+                                json!(i)
+                            ),
+                            expr::goto(&ep)
+                        ]),
+                    )
+                } else {
+                    Rule::new(
+                        format!("numgen random mod {} 0 goto {ep}", n - i),
+                        json!([
+                            expr::matches("==", expr::numgen(n - i), json!(0)),
+                            expr::goto(&ep)
+                        ]),
+                    )
+                });
+            }
+            lookups.extend(select);
+            lookups
+        }
+    };
+    t.chains.insert(svc.clone(), Chain { base: None, rules });
+    t.elements
+        .entry(service_map(k.vip))
+        .or_default()
+        .items
+        .insert(ek, ElemValue::Goto(svc));
+}
+
+/// The whole desired table, a pure function of `desired`.
+pub fn desired_table(desired: &DesiredProxy) -> Table {
+    let mut t = Table::empty(format!("comment \"{TABLE_COMMENT}\";"));
+    add_maps(&mut t);
+    fixed_chains(&mut t);
+    for vs in desired.services.values() {
+        add_service(&mut t, vs);
+    }
+    add_picks(&mut t, desired.services.values());
+    t
+}
+
+/// The full repair transaction: makes the kernel's table `observed` equal to `desired`,
+/// writing only what differs (nothing when they are equal). Affinity sets that still match
+/// keep their contents, so a resync does not move clients.
+pub fn full_transaction(desired: &DesiredProxy, observed: &Table) -> Tx {
+    diff(TARGET, &desired_table(desired), observed)
+}
+
+/// The incremental transaction from the committed state `old` to `new`: the same diff, over
+/// the objects of the services that changed only, so one endpoint change costs a handful of
+/// commands whatever the table size. It assumes the kernel still holds `old`; if it does not
+/// (out-of-band edits), the transaction fails as a whole and the caller falls back to a full
+/// sync.
+pub fn incremental_transaction(old: &DesiredProxy, new: &DesiredProxy) -> Tx {
+    let mut before = Table::empty("");
+    let mut after = Table::empty("");
+    add_maps(&mut before);
+    add_maps(&mut after);
+    let keys: BTreeSet<&VirtualKey> = old.services.keys().chain(new.services.keys()).collect();
+    for k in keys {
+        let (o, n) = (old.services.get(k), new.services.get(k));
+        if o == n || o.zip(n).is_some_and(|(o, n)| same_objects(o, n)) {
+            continue;
+        }
+        if let Some(o) = o {
+            add_service(&mut before, o);
+        }
+        if let Some(n) = n {
+            add_service(&mut after, n);
         }
     }
-    for (o, n) in &changes {
-        for (chain, rules) in &o.chains {
-            if n.chains.get(chain) != Some(rules) {
-                tx.cmd(format_args!("flush chain {FAMILY} {TABLE} {chain}"));
-            }
-        }
+    if before == after {
+        return Tx::default();
     }
-    for (o, n) in &changes {
-        for chain in o.chains.keys() {
-            if !n.chains.contains_key(chain) {
-                tx.cmd(format_args!("delete chain {FAMILY} {TABLE} {chain}"));
-            }
-        }
-        for (set, def) in &o.sets {
-            if n.sets.get(set) != Some(def) {
-                tx.cmd(format_args!("delete set {FAMILY} {TABLE} {set}"));
-            }
-        }
-    }
-    for (o, n) in &changes {
-        for (set, def) in &n.sets {
-            if o.sets.get(set) != Some(def) {
-                tx.set_decl(set, def);
-            }
-        }
-        for chain in n.chains.keys() {
-            if !o.chains.contains_key(chain) {
-                tx.cmd(format_args!("add chain {FAMILY} {TABLE} {chain}"));
-            }
-        }
-    }
-    for (o, n) in &changes {
-        // Endpoint chains first: a service chain's rules jump to them.
-        let mut changed: Vec<(&String, &Vec<String>)> = n
-            .chains
-            .iter()
-            .filter(|(c, r)| o.chains.get(*c) != Some(*r))
-            .collect();
-        changed.sort_by_key(|(c, _)| c.starts_with("svc-"));
-        for (chain, rules) in changed {
-            for r in rules {
-                tx.rule(chain, r);
-            }
-        }
-    }
-    for (o, n) in &changes {
-        for ((map, key), verdict) in &n.elements {
-            if o.elements.get(&(map.clone(), key.clone())) != Some(verdict) {
-                tx.element("add", map, key, Some(verdict));
-            }
-        }
-    }
-    tx
+    add_picks(&mut before, old.services.values());
+    add_picks(&mut after, new.services.values());
+    diff(TARGET, &after, &before)
+}
+
+/// Whether two versions of a service render the same objects (names of the cluster or the
+/// Service are not in the kernel).
+fn same_objects(a: &VirtualService, b: &VirtualService) -> bool {
+    a.destinations == b.destinations
+        && a.affinity_timeout == b.affinity_timeout
+        && consistent(&a.scheduler) == consistent(&b.scheduler)
 }
 
 /// The transaction that removes the owned table and everything in it, idempotently: `add`
 /// first so that `delete` never fails on a missing table.
 pub fn cleanup_transaction() -> Tx {
     let mut tx = Tx::default();
-    tx.cmd(format_args!("add table {FAMILY} {TABLE}"));
-    tx.cmd(format_args!("delete table {FAMILY} {TABLE}"));
+    tx.cmd(1, format_args!("add table {TARGET}"));
+    tx.cmd(1, format_args!("delete table {TARGET}"));
     tx
 }
 
-/// Parses `nft -j list chains` / `nft -j list sets` output, keeping only the owned table.
-pub fn parse_observed(chains_json: &str, sets_json: &str) -> Result<Observed, serde_json::Error> {
-    let mut obs = Observed::default();
-    for item in items(chains_json)? {
-        let Some(c) = item.get("chain") else { continue };
-        if !owned(c) {
-            continue;
-        }
-        let Some(name) = c.get("name").and_then(|v| v.as_str()) else {
-            continue;
-        };
-        let spec = match (c.get("type"), c.get("hook"), c.get("prio")) {
-            (Some(t), Some(h), Some(p)) => Some((
-                t.as_str().unwrap_or_default().to_string(),
-                h.as_str().unwrap_or_default().to_string(),
-                p.as_i64()
-                    .and_then(|p| i32::try_from(p).ok())
-                    .unwrap_or(i32::MIN),
-            )),
-            _ => None,
-        };
-        obs.chains.insert(name.to_string(), spec);
-    }
-    for item in items(sets_json)? {
-        let Some(s) = item.get("set") else { continue };
-        if !owned(s) {
-            continue;
-        }
-        let Some(name) = s.get("name").and_then(|v| v.as_str()) else {
-            continue;
-        };
-        let ty = s
-            .get("type")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let timeout = s
-            .get("timeout")
-            .and_then(|v| v.as_u64())
-            .and_then(|t| u32::try_from(t).ok());
-        obs.sets.insert(name.to_string(), (ty, timeout));
-    }
-    Ok(obs)
+/// Parses `nft -j -p list table inet sdnlink`.
+pub fn parse_listing(json: &str) -> Result<Table, super::table::ParseError> {
+    super::table::parse(json, FAMILY, TABLE)
 }
 
-fn owned(obj: &serde_json::Value) -> bool {
-    obj.get("family").and_then(|v| v.as_str()) == Some(FAMILY)
-        && obj.get("table").and_then(|v| v.as_str()) == Some(TABLE)
+/// The virtual services a table holds, as desired-state values: what
+/// [`DesiredProxy::adopting`] takes from the kernel for clusters that have not listed yet.
+/// Cluster and Service names are not in the kernel, so they stay empty; the scheduler is `rr`
+/// or `sh` (what the rules tell apart). Service chains written by earlier versions (a DNAT
+/// cascade per service) are read too, so a held cluster survives an upgrade.
+pub fn table_services(t: &Table) -> Vec<VirtualService> {
+    let mut out = Vec::new();
+    let maps = ["service-ips", "service-ips6"]
+        .into_iter()
+        .map(|m| (m, false))
+        .chain(
+            ["no-endpoint-services", "no-endpoint-services6"]
+                .into_iter()
+                .map(|m| (m, true)),
+        );
+    for (map, refusing) in maps {
+        let Some(els) = t.elements.get(map) else {
+            continue;
+        };
+        for (k, v) in &els.items {
+            let (Some(protocol), None) = (k.proto.and_then(protocol_of), k.index) else {
+                continue;
+            };
+            let key = VirtualKey {
+                vip: k.addr,
+                protocol,
+                port: k.port,
+            };
+            let mut vs = VirtualService {
+                key,
+                cluster: String::new(),
+                service: ServiceKey {
+                    namespace: String::new(),
+                    name: String::new(),
+                },
+                port_name: String::new(),
+                scheduler: "rr".into(),
+                affinity_timeout: None,
+                destinations: BTreeSet::new(),
+            };
+            if refusing {
+                out.push(vs);
+                continue;
+            }
+            let ElemValue::Goto(chain) = v else {
+                continue;
+            };
+            let Some(c) = t.chains.get(chain) else {
+                continue;
+            };
+            let mut eps: BTreeSet<&str> = BTreeSet::new();
+            for r in &c.rules {
+                read_rule(t, &r.expr, k, &mut vs, &mut eps);
+            }
+            for ep in eps {
+                if let Some(c) = t.chains.get(ep) {
+                    for r in &c.rules {
+                        read_rule(t, &r.expr, k, &mut vs, &mut BTreeSet::new());
+                    }
+                }
+            }
+            if !vs.destinations.is_empty() {
+                out.push(vs);
+            }
+        }
+    }
+    out
 }
 
-fn items(json: &str) -> Result<Vec<serde_json::Value>, serde_json::Error> {
-    if json.trim().is_empty() {
-        return Ok(vec![]);
+/// Reads one rule of a service or endpoint chain into `vs`: DNAT targets (direct, or through
+/// the endpoint map), the hash selector, affinity set updates, and endpoint chains it jumps to.
+fn read_rule<'a>(
+    t: &Table,
+    e: &'a Value,
+    k: &ElemKey,
+    vs: &mut VirtualService,
+    eps: &mut BTreeSet<&'a str>,
+) {
+    match e {
+        Value::Array(a) => a.iter().for_each(|x| read_rule(t, x, k, vs, eps)),
+        Value::Object(o) => {
+            if o.contains_key("jhash") {
+                vs.scheduler = "sh".into();
+            }
+            if let Some(ep) = o
+                .get("goto")
+                .and_then(|g| g.get("target"))
+                .and_then(Value::as_str)
+            {
+                eps.insert(ep);
+            }
+            if let Some(d) = o.get("dnat") {
+                match (d.get("addr"), d.get("port").and_then(Value::as_u64)) {
+                    (Some(Value::String(a)), Some(p)) => {
+                        if let (Ok(addr), Ok(port)) = (a.parse(), u16::try_from(p)) {
+                            vs.destinations.insert(Destination { addr, port });
+                        }
+                    }
+                    (Some(m), None) => {
+                        let map = m
+                            .get("map")
+                            .and_then(|m| m.get("data"))
+                            .and_then(Value::as_str)
+                            .and_then(|d| d.strip_prefix('@'));
+                        if let Some(items) = map.and_then(|m| t.elements.get(m)) {
+                            let lo = ElemKey {
+                                proto: None,
+                                index: Some(0),
+                                ..*k
+                            };
+                            let hi = ElemKey {
+                                proto: None,
+                                index: Some(u32::MAX),
+                                ..*k
+                            };
+                            for v in items.items.range(lo..=hi).map(|(_, v)| v) {
+                                if let ElemValue::Target(addr, port) = v {
+                                    vs.destinations.insert(Destination {
+                                        addr: *addr,
+                                        port: *port,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(set) = o
+                .get("set")
+                .filter(|s| s.get("op").and_then(Value::as_str) == Some("update"))
+                .and_then(|s| s.get("set"))
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix('@'))
+            {
+                vs.affinity_timeout = t
+                    .sets
+                    .get(set)
+                    .and_then(|d| d.timeout)
+                    .and_then(|s| u32::try_from(s).ok());
+            }
+            o.values().for_each(|x| read_rule(t, x, k, vs, eps));
+        }
+        _ => {}
     }
-    let v: serde_json::Value = serde_json::from_str(json)?;
-    Ok(match v.get("nftables") {
-        Some(serde_json::Value::Array(a)) => a.clone(),
-        _ => vec![],
-    })
 }
 
 #[cfg(test)]
-mod tests {
-    //! IP plan: remote ClusterIPs 10.97.0.0/16 (east) and 10.98.0.0/16 (west), fd97::/108;
-    //! endpoints 10.1.0.0/16 (east), 10.2.0.0/16 (west), fd01::/64.
-
-    use super::*;
-    use crate::model::{Protocol, ServiceKey};
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("test literal")
-    }
-
-    fn vs(
-        vip: &str,
-        proto: Protocol,
-        port: u16,
-        sched: &str,
-        aff: Option<u32>,
-        dests: &[(&str, u16)],
-    ) -> VirtualService {
-        VirtualService {
-            key: VirtualKey {
-                vip: ip(vip),
-                protocol: proto,
-                port,
-            },
-            cluster: "east".into(),
-            service: ServiceKey {
-                namespace: "default".into(),
-                name: "x".into(),
-            },
-            port_name: String::new(),
-            scheduler: sched.into(),
-            affinity_timeout: aff,
-            destinations: dests
-                .iter()
-                .map(|(a, p)| Destination {
-                    addr: ip(a),
-                    port: *p,
-                })
-                .collect(),
-        }
-    }
-
-    fn desired(list: Vec<VirtualService>) -> DesiredProxy {
-        DesiredProxy {
-            services: list.into_iter().map(|v| (v.key, v)).collect(),
-            ..Default::default()
-        }
-    }
-
-    use Protocol::{Tcp, Udp};
-
-    /// The table-driven desired state behind both golden files.
-    fn before() -> DesiredProxy {
-        desired(vec![
-            vs(
-                "10.97.0.10",
-                Tcp,
-                80,
-                "rr",
-                None,
-                &[("10.1.0.1", 8080), ("10.1.0.2", 8080)],
-            ),
-            vs("10.97.0.53", Udp, 53, "rr", None, &[("10.1.0.7", 5353)]),
-            vs(
-                "10.97.0.30",
-                Tcp,
-                80,
-                "rr",
-                Some(600),
-                &[("10.1.0.9", 8080), ("10.1.0.10", 8080)],
-            ),
-            vs(
-                "10.98.0.20",
-                Tcp,
-                443,
-                "sh",
-                None,
-                &[("10.2.0.4", 8443), ("10.2.0.5", 8443)],
-            ),
-            vs("fd97::10", Tcp, 80, "rr", Some(10800), &[("fd01::1", 8080)]),
-            vs("10.97.0.13", Tcp, 80, "rr", None, &[]),
-            vs("fd97::13", Udp, 53, "rr", None, &[]),
-            vs("10.97.0.14", Tcp, 80, "rr", None, &[("10.1.0.14", 80)]),
-        ])
-    }
-
-    /// `before` after churn: an endpoint removed, one added under affinity, a service gone, a
-    /// service gaining its first endpoint, another losing its last.
-    fn after() -> DesiredProxy {
-        desired(vec![
-            vs("10.97.0.10", Tcp, 80, "rr", None, &[("10.1.0.2", 8080)]),
-            vs("10.97.0.53", Udp, 53, "rr", None, &[("10.1.0.7", 5353)]),
-            vs(
-                "10.97.0.30",
-                Tcp,
-                80,
-                "rr",
-                Some(600),
-                &[("10.1.0.9", 8080), ("10.1.0.10", 8080), ("10.1.0.11", 8080)],
-            ),
-            vs("fd97::10", Tcp, 80, "rr", Some(10800), &[("fd01::1", 8080)]),
-            vs("10.97.0.13", Tcp, 80, "rr", None, &[("10.1.0.13", 80)]),
-            vs("fd97::13", Udp, 53, "rr", None, &[]),
-            vs("10.97.0.14", Tcp, 80, "rr", None, &[]),
-        ])
-    }
-
-    /// What a full sync might find: a stale chain and set of ours, a base chain whose priority
-    /// was edited, and a chain that is still wanted.
-    fn observed() -> Observed {
-        let mut o = Observed::default();
-        o.chains.insert(
-            "nat-output".into(),
-            Some(("nat".into(), "output".into(), 0)),
-        );
-        o.chains.insert(
-            "nat-prerouting".into(),
-            Some(("nat".into(), "prerouting".into(), -100)),
-        );
-        o.chains.insert("svc-10.97.0.99-tcp-80".into(), None);
-        o.chains.insert("svc-10.97.0.10-tcp-80".into(), None);
-        o.sets.insert(
-            "aff-10.97.0.99-tcp-80-10.1.0.99-80".into(),
-            ("ipv4_addr".into(), Some(60)),
-        );
-        o.sets.insert(
-            "aff-10.97.0.30-tcp-80-10.1.0.9-8080".into(),
-            ("ipv4_addr".into(), Some(600)),
-        );
-        o.sets.insert(
-            "aff-10.97.0.30-tcp-80-10.1.0.10-8080".into(),
-            ("ipv4_addr".into(), Some(30)),
-        );
-        o
-    }
-
-    /// Compares with a golden file; `SDNLINK_UPDATE_GOLDEN=1` rewrites it (review the diff).
-    fn golden(name: &str, got: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/proxy/nft/testdata")
-            .join(name);
-        if std::env::var_os("SDNLINK_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, got).expect("writing golden file");
-        }
-        let want = std::fs::read_to_string(&path).expect("golden file exists");
-        assert_eq!(got, want, "golden {name} differs");
-    }
-
-    #[test]
-    fn golden_full_transaction() {
-        golden("full.nft", full_transaction(&before(), &observed()).text());
-    }
-
-    #[test]
-    fn golden_incremental_transaction() {
-        golden(
-            "incremental.nft",
-            incremental_transaction(&before(), &after()).text(),
-        );
-    }
-
-    #[test]
-    fn incremental_of_identical_states_is_empty() {
-        assert!(incremental_transaction(&before(), &before()).is_empty());
-    }
-
-    #[test]
-    fn one_endpoint_change_at_scale_costs_constant_commands() {
-        let big = |extra: bool| {
-            let mut list = Vec::new();
-            for i in 0..10_000u32 {
-                let vip = format!("10.97.{}.{}", i / 250, i % 250 + 1);
-                let mut d: Vec<(String, u16)> = (0..10)
-                    .map(|j| (format!("10.1.{}.{}", i / 250, j + 1), 8080))
-                    .collect();
-                if extra && i == 4321 {
-                    d.push(("10.1.200.200".into(), 8080));
-                }
-                let refs: Vec<(&str, u16)> = d.iter().map(|(a, p)| (a.as_str(), *p)).collect();
-                list.push(vs(&vip, Tcp, 80, "rr", None, &refs));
-            }
-            desired(list)
-        };
-        let tx = incremental_transaction(&big(false), &big(true));
-        // flush svc chain, its 11 selection rules: proportional to that service's endpoints,
-        // independent of the 10k other services.
-        assert_eq!(tx.commands(), 12, "{}", tx.text());
-        let back = incremental_transaction(&big(true), &big(false));
-        // flush svc chain, its 10 selection rules.
-        assert_eq!(back.commands(), 11, "{}", back.text());
-    }
-
-    #[test]
-    fn names_are_deterministic_and_v6_safe() {
-        let k = VirtualKey {
-            vip: ip("fd97::10"),
-            protocol: Udp,
-            port: 53,
-        };
-        let d = Destination {
-            addr: ip("fd01::1"),
-            port: 5353,
-        };
-        assert_eq!(service_chain(&k), "svc-fd97__10-udp-53");
-        assert_eq!(endpoint_chain(&k, &d), "ep-fd97__10-udp-53-fd01__1-5353");
-        assert_eq!(affinity_set(&k, &d), "aff-fd97__10-udp-53-fd01__1-5353");
-    }
-
-    #[test]
-    fn observed_parses_only_our_table() {
-        let chains = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
-            {"chain": {"family": "inet", "table": "sdnlink", "name": "nat-output", "handle": 8, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}},
-            {"chain": {"family": "inet", "table": "sdnlink", "name": "svc-a", "handle": 9}},
-            {"chain": {"family": "inet", "table": "other", "name": "svc-b", "handle": 3}},
-            {"chain": {"family": "ip", "table": "sdnlink", "name": "svc-c", "handle": 3}}]}"#;
-        let sets = r#"{"nftables": [{"set": {"family": "inet", "name": "aff-x", "table": "sdnlink", "type": "ipv4_addr", "flags": ["timeout"], "timeout": 10800}},
-            {"set": {"family": "inet", "name": "foreign", "table": "other", "type": "ipv4_addr"}}]}"#;
-        let o = parse_observed(chains, sets).expect("valid json");
-        assert_eq!(o.chains.len(), 2);
-        assert_eq!(
-            o.chains["nat-output"],
-            Some(("nat".into(), "output".into(), -100))
-        );
-        assert_eq!(o.chains["svc-a"], None);
-        assert_eq!(o.sets.len(), 1);
-        assert_eq!(o.sets["aff-x"], ("ipv4_addr".into(), Some(10800)));
-        assert_eq!(
-            parse_observed("", "").expect("empty is no table"),
-            Observed::default()
-        );
-    }
-}
+mod tests;
