@@ -189,6 +189,10 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     for o in dns_checks(&plan, a, b) {
         emit(o);
     }
+    // While nothing changes: before the checks that edit the API servers.
+    emit(super::quiet::idle_resync(lab, a));
+    emit(super::quiet::dns_logs(lab, a, b));
+    emit(super::quiet::foreign_churn(lab, &pods, a, b));
     emit(churn(lab, &pods, a, b));
     emit(hostile(lab, &pods, a, b));
     emit(restart(lab, &pods, a, b));

@@ -5,7 +5,8 @@
 //! `plan` is the topology as a pure value; `net` creates and removes it with iproute2;
 //! `servers` runs the pods' echo servers and the upstream DNS server; `daemon` starts and stops
 //! `sdnlinkd` processes inside node namespaces; `dns` is the checks' raw DNS client;
-//! `manifests` writes the default YAML manifests; `checks` are the end-to-end checks;
+//! `manifests` writes the default YAML manifests; `checks` are the end-to-end checks (`quiet`
+//! those of a quiet steady state);
 //! `lab` ties them together (`up`, `down`, `run`).
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod net;
 pub mod plan;
 pub mod prereq;
 pub mod probe;
+pub mod quiet;
 pub mod run;
 pub mod servers;
 pub mod vm;
