@@ -621,10 +621,7 @@ fn corrupt_snapshot(lab: &mut Lab, s: &Scenario) -> Result<String, String> {
         warnings.first().map(|w| w.trim()).unwrap_or(""),
         s.a.name
     );
-    let detail = match verdict(problems, detail) {
-        Ok(d) => d,
-        Err(e) => return Err(e),
-    };
+    let detail = verdict(problems, detail)?;
     // Once the remote lists again its file is written anew (checked after the APIs are back).
     for c in [&s.a, &s.b] {
         lab.set_api_fault(&c.name, Fault::None)
