@@ -450,6 +450,29 @@ async fn create_update_patch_delete_over_http_with_watch_events_and_conflicts() 
     sim.shutdown().await;
 }
 
+/// Leaving `Unreachable` also works for a listener bound to a port the caller chose (as the
+/// lab binds its API servers), which keeps its port through the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_undoes_on_an_explicit_port() {
+    use sdnlinkd::clusters::simapi::Fault;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clusters/east");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("bind the chosen port");
+    let sim = SimApi::start(l, Some(&dir), TOKEN).expect("simapi");
+    let addr = sim.addr();
+    for _ in 0..2 {
+        sim.try_set_fault(Fault::Unreachable).expect("unreachable");
+        let refused = std::net::TcpStream::connect(addr).expect_err("connection refused");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        sim.try_set_fault(Fault::None).expect("listening again");
+        std::net::TcpStream::connect(addr).expect("listening again on the same address");
+    }
+    sim.shutdown().await;
+}
+
 /// `Unreachable` refuses connections and cuts open watches; `Gone` answers watches with 410
 /// and relists show new versions; `ok` undoes each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -533,11 +533,13 @@ const PERSIST_EVERY: Duration = Duration::from_secs(3);
 /// Writes the snapshot of every cluster that has listed in this run and changed since its last
 /// write: at once after a change, then at most every [`PERSIST_EVERY`].
 async fn run_persister(view: ClusterView, store: Arc<SnapshotStore>, wake: Arc<Notify>) {
-    let mut written: BTreeMap<String, u64> = BTreeMap::new();
+    // (incarnation, generation) written per cluster: a cluster removed and added back by
+    // reloads gets a new store whose generation can reach the old number again.
+    let mut written: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut failing: BTreeMap<String, String> = BTreeMap::new();
     loop {
         wake.notified().await;
-        let due: Vec<(String, Arc<ClusterSnapshot>, u64)> = {
+        let due: Vec<(String, Arc<ClusterSnapshot>, (u64, u64))> = {
             let inner = view.read();
             written.retain(|n, _| inner.cells.contains_key(n));
             inner
@@ -545,10 +547,10 @@ async fn run_persister(view: ClusterView, store: Arc<SnapshotStore>, wake: Arc<N
                 .iter()
                 .filter_map(|(name, cell)| {
                     let mut s = lock(cell);
-                    if !s.listed() || written.get(name) == Some(&s.generation()) {
+                    let generation = (s.incarnation(), s.generation());
+                    if !s.listed() || written.get(name) == Some(&generation) {
                         return None;
                     }
-                    let generation = s.generation();
                     Some((name.clone(), s.snapshot(), generation))
                 })
                 .collect()

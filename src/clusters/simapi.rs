@@ -424,12 +424,21 @@ impl SimApi {
         }
         if was == Fault::Unreachable {
             // Linux keeps the socket (and its network namespace) after shutdown(SHUT_RD) of a
-            // listener but forgets its port: bind it to the same address again, then listen.
+            // listener. It forgets the port only when the kernel chose it (bound to port 0):
+            // bind it to the same address again, then listen. A port the caller asked for
+            // stays bound (SOCK_BINDPORT_LOCK, see inet_csk_listen_stop -> tcp_set_state ->
+            // inet_put_port), and bind(2) then fails with EINVAL: listen at once.
             let fd = self.inner.socket.as_fd();
             let addr = nix::sys::socket::SockaddrStorage::from(self.addr);
-            nix::sys::socket::bind(fd.as_raw_fd(), &addr)
-                .and_then(|()| nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(1024)?))
-                .map_err(|e| SimError::Io(e.into()))?;
+            match nix::sys::socket::bind(fd.as_raw_fd(), &addr) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+                Err(e) => return Err(SimError::Io(e.into())),
+            }
+            nix::sys::socket::listen(
+                &fd,
+                nix::sys::socket::Backlog::new(1024).map_err(|e| SimError::Io(e.into()))?,
+            )
+            .map_err(|e| SimError::Io(e.into()))?;
         }
         if fault == Fault::Unreachable {
             // A listener shut down for reading refuses new connections (RST to a SYN).

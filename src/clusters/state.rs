@@ -401,7 +401,13 @@ pub struct ClusterState {
     /// Counts changes of the served snapshot (and of listing), so readers can tell cheaply
     /// whether anything moved since they last looked.
     generation: u64,
+    /// Unique per store in this process: a cluster removed and added again by reloads gets a
+    /// new store whose generation starts over, so (incarnation, generation) names a snapshot.
+    incarnation: u64,
 }
+
+/// The next [`ClusterState::incarnation`].
+static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl ClusterState {
     /// An empty store for one cluster with its trust CIDRs and object cap (no byte cap until
@@ -438,6 +444,7 @@ impl ClusterState {
             intern: Interner::default(),
             warm: None,
             generation: 0,
+            incarnation: INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -476,6 +483,11 @@ impl ClusterState {
     /// See the field.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Which store this is (see the field).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The WireGuard annotations (public key, endpoint) of Node `name` as the watch last saw

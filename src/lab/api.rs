@@ -59,6 +59,12 @@ impl LabApi {
             .map_err(|e| LabError::Api(format!("{}: {e}", self.cluster)))
     }
 
+    /// Re-stamps every object with a new resourceVersion and ends every open watch: watches
+    /// resuming from an old version get `410 Gone` and relist (see [`SimApi::expire`]).
+    pub fn expire(&self) {
+        self.sim.expire();
+    }
+
     /// The fault in force.
     pub fn fault(&self) -> Fault {
         self.sim.fault()

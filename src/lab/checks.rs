@@ -197,6 +197,7 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     emit(hostile(lab, &pods, a, b));
     emit(restart(lab, &pods, a, b));
     emit(faults_kill_restart(lab, a, b));
+    super::faults::all(lab, a, b, emit);
     emit(service_delete(lab, &pods, a, b));
 }
 

@@ -5,8 +5,8 @@
 //! `plan` is the topology as a pure value; `net` creates and removes it with iproute2;
 //! `servers` runs the pods' echo servers and the upstream DNS server; `daemon` starts and stops
 //! `sdnlinkd` processes inside node namespaces; `dns` is the checks' raw DNS client;
-//! `manifests` writes the default YAML manifests; `checks` are the end-to-end checks (`quiet`
-//! those of a quiet steady state);
+//! `manifests` writes the default YAML manifests; `checks` are the end-to-end checks, `quiet`
+//! those of a quiet steady state and `faults` the fault scenarios (probed by `probe`);
 //! `lab` ties them together (`up`, `down`, `run`).
 
 pub mod api;
@@ -14,6 +14,7 @@ pub mod checks;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod faults;
 pub mod kubeprobe;
 pub mod manifests;
 pub mod net;

@@ -454,6 +454,8 @@ pub struct Withdrawals {
     pub baseline: Objects,
     /// Every object that went missing, with when (after the start) it was first missed.
     pub removed: Vec<(Duration, String)>,
+    /// The remote's objects at the last poll.
+    pub last: Objects,
 }
 
 impl Withdrawals {
@@ -475,6 +477,7 @@ impl Withdrawals {
         }
         seen.extend(now.iter().cloned());
         *present = now.clone();
+        self.last = now.clone();
     }
 
     /// How many objects of each kind the baseline holds (`peer`, `vip`, ...).
@@ -562,6 +565,12 @@ fn poll(ns: &NetNs, t: &WatchTarget) -> Result<Objects, String> {
         o.extend(nft_elements(&run_in(ns, "nft", table)?, &t.cidrs)?);
     }
     Ok(o)
+}
+
+/// The objects of `target` now (one poll).
+pub fn objects(target: &WatchTarget) -> Result<Objects, String> {
+    let ns = NetNs::open(&target.daemon_netns).map_err(|e| e.to_string())?;
+    poll(&ns, target)
 }
 
 /// Polls `target` every 50 ms and records every removal of one of the remote's objects.

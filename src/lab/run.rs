@@ -121,6 +121,8 @@ pub struct Lab {
     pub daemon_bin: Option<PathBuf>,
     pub apis: Vec<LabApi>,
     pub daemons: Vec<DaemonState>,
+    /// Also run the checks that fail on a known, reported daemon bug (`--known-bugs`).
+    pub known_bugs: bool,
     created: Option<Created>,
     servers: Servers,
     /// Runs the API servers; dropped after them.
@@ -151,6 +153,7 @@ impl Lab {
             daemon_bin: None,
             apis: Vec::new(),
             daemons: Vec::new(),
+            known_bugs: false,
             created: Some(created),
             servers: Servers::default(),
             rt: None,
@@ -262,6 +265,17 @@ impl Lab {
     /// waits until it is gone, starts it again exactly as `up` does, records the new pid in the
     /// state (so `down` stops it) and waits until `status --json` says ready.
     pub fn restart_daemon(&mut self, node: &str, kill: bool) -> Result<Restarted, LabError> {
+        self.restart_daemon_with(node, kill, || Ok(()))
+    }
+
+    /// [`Lab::restart_daemon`], running `while_down` after the old process is gone and before
+    /// the new one starts (to change what the daemon finds on disk, as a crash might leave it).
+    pub fn restart_daemon_with(
+        &mut self,
+        node: &str,
+        kill: bool,
+        while_down: impl FnOnce() -> Result<(), LabError>,
+    ) -> Result<Restarted, LabError> {
         let n = self.node(node)?;
         let (d, bin) = self.daemon_of(node)?;
         let started = std::time::Instant::now();
@@ -271,6 +285,7 @@ impl Lab {
             daemon::stop(d.pid, &d.config, STOP_GRACE)?;
         }
         let stopped = started.elapsed();
+        while_down()?;
         let pid = daemon::spawn(&bin, &self.plan, &n)?;
         self.set_daemon_pid(node, pid)?;
         let ready = daemon::wait_ready(&bin, &d.config, pid, READY_TIMEOUT)?;
@@ -289,6 +304,20 @@ impl Lab {
             .find(|a| a.cluster == cluster)
             .ok_or_else(|| LabError::Api(format!("no API server for cluster {cluster}")))?
             .set_fault(fault)
+    }
+
+    /// `cluster`'s API server.
+    pub fn api(&self, cluster: &str) -> Result<&LabApi, LabError> {
+        self.apis
+            .iter()
+            .find(|a| a.cluster == cluster)
+            .ok_or_else(|| LabError::Api(format!("no API server for cluster {cluster}")))
+    }
+
+    /// Writes `config` as `node`'s daemon config without telling the daemon (the next restart
+    /// or reload reads it).
+    pub fn write_node_config(&self, node: &str, config: &str) -> Result<(), LabError> {
+        write_private_atomic(&self.plan.node_config_path(&self.node(node)?), config)
     }
 
     /// The daemon config `node` runs with (as on disk).
