@@ -49,10 +49,6 @@ struct Cli {
     /// the default manifests, generated under the state root. A benchmark, not a CI run.
     #[arg(long, global = true)]
     scale: Option<manifests::Scale>,
-    /// Also run the checks that fail on a known, reported daemon bug (each is otherwise
-    /// listed as a SKIP line naming the bug).
-    #[arg(long, global = true)]
-    known_bugs: bool,
     /// Install missing prerequisites with apt-get instead of stopping with what to install.
     #[arg(long, global = true)]
     install_deps: bool,
@@ -285,7 +281,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Some(Cmd::Hold { topology_only }) => hold(&opts, *topology_only),
         None => {
-            let code = all(&opts, cli.known_bugs);
+            let code = all(&opts);
             if cli.scale.is_some() {
                 let _ = std::fs::remove_dir_all(scale_dir(&opts));
             }
@@ -366,7 +362,7 @@ fn vm_test(cli: &Cli, opts: &Options) -> Result<ExitCode> {
 }
 
 /// No command: up, every check, down.
-fn all(opts: &Options, known_bugs: bool) -> ExitCode {
+fn all(opts: &Options) -> ExitCode {
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut emit = |o: Outcome| {
         if o.pass {
@@ -379,7 +375,6 @@ fn all(opts: &Options, known_bugs: bool) -> ExitCode {
     let started = Instant::now();
     match Lab::up(opts) {
         Ok(mut lab) => {
-            lab.known_bugs = known_bugs;
             emit(Outcome {
                 name: "up".into(),
                 pass: true,

@@ -42,8 +42,6 @@ const NOTICE: Duration = Duration::from_secs(2);
 /// Warning of the daemon about a persisted snapshot file it does not use
 /// (`ClusterSet::load_persisted` in src/clusters/mod.rs).
 const IGNORED_SNAPSHOT: &str = "ignoring the persisted snapshot";
-/// Why `faults-corrupt-snapshot` runs on nftables only with `--known-bugs`.
-pub const NFT_HELD_BUG: &str = "(known bug, run with --known-bugs: the nftables backend ignores DesiredProxy::held, so the first sync after a start withdraws every service element of a cluster that is unknown, i.e. not listed and without a usable snapshot; IPVS adopts them)";
 /// `sync.api_timeout` of scenario g (the lab's default is the daemon's, 60 s).
 const SHORT_API_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -76,12 +74,7 @@ pub fn all(lab: &mut Lab, a: &Cluster, b: &Cluster, emit: &mut dyn FnMut(Outcome
         "warm-restart-all-unreachable",
         warm_restart_all_unreachable,
     ));
-    if lab.plan.proxy == Proxy::Nftables && !lab.known_bugs {
-        // Printed beside the PASS/FAIL lines; counted as neither.
-        println!("SKIP faults-corrupt-snapshot {} {NFT_HELD_BUG}", node.name);
-    } else {
-        emit(s.run(lab, "corrupt-snapshot", corrupt_snapshot));
-    }
+    emit(s.run(lab, "corrupt-snapshot", corrupt_snapshot));
     emit(s.run(
         lab,
         "reload-sync-remote-unreachable",

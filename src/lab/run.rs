@@ -121,8 +121,6 @@ pub struct Lab {
     pub daemon_bin: Option<PathBuf>,
     pub apis: Vec<LabApi>,
     pub daemons: Vec<DaemonState>,
-    /// Also run the checks that fail on a known, reported daemon bug (`--known-bugs`).
-    pub known_bugs: bool,
     created: Option<Created>,
     servers: Servers,
     /// Runs the API servers; dropped after them.
@@ -153,7 +151,6 @@ impl Lab {
             daemon_bin: None,
             apis: Vec::new(),
             daemons: Vec::new(),
-            known_bugs: false,
             created: Some(created),
             servers: Servers::default(),
             rt: None,
