@@ -56,10 +56,15 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP at `dns.address:dns.port` inside `ns` and starts serving zones built
-    /// from no snapshot: every watched cluster is unknown, so its names answer SERVFAIL until
-    /// [`DnsServer::update`] brings data for it (zone module docs, "Unknown clusters").
-    pub async fn start(cfg: &Config, ns: &NetNs) -> Result<DnsServer, DnsError> {
+    /// Binds UDP and TCP at `dns.address:dns.port` inside `ns` and serves `zones` from the
+    /// first query on (a daemon restarted after a crash passes its persisted snapshots: zones
+    /// built from no snapshot would answer SERVFAIL for every watched cluster until
+    /// [`DnsServer::update`], zone module docs, "Unknown clusters").
+    pub async fn start(
+        cfg: &Config,
+        ns: &NetNs,
+        zones: Arc<ZoneData>,
+    ) -> Result<DnsServer, DnsError> {
         let addr = SocketAddr::new(cfg.dns.address, cfg.dns.port);
         let bind_err = |proto, source| DnsError::Bind {
             proto,
@@ -73,7 +78,6 @@ impl DnsServer {
             .map_err(|e| bind_err("UDP", std::io::Error::other(e)))?
             .map_err(|e| bind_err("UDP and TCP", e))?;
         let (udp, tcp) = to_tokio(bound).map_err(|e| bind_err("UDP", e))?;
-        let zones = Arc::new(ZoneData::build(cfg, &Default::default()));
         DnsServer::from_sockets(cfg, udp, tcp, zones)
     }
 
