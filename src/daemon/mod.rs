@@ -218,15 +218,13 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     let public_key = key.public_key().to_base64();
 
     let board = Board::new(clusters.view());
-    // DNS first when it can bind: after a crash the namespace and its DNS address are still in
-    // place, so the stub answers from the persisted snapshots while the rest is being checked.
-    // On a first start the address does not exist yet (EADDRNOTAVAIL) and the stub starts after
-    // the additive sync adds it. Not IP_FREEBIND: a socket bound in a namespace that has no
-    // local routing table yet takes the address as broadcast and drops it as the source of its
-    // replies (inet_bind), which resolvers then ignore.
+    // DNS first when its address is there: after a crash the namespace and the address are
+    // still in place, so the stub answers from the persisted snapshots while the rest is being
+    // checked. On a first start it starts after the additive sync adds the address (binding
+    // earlier, even with IP_FREEBIND, gives replies the wrong source: `dns::address_present`).
     let zones = || Arc::new(dns::ZoneData::build(&cfg, &clusters.snapshots()));
     let mut dns = None;
-    if cfg.dns.enabled {
+    if cfg.dns.enabled && dns::address_present(&ns, cfg.dns.address).await {
         match dns::DnsServer::start(&cfg, &ns, zones()).await {
             Ok(server) => dns = Some(server),
             Err(e) => tracing::debug!("DNS stub not bound before the namespace setup: {e}"),

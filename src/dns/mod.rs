@@ -149,6 +149,25 @@ impl DnsServer {
     }
 }
 
+/// Whether an interface of `ns` holds `ip`, so the stub can bind it now. A bind alone does not
+/// tell: in a namespace that has no local routing table yet, `inet_bind` takes any address for
+/// a broadcast one, accepts it, and then sends its replies from the route's source instead,
+/// which resolvers ignore.
+pub async fn address_present(ns: &NetNs, ip: IpAddr) -> bool {
+    ns.run_async(move || {
+        nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+            addrs.any(|a| {
+                a.address.is_some_and(|s| {
+                    s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())) == Some(ip)
+                        || s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())) == Some(ip)
+                })
+            })
+        })
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// UDP sockets per server: one per core the process may run on (its CPU affinity, so a
 /// `taskset` benchmark gets one), each with its own receive loop; the kernel spreads clients
 /// over them by address hash (SO_REUSEPORT, socket(7)).
