@@ -315,8 +315,8 @@ async fn root_serves_zones_over_udp_and_tcp() {
     let tns = TestNs::new("z");
     let ns = NetNs::open(&tns.name).expect("open namespace");
     let cfg = config(vec![]);
-    let server = DnsServer::start(&cfg, &ns).await.expect("start");
-    server.update(Arc::new(ZoneData::build(&cfg, &snapshots())));
+    let zones = Arc::new(ZoneData::build(&cfg, &snapshots()));
+    let server = DnsServer::start(&cfg, &ns, zones).await.expect("start");
 
     let r = decode(
         &udp(
@@ -437,7 +437,10 @@ async fn root_forwards_to_upstream_with_cache_and_tcp_retry() {
     let ns = NetNs::open(&tns.name).expect("open namespace");
     let up = start_upstream().await;
     let cfg = config(vec![up.addr]);
-    let server = DnsServer::start(&cfg, &ns).await.expect("start");
+    let no_snapshots = Arc::new(ZoneData::build(&cfg, &Default::default()));
+    let server = DnsServer::start(&cfg, &ns, no_snapshots)
+        .await
+        .expect("start");
 
     let r = decode(
         &udp(&ns, query("www.example.org.", RecordType::A, None))
@@ -508,7 +511,10 @@ async fn root_unreachable_upstream_gives_servfail_and_loops_are_refused() {
         s.local_addr().expect("addr")
     };
     let cfg = config(vec![closed, silent.local_addr().expect("addr")]);
-    let server = DnsServer::start(&cfg, &ns).await.expect("start");
+    let no_snapshots = Arc::new(ZoneData::build(&cfg, &Default::default()));
+    let server = DnsServer::start(&cfg, &ns, no_snapshots)
+        .await
+        .expect("start");
     let started = std::time::Instant::now();
     let r = decode(
         &udp(&ns, query("www.example.org.", RecordType::A, None))
@@ -537,7 +543,10 @@ async fn root_start_answers_servfail_for_watched_clusters_until_the_first_update
     let ns = NetNs::open(&tns.name).expect("open namespace");
     let mut cfg = config(vec![]);
     cfg.remote[0].kubeconfig = Some("/nonexistent/west.kubeconfig".into());
-    let server = DnsServer::start(&cfg, &ns).await.expect("start");
+    let no_snapshots = Arc::new(ZoneData::build(&cfg, &Default::default()));
+    let server = DnsServer::start(&cfg, &ns, no_snapshots)
+        .await
+        .expect("start");
     for name in [
         "web.default.svc.cluster.west.",
         "nope.default.svc.cluster.west.",

@@ -361,14 +361,19 @@ fn vm_test(cli: &Cli, opts: &Options) -> Result<ExitCode> {
     })
 }
 
+/// Lines of each daemon's log printed after a failed check (before `down` removes them).
+const DAEMON_LOG_LINES: usize = 200;
+
 /// No command: up, every check, down.
 fn all(opts: &Options) -> ExitCode {
     let (mut passed, mut failed) = (0usize, 0usize);
+    let failures = std::cell::Cell::new(0usize);
     let mut emit = |o: Outcome| {
         if o.pass {
             passed += 1;
         } else {
             failed += 1;
+            failures.set(failed);
         }
         println!("{o}");
     };
@@ -388,6 +393,9 @@ fn all(opts: &Options) -> ExitCode {
                 ),
             });
             checks::all(&mut lab, &mut emit);
+            if failures.get() > 0 {
+                print!("{}", lab.daemon_logs(DAEMON_LOG_LINES));
+            }
             let problems = lab.down();
             emit(down_outcome(problems));
         }

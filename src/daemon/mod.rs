@@ -217,27 +217,37 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
         .context("WireGuard private key")?;
     let public_key = key.public_key().to_base64();
 
+    let board = Board::new(clusters.view());
+    // DNS first when its address is there: after a crash the namespace and the address are
+    // still in place, so the stub answers from the persisted snapshots while the rest is being
+    // checked. On a first start it starts after the additive sync adds the address (binding
+    // earlier, even with IP_FREEBIND, gives replies the wrong source: `dns::address_present`).
+    let zones = || Arc::new(dns::ZoneData::build(&cfg, &clusters.snapshots()));
+    let mut dns = None;
+    if cfg.dns.enabled && dns::address_present(&ns, cfg.dns.address).await {
+        match dns::DnsServer::start(&cfg, &ns, zones()).await {
+            Ok(server) => dns = Some(server),
+            Err(e) => tracing::debug!("DNS stub not bound before the namespace setup: {e}"),
+        }
+    }
+
     let mut plumbing = node::Plumbing::new(&cfg, host.clone(), ns.clone());
-    // The veth and transit addresses first, so the tunnel and DNS have somewhere to live;
-    // additive, so a restart withdraws nothing the previous run installed.
+    // The veth and transit addresses before the tunnel, so it has somewhere to live; additive,
+    // so a restart withdraws nothing the previous run installed.
     let base = node::NodeDesired::from_config(&cfg, &node::NodeExtras::default());
     plumbing
         .sync_additive(&base)
         .await
         .context("setting up the namespace, veth, addresses and routes")?;
-
-    let board = Board::new(clusters.view());
-    let dns = if cfg.dns.enabled {
-        let server = dns::DnsServer::start(&cfg, &ns)
+    if cfg.dns.enabled && dns.is_none() {
+        let server = dns::DnsServer::start(&cfg, &ns, zones())
             .await
             .context("starting the DNS stub")?;
-        // Answer from the persisted snapshots before anything else is applied.
-        server.update(Arc::new(dns::ZoneData::build(&cfg, &clusters.snapshots())));
+        dns = Some(server);
+    }
+    if let Some(server) = &dns {
         board.set_dns(Some(server.status_handle()));
-        Some(server)
-    } else {
-        None
-    };
+    }
 
     notifier.status("starting: tunnel");
     let tunnel = tunnel::Tunnel::ensure(&cfg, host.clone(), ns.clone(), key)

@@ -170,6 +170,11 @@ impl Daemon {
         Ok(parts.join("; "))
     }
 
+    /// The zones `cfg` gives the clusters' current snapshots: what a DNS stub starts with.
+    fn zones(&self, cfg: &Config) -> Arc<dns::ZoneData> {
+        Arc::new(dns::ZoneData::build(cfg, &self.clusters.snapshots()))
+    }
+
     /// Drops a DNS stub prepared for a reload that was then refused. A stub that had to take
     /// over the old one's socket is replaced by one with the running configuration again.
     async fn undo_dns(&mut self, change: DnsChange) {
@@ -180,7 +185,8 @@ impl Daemon {
             tracing::warn!(error = %e, "DNS stub shutdown");
         }
         if self.dns.is_none() && self.cfg.dns.enabled {
-            match dns::DnsServer::start(&self.cfg, &self.ns).await {
+            let zones = self.zones(&self.cfg);
+            match dns::DnsServer::start(&self.cfg, &self.ns, zones).await {
                 Ok(s) => {
                     self.zones_generation = None;
                     self.board.set_dns(Some(s.status_handle()));
@@ -224,16 +230,11 @@ impl Daemon {
                     tracing::warn!(error = %e, "DNS stub shutdown");
                 }
             }
-            return match dns::DnsServer::start(new, &self.ns).await {
-                Ok(s) => {
-                    s.update(Arc::new(dns::ZoneData::build(
-                        new,
-                        &self.clusters.snapshots(),
-                    )));
-                    Ok(DnsChange::Replace(Some(s)))
-                }
+            return match dns::DnsServer::start(new, &self.ns, self.zones(new)).await {
+                Ok(s) => Ok(DnsChange::Replace(Some(s))),
                 Err(e) => {
-                    match dns::DnsServer::start(&self.cfg, &self.ns).await {
+                    let zones = self.zones(&self.cfg);
+                    match dns::DnsServer::start(&self.cfg, &self.ns, zones).await {
                         Ok(s) => {
                             self.zones_generation = None;
                             self.board.set_dns(Some(s.status_handle()));
@@ -257,14 +258,8 @@ impl Daemon {
             .map_err(|e| format!("dns: adding {} to the namespace: {e}", new.dns.address))?;
         // The additive sync forgot the committed state: the next sync re-reads the kernel.
         self.sched.mark(Instant::now(), Reason::Repair);
-        match dns::DnsServer::start(new, &self.ns).await {
-            Ok(s) => {
-                s.update(Arc::new(dns::ZoneData::build(
-                    new,
-                    &self.clusters.snapshots(),
-                )));
-                Ok(DnsChange::Replace(Some(s)))
-            }
+        match dns::DnsServer::start(new, &self.ns, self.zones(new)).await {
+            Ok(s) => Ok(DnsChange::Replace(Some(s))),
             Err(e) => Err(format!(
                 "dns: {e} (the stub keeps answering on {}:{})",
                 old.address, old.port

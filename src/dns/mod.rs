@@ -56,10 +56,15 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP at `dns.address:dns.port` inside `ns` and starts serving zones built
-    /// from no snapshot: every watched cluster is unknown, so its names answer SERVFAIL until
-    /// [`DnsServer::update`] brings data for it (zone module docs, "Unknown clusters").
-    pub async fn start(cfg: &Config, ns: &NetNs) -> Result<DnsServer, DnsError> {
+    /// Binds UDP and TCP at `dns.address:dns.port` inside `ns` and serves `zones` from the
+    /// first query on (a daemon restarted after a crash passes its persisted snapshots: zones
+    /// built from no snapshot would answer SERVFAIL for every watched cluster until
+    /// [`DnsServer::update`], zone module docs, "Unknown clusters").
+    pub async fn start(
+        cfg: &Config,
+        ns: &NetNs,
+        zones: Arc<ZoneData>,
+    ) -> Result<DnsServer, DnsError> {
         let addr = SocketAddr::new(cfg.dns.address, cfg.dns.port);
         let bind_err = |proto, source| DnsError::Bind {
             proto,
@@ -73,7 +78,6 @@ impl DnsServer {
             .map_err(|e| bind_err("UDP", std::io::Error::other(e)))?
             .map_err(|e| bind_err("UDP and TCP", e))?;
         let (udp, tcp) = to_tokio(bound).map_err(|e| bind_err("UDP", e))?;
-        let zones = Arc::new(ZoneData::build(cfg, &Default::default()));
         DnsServer::from_sockets(cfg, udp, tcp, zones)
     }
 
@@ -143,6 +147,25 @@ impl DnsServer {
         self.serving.shutdown().await;
         Ok(())
     }
+}
+
+/// Whether an interface of `ns` holds `ip`, so the stub can bind it now. A bind alone does not
+/// tell: in a namespace that has no local routing table yet, `inet_bind` takes any address for
+/// a broadcast one, accepts it, and then sends its replies from the route's source instead,
+/// which resolvers ignore.
+pub async fn address_present(ns: &NetNs, ip: IpAddr) -> bool {
+    ns.run_async(move || {
+        nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+            addrs.any(|a| {
+                a.address.is_some_and(|s| {
+                    s.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())) == Some(ip)
+                        || s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())) == Some(ip)
+                })
+            })
+        })
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// UDP sockets per server: one per core the process may run on (its CPU affinity, so a

@@ -152,6 +152,26 @@ pub fn is_ours(pid: u32, config: &Path) -> bool {
     !is_zombie && cmdline.split(|b| *b == 0).any(|arg| arg == config)
 }
 
+/// Whether the daemon `pid` the lab started still runs; if not, how it ended.
+///
+/// The lab's own child is judged by `waitpid(2)`, not by [`is_ours`]: `Command::spawn` returns
+/// once the exec has closed its close-on-exec pipe, which the kernel does before the new
+/// program's argument area is set up, so `/proc/PID/cmdline` of a child that has just started
+/// can still read empty. An unreaped child's pid cannot be reused, so `StillAlive` is proof
+/// enough. A daemon started by another lab process (`ECHILD`) falls back to [`is_ours`].
+pub fn alive(pid: u32, config: &Path) -> Result<(), String> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Err(format!("pid {pid} exited with status {code}")),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Err(format!("pid {pid} was killed by {sig}")),
+        Ok(_) => Ok(()),
+        Err(_) if is_ours(pid, config) => Ok(()),
+        Err(_) => Err(format!(
+            "pid {pid} no longer runs sdnlinkd with this config"
+        )),
+    }
+}
+
 /// Reaps `pid` if it is our child (ignored otherwise), so it does not linger as a zombie.
 fn reap(pid: u32) {
     let _ = nix::sys::wait::waitpid(
@@ -269,12 +289,11 @@ pub fn wait_ready(
     let start = Instant::now();
     let mut last = String::from("no answer yet");
     while start.elapsed() < timeout {
-        reap(pid);
-        if !is_ours(pid, config) {
+        if let Err(ended) = alive(pid, config) {
             return Err(LabError::Daemon {
                 node: config.display().to_string(),
                 reason: format!(
-                    "exited before it was ready (last status: {last}); daemon.log ends:\n{}",
+                    "exited before it was ready: {ended} (last status: {last}); daemon.log ends:\n{}",
                     log_tail(config, 15)
                 ),
             });
@@ -316,5 +335,39 @@ mod tests {
         let me = std::process::id();
         assert!(!is_ours(me, Path::new("/nonexistent/sdnlink.toml")));
         assert!(!is_ours(u32::MAX, Path::new("/x")));
+    }
+
+    #[test]
+    fn a_child_is_alive_from_the_moment_spawn_returns_until_it_ends() {
+        // Right after spawn /proc/PID/cmdline often still reads empty; `alive` must not care.
+        for _ in 0..20 {
+            let mut child = Command::new("sleep").arg("5").spawn().expect("sleep runs");
+            let pid = child.id();
+            assert_eq!(alive(pid, Path::new("/not/in/its/cmdline")), Ok(()));
+            child.kill().expect("our child");
+            let (ended, _) =
+                crate::lab::checks::eventually(Duration::from_secs(5), || {
+                    match alive(pid, Path::new("/x")) {
+                        Ok(()) => Err("still alive".to_string()),
+                        Err(e) => Ok(e),
+                    }
+                });
+            assert_eq!(ended, Ok(format!("pid {pid} was killed by SIGKILL")));
+            // Already reaped by `alive`: this only keeps the `Child` from looking forgotten.
+            let _ = child.wait();
+        }
+        let mut child = Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .expect("sh runs");
+        let pid = child.id();
+        let (ended, _) = crate::lab::checks::eventually(Duration::from_secs(5), || {
+            match alive(pid, Path::new("/x")) {
+                Ok(()) => Err("still alive".to_string()),
+                Err(e) => Ok(e),
+            }
+        });
+        assert_eq!(ended, Ok(format!("pid {pid} exited with status 3")));
+        let _ = child.wait();
     }
 }

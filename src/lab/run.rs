@@ -350,6 +350,22 @@ impl Lab {
         self.state.save(&self.plan.state_file())
     }
 
+    /// The last `lines` lines of every daemon's log, each under a header naming its node: what
+    /// a failed run prints before `down` removes the logs (inside the VM the guest's files are
+    /// gone with it, so the console is the only way out).
+    pub fn daemon_logs(&self, lines: usize) -> String {
+        let mut s = String::new();
+        for d in &self.daemons {
+            s.push_str(&format!(
+                "--- {} daemon.log (pid {}, last {lines} lines) ---\n{}\n",
+                d.node,
+                d.pid,
+                daemon::log_tail(&d.config, lines)
+            ));
+        }
+        s
+    }
+
     /// How to enter each namespace, for `up`.
     pub fn describe(&self) -> String {
         let mut s = String::from("lab is up; enter a namespace with:\n");
