@@ -756,7 +756,20 @@ fn remove_and_add(lab: &mut Lab, s: &Scenario) -> Result<Pair, String> {
             .reload_daemon(&s.node.name, &without)
             .map_err(|e| e.to_string())?;
         let took = t.elapsed();
-        let left = probe::objects(&remote_target)?;
+        // IPVS drains a withdrawn service at weight 0 for `proxy.drain_grace` (2 s in the lab)
+        // before it deletes the service and its VIP; nftables withdraws at once.
+        let left = if lab.plan.proxy == Proxy::Ipvs {
+            let until = Instant::now() + Duration::from_secs(4);
+            loop {
+                let l = probe::objects(&remote_target)?;
+                if l.is_empty() || Instant::now() >= until {
+                    break l;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        } else {
+            probe::objects(&remote_target)?
+        };
         let states = cluster_states(&s.status(lab)?);
         let file_left = file.exists();
         let pods = super::checks::Pods::open(&lab.plan).map_err(|e| e.to_string())?;
