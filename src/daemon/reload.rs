@@ -185,16 +185,24 @@ impl Daemon {
             tracing::warn!(error = %e, "DNS stub shutdown");
         }
         if self.dns.is_none() && self.cfg.dns.enabled {
-            let zones = self.zones(&self.cfg);
-            match dns::DnsServer::start(&self.cfg, &self.ns, zones).await {
-                Ok(s) => {
-                    self.zones_generation = None;
-                    self.board.set_dns(Some(s.status_handle()));
-                    self.dns = Some(s);
-                }
-                Err(e) => tracing::error!(
+            self.restart_running_dns().await;
+        }
+    }
+
+    /// Starts the DNS stub of the running configuration again (after a reload had to stop it
+    /// and then could not replace it).
+    async fn restart_running_dns(&mut self) {
+        let zones = self.zones(&self.cfg);
+        match dns::DnsServer::start(&self.cfg, &self.ns, zones).await {
+            Ok(s) => {
+                self.zones_generation = None;
+                self.board.set_dns(Some(s.status_handle()));
+                self.dns = Some(s);
+            }
+            Err(e) => {
+                tracing::error!(
                     "restarting the DNS stub with the running configuration failed: {e}"
-                ),
+                )
             }
         }
     }
@@ -233,17 +241,7 @@ impl Daemon {
             return match dns::DnsServer::start(new, &self.ns, self.zones(new)).await {
                 Ok(s) => Ok(DnsChange::Replace(Some(s))),
                 Err(e) => {
-                    let zones = self.zones(&self.cfg);
-                    match dns::DnsServer::start(&self.cfg, &self.ns, zones).await {
-                        Ok(s) => {
-                            self.zones_generation = None;
-                            self.board.set_dns(Some(s.status_handle()));
-                            self.dns = Some(s);
-                        }
-                        Err(e2) => tracing::error!(
-                            "restarting the DNS stub with the running configuration failed: {e2}"
-                        ),
-                    }
+                    self.restart_running_dns().await;
                     Err(format!("dns: {e}"))
                 }
             };

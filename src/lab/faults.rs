@@ -373,6 +373,19 @@ struct PhaseWatch {
 }
 
 impl PhaseWatch {
+    /// Polls the phase of `s.b` every 250 ms until the shortened startup grace plus
+    /// [`PAST_GRACE`] have passed since the restart (`ready` is how long ago that was).
+    fn past_grace(s: &Scenario, lab: &Lab, ready: Duration) -> PhaseWatch {
+        let until =
+            Instant::now() + (Duration::from_secs(SHORT_GRACE) + PAST_GRACE).saturating_sub(ready);
+        let mut phases = PhaseWatch::default();
+        while Instant::now() < until {
+            phases.poll(s, lab, &s.b.name);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        phases
+    }
+
     fn poll(&mut self, s: &Scenario, lab: &Lab, cluster: &str) {
         self.polls += 1;
         match s.status(lab) {
@@ -433,14 +446,7 @@ fn restart_remote_unreachable(lab: &mut Lab, s: &Scenario) -> Result<String, Str
         let restarted = lab
             .restart_daemon(&s.node.name, true)
             .map_err(|e| e.to_string())?;
-        // `ready` counts from the new start; watch until grace + 10 s after it.
-        let until = Instant::now()
-            + (Duration::from_secs(SHORT_GRACE) + PAST_GRACE).saturating_sub(restarted.ready);
-        let mut phases = PhaseWatch::default();
-        while Instant::now() < until {
-            phases.poll(s, lab, &s.b.name);
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let phases = PhaseWatch::past_grace(s, lab, restarted.ready);
         Ok::<_, String>((restarted, phases))
     })();
     let report = probes.stop()?;
@@ -558,13 +564,7 @@ fn corrupt_snapshot(lab: &mut Lab, s: &Scenario) -> Result<String, String> {
                 Ok(())
             })
             .map_err(|e| e.to_string())?;
-        let until = Instant::now()
-            + (Duration::from_secs(SHORT_GRACE) + PAST_GRACE).saturating_sub(restarted.ready);
-        let mut phases = PhaseWatch::default();
-        while Instant::now() < until {
-            phases.poll(s, lab, &s.b.name);
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let phases = PhaseWatch::past_grace(s, lab, restarted.ready);
         Ok::<_, String>((restarted, phases, local_dns, damaged))
     })();
     let report = probes.stop()?;
