@@ -688,6 +688,10 @@ async fn accept_loop(
     let mut listener = Some(listener);
     loop {
         tokio::select! {
+            // The fault first: a registration that saw the listener shut down keeps its
+            // closed readiness for good (tokio never clears READ_CLOSED, and a listener in
+            // TCP_CLOSE polls EPOLLHUP), so its accepts see only EAGAIN until it is replaced.
+            biased;
             changed = fault.changed() => {
                 if changed.is_err() {
                     return;
@@ -696,7 +700,11 @@ async fn accept_loop(
                 if unreachable && listener.is_some() {
                     conns.abort_all();
                     listener = None;
-                } else if !unreachable && listener.is_none() {
+                } else if !unreachable {
+                    // Registered again on every change, not only after an `Unreachable` seen
+                    // here: a watch receiver sees only the latest value, so an `Unreachable`
+                    // undone before this task ran leaves the old registration, closed for
+                    // good by the shutdown, answering every accept with EAGAIN.
                     listener = inner
                         .socket
                         .try_clone()
@@ -707,7 +715,12 @@ async fn accept_loop(
                         .ok();
                 }
             }
-            accepted = async { listener.as_ref().expect("guarded by is_some").accept().await }, if listener.is_some() => {
+            // `poll_accept` spends the task's coop budget on each readiness it tries, so the
+            // EAGAIN loop of a stale registration yields and the fault above gets polled;
+            // `accept()` retried inside one poll and starved it.
+            accepted = std::future::poll_fn(|cx| {
+                listener.as_ref().expect("guarded by is_some").poll_accept(cx)
+            }), if listener.is_some() => {
                 let Ok((tcp, _)) = accepted else {
                     // EINVAL from a listener just shut down, before its fault is seen above.
                     tokio::task::yield_now().await;

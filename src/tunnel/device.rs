@@ -249,6 +249,12 @@ fn socket_owner(iface: &str) -> Option<i32> {
         .map(|c| c.pid())
 }
 
+/// The pid serving `iface`'s control socket when it is a live process of another namespace
+/// than `host` (wireguard-go's sockets in /run/wireguard are visible from every namespace).
+fn foreign_socket_owner(iface: &str, host: &NetNs) -> Option<i32> {
+    socket_owner(iface).filter(|pid| !in_namespace(*pid, host) && running(*pid))
+}
+
 /// Whether `pid` runs in the network namespace `host` (same nsfs inode). A process whose
 /// namespace cannot be read (it exited meanwhile) is not.
 fn in_namespace(pid: i32, host: &NetNs) -> bool {
@@ -915,14 +921,12 @@ impl Tunnel {
         if self.backend != Backend::Userspace {
             return Ok(());
         }
-        match socket_owner(&self.iface) {
-            Some(pid) if !in_namespace(pid, &self.host) && running(pid) => {
-                Err(TunnelError::OtherNamespace {
-                    iface: self.iface.clone(),
-                    pid,
-                })
-            }
-            _ => Ok(()),
+        match foreign_socket_owner(&self.iface, &self.host) {
+            Some(pid) => Err(TunnelError::OtherNamespace {
+                iface: self.iface.clone(),
+                pid,
+            }),
+            None => Ok(()),
         }
     }
 
@@ -1413,29 +1417,25 @@ impl TunnelProbe {
     /// Reads the device and reports it (on the probe's namespace thread).
     pub async fn status(&self) -> TunnelStatus {
         let (name, backend) = (self.wg_name, self.backend);
-        // wireguard-go's sockets in /run/wireguard are visible from every namespace: a socket
-        // of our name served from another namespace is not our device (the probe's namespace
-        // is the host one for the userspace backend).
-        if backend == Backend::Userspace {
-            if let Some(pid) = socket_owner(&self.iface) {
-                if !in_namespace(pid, &self.ns) && running(pid) {
-                    return TunnelStatus {
-                        backend,
-                        interface: self.iface.clone(),
-                        public_key: self.public,
-                        listen_port: self.listen_port,
-                        peers: Vec::new(),
-                        skipped: self.skipped.clone(),
-                        error: Some(
-                            TunnelError::OtherNamespace {
-                                iface: self.iface.clone(),
-                                pid,
-                            }
-                            .to_string(),
-                        ),
-                    };
-                }
-            }
+        let mut status = TunnelStatus {
+            backend: self.backend,
+            interface: self.iface.clone(),
+            public_key: self.public,
+            listen_port: self.listen_port,
+            peers: Vec::new(),
+            skipped: self.skipped.clone(),
+            error: None,
+        };
+        // A socket of our name served from another namespace is not our device (the probe's
+        // namespace is the host one for the userspace backend).
+        let foreign = match backend {
+            Backend::Userspace => foreign_socket_owner(&self.iface, &self.ns),
+            Backend::Kernel => None,
+        };
+        if let Some(pid) = foreign {
+            let iface = self.iface.clone();
+            status.error = Some(TunnelError::OtherNamespace { iface, pid }.to_string());
+            return status;
         }
         let read = self
             .ns
@@ -1446,15 +1446,6 @@ impl TunnelProbe {
                 wireguard_control::Device::get(&name, backend.wg())
             })
             .await;
-        let mut status = TunnelStatus {
-            backend: self.backend,
-            interface: self.iface.clone(),
-            public_key: self.public,
-            listen_port: self.listen_port,
-            peers: Vec::new(),
-            skipped: self.skipped.clone(),
-            error: None,
-        };
         let dev = match read {
             Ok(Ok(dev)) => dev,
             Ok(Err(source)) => {
