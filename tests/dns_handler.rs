@@ -1081,3 +1081,41 @@ async fn the_rendered_fast_path_answers_exactly_as_hickory_does() {
         st.fast_path
     );
 }
+
+/// A headless Service whose slices repeat each other's addresses: each address is one record
+/// of the RRset (RFC 2181 section 5), and the build stays linear in the endpoints (it was
+/// quadratic: every record was compared with the whole set before it).
+#[test]
+fn headless_service_with_repeated_endpoints_serves_each_address_once() {
+    let cfg = config();
+    let eps = |copies: usize| -> Vec<Endpoint> {
+        (0..copies)
+            .flat_map(|_| 0..100_000u32)
+            .map(|i| {
+                let a = IpAddr::from([10, 132 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                ep(&a.to_string(), None, true, &[("http", 80)])
+            })
+            .collect()
+    };
+    let build = |copies: usize| {
+        let mut s = Snapshots::new();
+        s.insert("east".into(), snap(vec![]));
+        let big = svc(
+            "bench",
+            "big",
+            ServiceKind::Headless,
+            vec![port("http", Protocol::Tcp, 80)],
+            eps(copies),
+        );
+        s.insert("west".into(), snap(vec![big]));
+        ZoneData::build(&cfg, &s)
+    };
+    let once = build(1);
+    let twice = build(2);
+    assert_eq!(twice.record_count(), once.record_count());
+    let name = "big.bench.svc.cluster.west.".parse().expect("name");
+    match twice.lookup(&name, RecordType::A) {
+        sdnlinkd::dns::Lookup::Answer(r) => assert_eq!(r.len(), 100_000),
+        other => panic!("{other:?}"),
+    }
+}

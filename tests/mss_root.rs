@@ -1,4 +1,5 @@
-//! Host-kernel test of the TCP MSS clamp (root; needs `ip` and `nft`).
+//! Host-kernel tests of the tunnel's own nft tables, the TCP MSS clamp and the inbound filter
+//! (root; needs `ip` and `nft`).
 //!
 //! Three namespaces in a row: client `c` (10.201.0.2) -> router `r` -> server `s` (10.201.1.2).
 //! The router plays sdnlinkd's namespace and its veth toward the server plays the tunnel
@@ -10,7 +11,9 @@ mod common;
 use common::{sh, NftMonitor};
 use nix::sys::socket::{getsockopt, sockopt::TcpMaxSeg};
 use sdnlinkd::netns::NetNs;
-use sdnlinkd::tunnel::mss::{ClampSync, MssClamp, TABLE};
+use sdnlinkd::proxy::nft::owned::TableSync as ClampSync;
+use sdnlinkd::tunnel::inbound::InboundFilter;
+use sdnlinkd::tunnel::mss::{MssClamp, TABLE};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -88,6 +91,27 @@ impl Lab {
         conn.write_all(b"x").expect("write");
         let client = getsockopt(&conn, TcpMaxSeg).expect("client TCP_MAXSEG");
         (client, server.join().expect("server thread"))
+    }
+
+    /// A listener on `addr` in namespace `role` (the kernel completes handshakes into its
+    /// backlog, no accept needed).
+    fn listen(&self, role: &str, addr: &str) -> TcpListener {
+        let addr: SocketAddr = addr.parse().expect("addr");
+        NetNs::open(&self.ns(role))
+            .expect("ns")
+            .run(move || TcpListener::bind(addr))
+            .expect("ns worker")
+            .expect("bind")
+    }
+
+    /// A TCP connection from namespace `role` to `addr`, or the error (a dropped SYN times out
+    /// after 1 s; a refused one fails at once).
+    fn connect(&self, role: &str, addr: &str) -> std::io::Result<TcpStream> {
+        let addr: SocketAddr = addr.parse().expect("addr");
+        NetNs::open(&self.ns(role))
+            .expect("ns")
+            .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+            .expect("ns worker")
     }
 
     fn nft(&self, args: &[&str]) -> (bool, String) {
@@ -233,4 +257,74 @@ async fn root_mss_idle_full_syncs_write_nothing_and_drift_is_repaired_per_chain(
     );
     let (c1, s1) = lab.mss_pair(7012);
     assert!(c1 <= 1380 && s1 <= 1380, "client {c1}, server {s1}");
+}
+
+/// The router `r` plays sdnlinkd's namespace, `tun0` its tunnel and `s` a remote node; the
+/// client side `c` holds the local pod CIDR 10.201.0.0/24 and a host address 10.202.0.2 that
+/// is not in it. From the tunnel only traffic to the pod CIDR and replies pass: the namespace's
+/// own address and the host address are unreachable, while the host and the namespace still
+/// reach the remote side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_inbound_filter_passes_pods_and_replies_and_drops_the_rest() {
+    let lab = Lab::new("inbound");
+    let (c, r) = (lab.ns("c"), lab.ns("r"));
+    sh(&["ip", "-n", &c, "addr", "add", "10.202.0.2/32", "dev", "c1"]);
+    sh(&[
+        "ip",
+        "-n",
+        &c,
+        "route",
+        "add",
+        "10.201.1.0/24",
+        "via",
+        "10.201.0.1",
+        "src",
+        "10.202.0.2",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &r,
+        "route",
+        "add",
+        "10.202.0.2/32",
+        "via",
+        "10.201.0.2",
+    ]);
+    let _pod = lab.listen("c", "10.201.0.2:7101");
+    let _host = lab.listen("c", "10.202.0.2:7102");
+    let _own = lab.listen("r", "10.201.1.1:7103");
+    let _remote = lab.listen("s", "10.201.1.2:7104");
+    for to in ["10.201.0.2:7101", "10.202.0.2:7102", "10.201.1.1:7103"] {
+        lab.connect("s", to)
+            .unwrap_or_else(|e| panic!("without the filter the remote side reaches {to}: {e}"));
+    }
+
+    let mut filter = InboundFilter::new(NetNs::open(&r).expect("router ns"));
+    let pods = ["10.201.0.0/24".parse().expect("literal CIDR")];
+    assert_eq!(
+        filter.sync("tun0", &pods, true).await.expect("first sync"),
+        ClampSync::Applied
+    );
+    lab.connect("s", "10.201.0.2:7101")
+        .expect("the remote side reaches a local pod through the tunnel");
+    for to in ["10.202.0.2:7102", "10.201.1.1:7103"] {
+        let e = lab.connect("s", to).expect_err("dropped from the tunnel");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{to}: {e}");
+    }
+    lab.connect("c", "10.201.1.2:7104")
+        .expect("replies to the host address (forwarded, established) pass");
+    lab.connect("r", "10.201.1.2:7104")
+        .expect("replies to the namespace itself (input, established) pass");
+
+    let mut mon = NftMonitor::start(&r);
+    assert_eq!(
+        filter
+            .sync("tun0", &pods, true)
+            .await
+            .expect("idle full sync"),
+        ClampSync::Unchanged
+    );
+    let lines = mon.lines_until_marker();
+    assert!(lines.is_empty(), "an idle full sync wrote: {lines:#?}");
 }

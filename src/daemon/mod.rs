@@ -26,6 +26,7 @@ use crate::config::{Config, ProxyBackendKind};
 use crate::control::{self, Command as Ctl, Pending, Response};
 use crate::netns::NetNs;
 use crate::notify::Notifier;
+use crate::proxy::nft::owned::TableSync;
 use crate::proxy::{DesiredProxy, ProxyBackend, ProxyError, SyncReport};
 use crate::{dns, node, proxy, tunnel};
 use anyhow::Context;
@@ -170,6 +171,10 @@ struct Daemon {
     /// Why the MSS clamp could not be applied; not fatal (path-MTU discovery still works where
     /// ICMP passes), so it degrades the status instead of failing the sync.
     mss_error: Option<String>,
+    inbound: tunnel::inbound::InboundFilter,
+    /// Why the tunnel's inbound filter could not be applied: not fatal either, the tunnel
+    /// still carries traffic, but a remote node can then reach this namespace and the host.
+    inbound_error: Option<String>,
     /// A proxy backend a reload replaced: its services are withdrawn once the new backend has
     /// applied, so no VIP goes unserved in between (nft DNAT runs before IPVS sees a packet, so
     /// a stale nft table would otherwise keep answering for the IPVS backend).
@@ -258,6 +263,7 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     board.set_publish(clusters.publish_view());
 
     let mss = tunnel::mss::MssClamp::new(ns.clone());
+    let inbound = tunnel::inbound::InboundFilter::new(ns.clone());
     let sched = Scheduler::new(cfg.sync.min_interval, cfg.sync.max_delay);
     let mut d = Daemon {
         path,
@@ -271,6 +277,8 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
         tunnel,
         mss,
         mss_error: None,
+        inbound,
+        inbound_error: None,
         retired_proxy: None,
         draining_vips: Vec::new(),
         public_key,
@@ -467,7 +475,7 @@ impl Daemon {
         let (iface, mtu) = (&cfg.tunnel.interface, cfg.tunnel.mtu);
         match self.mss.sync(iface, mtu, full).await {
             Ok(done) => {
-                if done == tunnel::mss::ClampSync::Applied {
+                if done == TableSync::Applied {
                     tunnel_ops += 1;
                     let (v4, v6) = tunnel::mss::mss_for(mtu);
                     tracing::info!(interface = %iface, mtu, mss_ipv4 = v4, mss_ipv6 = v6, "TCP MSS clamp applied in both directions");
@@ -480,6 +488,22 @@ impl Daemon {
                     tracing::warn!("TCP MSS clamping not applied; connections through the tunnel now depend on path-MTU discovery: {msg}");
                 }
                 self.mss_error = Some(msg);
+            }
+        }
+        match self.inbound.sync(iface, &cfg.local.pod_cidrs, full).await {
+            Ok(done) => {
+                if done == TableSync::Applied {
+                    tunnel_ops += 1;
+                    tracing::info!(interface = %iface, table = tunnel::inbound::TABLE, "inbound filter applied: only local pod CIDRs and replies pass from the tunnel");
+                }
+                self.inbound_error = None;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.inbound_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!("inbound filter not applied; remote nodes can reach this namespace and the host through the tunnel: {msg}");
+                }
+                self.inbound_error = Some(msg);
             }
         }
         let proxy_report = match self.proxy.sync(&want.proxy, full).await {
@@ -581,6 +605,9 @@ impl Daemon {
         }
         if let Some(e) = &self.mss_error {
             p.push(format!("MSS clamp not applied: {e}"));
+        }
+        if let Some(e) = &self.inbound_error {
+            p.push(format!("inbound filter not applied: {e}"));
         }
         if let Some(e) = &self.reload_error {
             p.push(format!("last reload refused: {e}"));

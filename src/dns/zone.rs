@@ -59,16 +59,34 @@ struct Node {
 }
 
 impl Node {
+    /// Adds `record`; duplicates go in [`Node::dedup`] once the zone is built (checking here
+    /// made a headless Service's address set quadratic in its endpoints).
     fn push(&mut self, record: Record) {
         let rtype = record.record_type();
         match self.rrsets.iter_mut().find(|(t, _)| *t == rtype) {
-            Some((_, set)) => {
-                if !set.iter().any(|r| r.data == record.data) {
-                    set.push(record)
-                }
-            }
+            Some((_, set)) => set.push(record),
             None => self.rrsets.push((rtype, vec![record])),
         }
+    }
+
+    /// Drops repeated records of each RRset (an RRset is a set, RFC 2181 section 5), keeping
+    /// the first of each; returns how many went.
+    fn dedup(&mut self) -> usize {
+        let mut removed = 0;
+        for (_, set) in &mut self.rrsets {
+            if set.len() < 2 {
+                continue;
+            }
+            let keep: Vec<bool> = {
+                let mut seen = HashSet::with_capacity(set.len());
+                set.iter().map(|r| seen.insert(&r.data)).collect()
+            };
+            let before = set.len();
+            let mut keep = keep.into_iter();
+            set.retain(|_| keep.next().unwrap_or(true));
+            removed += before - set.len();
+        }
+        removed
     }
 
     fn get(&self, rtype: RecordType) -> Option<&[Record]> {
@@ -359,6 +377,8 @@ impl ZoneData {
                 add_all(&mut b, &all, &snaps);
             }
         }
+        let repeated: usize = b.data.names.values_mut().map(Node::dedup).sum();
+        b.data.records = b.data.records.saturating_sub(repeated);
         b.data.wire = b.data.render();
         b.data
     }

@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod diff;
+pub mod inbound;
 pub mod keys;
 pub mod mss;
 

@@ -15,22 +15,10 @@
 //! (`nft -j list table`, parsed by `crate::proxy::nft::table`) with the desired one and writes
 //! only the difference, nothing when they match.
 
-use crate::netns::{NetNs, NetnsError};
+use crate::netns::NetNs;
+use crate::proxy::nft::owned::{OwnedTable, OwnedTableError, TableSync};
 use crate::proxy::nft::table::{self, diff, expr, BaseSpec, Chain, Rule, Table, Tx};
-use crate::proxy::nft::{list_table_json, run_nft, NftError};
 use serde_json::json;
-use std::path::PathBuf;
-
-/// Errors of the MSS clamp.
-#[derive(Debug, thiserror::Error)]
-pub enum MssError {
-    #[error("MSS clamp table {TABLE}: {0}")]
-    Nft(#[from] NftError),
-    #[error("MSS clamp table {TABLE}: {0}")]
-    Parse(#[from] table::ParseError),
-    #[error(transparent)]
-    Netns(#[from] NetnsError),
-}
 
 /// Family and name of the owned table.
 pub const TABLE: &str = "inet sdnlink-mss";
@@ -106,64 +94,29 @@ pub fn transaction(iface: &str, mtu: u32, observed: &Table) -> Tx {
     diff(TABLE, &desired_table(iface, mtu), observed)
 }
 
-/// What a sync of the clamp did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClampSync {
-    /// The table already held the rules.
-    Unchanged,
-    /// The table was (re)written.
-    Applied,
-}
-
-/// The MSS clamp of one namespace: the configuration last made true in the kernel.
+/// The MSS clamp of one namespace.
 pub struct MssClamp {
-    ns: NetNs,
-    program: PathBuf,
-    committed: Option<(String, u32)>,
+    table: OwnedTable,
 }
 
 impl MssClamp {
     /// A clamp acting in `ns`; the first sync checks the kernel.
     pub fn new(ns: NetNs) -> MssClamp {
         MssClamp {
-            ns,
-            program: PathBuf::from("nft"),
-            committed: None,
+            table: OwnedTable::new(ns, TABLE),
         }
     }
 
     /// Makes the table hold the rules for `iface` and `mtu`. Incremental: nothing when the
     /// config did not change. Full, or a changed config: lists the table and writes only what
     /// differs.
-    pub async fn sync(&mut self, iface: &str, mtu: u32, full: bool) -> Result<ClampSync, MssError> {
-        let config = (iface.to_string(), mtu);
-        if !full && self.committed.as_ref() == Some(&config) {
-            return Ok(ClampSync::Unchanged);
-        }
-        self.committed = None;
-        let p = self.program.clone();
-        let listing = self
-            .ns
-            .run_async(move || list_table_json(&p, TABLE))
-            .await??;
-        let observed = match listing {
-            Some(json) => parse_listing(&json)?,
-            None => Table::default(),
-        };
-        let tx = transaction(iface, mtu, &observed);
-        if !tx.is_empty() {
-            let text = tx.text().to_string();
-            let p = self.program.clone();
-            self.ns
-                .run_async(move || run_nft(&p, &["-f", "-"], Some(&text)))
-                .await??;
-        }
-        self.committed = Some(config);
-        Ok(if tx.is_empty() {
-            ClampSync::Unchanged
-        } else {
-            ClampSync::Applied
-        })
+    pub async fn sync(
+        &mut self,
+        iface: &str,
+        mtu: u32,
+        full: bool,
+    ) -> Result<TableSync, OwnedTableError> {
+        self.table.sync(desired_table(iface, mtu), full).await
     }
 }
 

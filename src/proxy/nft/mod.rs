@@ -25,6 +25,7 @@
 //! `root_nft_child_inherits_thread_namespace` checks that on this kernel.
 
 pub mod generation;
+pub mod owned;
 pub mod ruleset;
 pub mod table;
 
