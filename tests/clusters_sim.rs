@@ -731,6 +731,7 @@ async fn reload_keeps_unchanged_watches_and_serves_a_changed_one_until_it_relist
     assert!(set.held(&changed).0.is_empty());
 
     // east leaves the config: exactly its snapshot goes.
+    let listed_generation = set.generation();
     let mut gone = changed.clone();
     gone.remote.clear();
     let r = set.reconfigure(&gone);
@@ -743,6 +744,11 @@ async fn reload_keeps_unchanged_watches_and_serves_a_changed_one_until_it_relist
     assert_eq!(r.added, ["east"], "{r}");
     wait_until("east to list after being added", 30, || set.all_listed()).await;
     assert_eq!(*east(&set), *before);
+    assert_ne!(
+        set.generation(),
+        listed_generation,
+        "a new store is a new snapshot, whatever its generation counter says"
+    );
     set.shutdown();
     sim.shutdown().await;
 }

@@ -587,6 +587,10 @@ async fn run_persister(view: ClusterView, store: Arc<SnapshotStore>, wake: Arc<N
     }
 }
 
+/// See [`ClusterSet::generation`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generations(Vec<(u64, u64)>);
+
 impl ClusterSet {
     /// Starts the watches of every cluster with a kubeconfig (`cfg.watched_clusters()`), on
     /// the current tokio runtime, each first serving its persisted snapshot when `store` has a
@@ -814,12 +818,20 @@ impl ClusterSet {
             .collect()
     }
 
-    /// The sum of every cluster's generation: changes whenever any served snapshot does.
-    pub fn generation(&self) -> u64 {
-        self.entries
-            .values()
-            .map(|e| lock(&e.cell).generation())
-            .fold(0u64, u64::wrapping_add)
+    /// Which snapshot of every cluster is served: equal values mean equal snapshots. Each
+    /// cluster's (store incarnation, generation) in name order, not a sum: a cluster removed
+    /// and added again starts a new store whose generation starts over, and a sum could then
+    /// repeat an earlier value for other snapshots.
+    pub fn generation(&self) -> Generations {
+        Generations(
+            self.entries
+                .values()
+                .map(|e| {
+                    let c = lock(&e.cell);
+                    (c.incarnation(), c.generation())
+                })
+                .collect(),
+        )
     }
 
     /// The pod and service CIDRs of every watched remote cluster that has not listed in this

@@ -185,7 +185,7 @@ struct Daemon {
     proxy: AnyProxy,
     dns: Option<dns::DnsServer>,
     /// The clusters' generation whose zones the DNS stub serves.
-    zones_generation: Option<u64>,
+    zones_generation: Option<crate::clusters::Generations>,
     clusters: ClusterSet,
     sched: Scheduler,
     started: Instant,
@@ -553,9 +553,19 @@ impl Daemon {
             Err(e) => errors.push(e.into()),
         }
         if let Some(dns) = &self.dns {
-            if self.zones_generation != Some(generation) {
-                dns.update(Arc::new(dns::ZoneData::build(&cfg, &snaps)));
-                self.zones_generation = Some(generation);
+            if self.zones_generation.as_ref() != Some(&generation) {
+                // Seconds of CPU at 100k endpoints: off the async workers, which also serve
+                // status and the control socket.
+                let (c, s) = (cfg.clone(), snaps.clone());
+                match tokio::task::spawn_blocking(move || dns::ZoneData::build(&c, &s)).await {
+                    Ok(zones) => {
+                        dns.update(Arc::new(zones));
+                        self.zones_generation = Some(generation);
+                    }
+                    Err(e) => tracing::error!(
+                        "building the DNS zones failed, keeping the served ones: {e}"
+                    ),
+                }
             }
         }
         self.board.set_counts(
