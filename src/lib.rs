@@ -5,6 +5,7 @@
 //! addresses, routes, sysctls), `clusters` (kube-rs watchers, trust filtering, peer publication,
 //! and the simulated API server used by tests and the lab), `tunnel` (WireGuard), `proxy` (IPVS
 //! and nftables service proxying), `dns` (the stub resolver), `daemon` (the reconcile loop),
+//! `metrics` (the Prometheus endpoint),
 //! `lab` (the one-machine lab).
 
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod daemon;
 pub mod dns;
 pub mod lab;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod node;

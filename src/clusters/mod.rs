@@ -86,6 +86,8 @@ pub struct ClusterStatus {
     pub objects: ObjectCounts,
     /// Pieces currently kept out of the snapshot, by [`SkipReason`] name.
     pub skipped: BTreeMap<String, u64>,
+    /// Pieces skipped anew since the cluster's store started, by reason (only grows).
+    pub skipped_total: BTreeMap<String, u64>,
 }
 
 /// Where the `tokenFile` of kubeconfig `kubeconfig` may lie: the kubeconfig's own directory
@@ -436,6 +438,7 @@ impl ClusterView {
                     state: s.state(),
                     objects: s.counts(),
                     skipped: s.skipped(),
+                    skipped_total: s.skipped_total(),
                 }
             })
             .collect();
@@ -444,6 +447,7 @@ impl ClusterView {
             state: SyncState::Static,
             objects: ObjectCounts::default(),
             skipped: BTreeMap::new(),
+            skipped_total: BTreeMap::new(),
         }));
         out
     }

@@ -385,6 +385,9 @@ pub struct ClusterState {
     refused_overflow: BTreeMap<(Kind, SkipReason), u64>,
     /// Currently skipped pieces and objects, by reason.
     skip_counts: BTreeMap<SkipReason, u64>,
+    /// Pieces and objects skipped anew since the store started, by reason (never decreases:
+    /// `sdnlink_skipped_objects_total`).
+    skip_totals: BTreeMap<SkipReason, u64>,
     staging: BTreeMap<Kind, Staging>,
     sync: BTreeMap<Kind, KindSync>,
     client_error: Option<(String, SystemTime)>,
@@ -432,6 +435,7 @@ impl ClusterState {
             refused_per: BTreeMap::new(),
             refused_overflow: BTreeMap::new(),
             skip_counts: BTreeMap::new(),
+            skip_totals: BTreeMap::new(),
             staging: BTreeMap::new(),
             sync: Kind::ALL
                 .iter()
@@ -723,9 +727,21 @@ impl ClusterState {
             .collect()
     }
 
+    /// Pieces and objects skipped anew since the store started, by reason.
+    pub fn skipped_total(&self) -> BTreeMap<String, u64> {
+        self.skip_totals
+            .iter()
+            .map(|(r, n)| (r.as_str().to_string(), *n))
+            .collect()
+    }
+
     fn count(&mut self, r: SkipReason, add: u64, sub: u64) {
         let c = self.skip_counts.entry(r).or_default();
         *c = (*c + add).saturating_sub(sub);
+    }
+
+    fn count_new(&mut self, r: SkipReason, n: u64) {
+        *self.skip_totals.entry(r).or_default() += n;
     }
 
     /// Replaces the counted skips of one record, logging the reasons that grew.
@@ -740,6 +756,7 @@ impl ClusterState {
             self.count(*r, u64::from(*n), 0);
             let before = old.count(*r);
             if *n > before {
+                self.count_new(*r, u64::from(*n - before));
                 if *n == 1 {
                     tracing::warn!(cluster = %self.name, reason = r.as_str(), "dropping {detail}");
                 } else {
@@ -847,6 +864,7 @@ impl ClusterState {
     fn refused_insert(&mut self, k: (Kind, String), r: SkipReason) {
         *self.refused_per.entry((k.0, r)).or_default() += 1;
         self.count(r, 1, 0);
+        self.count_new(r, 1);
         if let Some(old) = self.refused.insert(k.clone(), r) {
             self.refused_uncount(k.0, old);
         }
@@ -887,6 +905,7 @@ impl ClusterState {
             }
             *o += 1;
             self.count(skip.reason, 1, 0);
+            self.count_new(skip.reason, 1);
             return;
         }
         if !quiet && (!cap || first_of_cap) {
@@ -1060,6 +1079,7 @@ impl ClusterState {
             }
             *o += n;
             self.count(r, n, 0);
+            self.count_new(r, n);
         }
         if self.listed() && !was_listed {
             // The cluster moves from its warm (or no) snapshot to the live one.
@@ -1198,6 +1218,7 @@ impl ClusterState {
                 tracing::warn!(cluster = %self.name, reason = SkipReason::ClusterIpConflict.as_str(), "leaving Service {k} out: its ClusterIP {ip} belongs to the older Service {owner}");
                 self.losers.insert(k.clone());
                 self.count(SkipReason::ClusterIpConflict, 1, 0);
+                self.count_new(SkipReason::ClusterIpConflict, 1);
                 true
             }
             None if was => {

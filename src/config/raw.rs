@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub proxy: RawProxy,
     pub dns: RawDns,
     pub sync: RawSync,
+    pub metrics: RawMetrics,
     pub remote: Vec<RawRemote>,
 }
 
@@ -35,6 +36,7 @@ impl Default for RawConfig {
             proxy: RawProxy::default(),
             dns: RawDns::default(),
             sync: RawSync::default(),
+            metrics: RawMetrics::default(),
             remote: Vec::new(),
         }
     }
@@ -157,6 +159,13 @@ impl Default for RawDns {
             max_forwards_in_flight: 256,
         }
     }
+}
+
+/// `[metrics]`: `listen` empty (the default) serves no metrics.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    pub listen: String,
 }
 
 /// Default of `sync.max_bytes_per_cluster`: 256 MiB, about eight times what a cluster of

@@ -29,7 +29,15 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub dns: DnsConfig,
     pub sync: SyncConfig,
+    pub metrics: MetricsConfig,
     pub remote: Vec<RemoteCluster>,
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served, in the host namespace; `None`: no metrics.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -516,6 +516,11 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
         }
     }
 
+    let metrics_listen = match raw.metrics.listen.trim() {
+        "" => None,
+        l => v.socket_addr("metrics.listen", l),
+    };
+
     if !v.errors.is_empty() {
         return Err(ConfigError(v.errors));
     }
@@ -579,6 +584,9 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
             max_objects_per_cluster: raw.sync.max_objects_per_cluster,
             max_bytes_per_cluster: raw.sync.max_bytes_per_cluster,
             api_timeout: Duration::from_secs(raw.sync.api_timeout),
+        },
+        metrics: MetricsConfig {
+            listen: metrics_listen,
         },
         remote: remotes,
     })

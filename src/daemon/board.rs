@@ -149,6 +149,11 @@ impl Board {
         self.dns.store(dns.map(Arc::new));
     }
 
+    /// The DNS stub's handler, when one runs.
+    pub fn dns_handler(&self) -> Option<Arc<DnsHandler>> {
+        self.dns.load_full()
+    }
+
     pub fn set_publish(&self, view: Option<PublishView>) {
         self.publish.store(view.map(Arc::new));
     }

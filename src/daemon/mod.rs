@@ -198,6 +198,7 @@ struct Daemon {
     last_desired_services: usize,
     held_clusters: Vec<String>,
     board: Board,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. The dataplane is left in place on exit.
@@ -262,6 +263,18 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     clusters.publish(&public_key, cfg.tunnel.endpoint);
     board.set_publish(clusters.publish_view());
 
+    let metrics = crate::metrics::Metrics::default();
+    if let Some(addr) = cfg.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics.listen = \"{addr}\": cannot listen there (another program on the port, or an address this host does not have); set another address or leave it empty"))?;
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            board.clone(),
+        ));
+    }
     let mss = tunnel::mss::MssClamp::new(ns.clone());
     let inbound = tunnel::inbound::InboundFilter::new(ns.clone());
     let sched = Scheduler::new(cfg.sync.min_interval, cfg.sync.max_delay);
@@ -295,6 +308,7 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
         last_desired_services: 0,
         held_clusters: Vec::new(),
         board,
+        metrics,
     };
     d.publish_board();
     d.main_loop().await
@@ -587,6 +601,7 @@ impl Daemon {
             }
         }
         let duration = t0.elapsed();
+        self.metrics.observe_sync(full, duration);
         tracing::debug!(full, ?duration, node_ops, tunnel_ops, "sync done");
         self.last = LastSync {
             full,

@@ -78,6 +78,9 @@ impl Daemon {
         if new.control_socket != old.control_socket {
             return Err("control_socket changed: that needs a restart".into());
         }
+        if new.metrics != self.cfg.metrics {
+            return Err("metrics.listen changed: that needs a restart".into());
+        }
         if new.state_dir != old.state_dir {
             return Err("state_dir changed: that needs a restart (the snapshots stay where they are until then)".into());
         }

@@ -4,6 +4,7 @@
 
 use super::forward::{self, Cache, ForwardError, UpstreamLog};
 use super::zone::{Lookup, ZoneData};
+use crate::metrics::{AtomicHistogram, HistogramSnapshot};
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, RData, Record, RecordType};
@@ -52,7 +53,8 @@ impl Transport {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     queries: AtomicU64,
-    rcodes: [AtomicU64; 7],
+    /// Responses by [`Origin`] and response code ([`RCODE_NAMES`]).
+    rcodes: [[AtomicU64; 7]; 2],
     forwarded: AtomicU64,
     cache_hits: AtomicU64,
     upstream_errors: AtomicU64,
@@ -68,8 +70,20 @@ const RCODE_NAMES: [&str; 7] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER",
 ];
 
+/// Where an answer came from: the `zone` label of `sdnlink_dns_queries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Our zones (`cluster.<name>`, `cluster.all`, the reverse zones), and refusals.
+    Local = 0,
+    /// Every other name: forwarded upstream (or SERVFAIL when that failed or was over the cap).
+    Forwarded = 1,
+}
+
+/// The label values of [`Origin`], by index.
+pub const ORIGIN_NAMES: [&str; 2] = ["local", "forwarded"];
+
 impl Stats {
-    fn count_rcode(&self, rc: ResponseCode) {
+    fn count_rcode(&self, origin: Origin, rc: ResponseCode) {
         let i = match rc {
             ResponseCode::NoError => 0,
             ResponseCode::FormErr => 1,
@@ -79,9 +93,15 @@ impl Stats {
             ResponseCode::Refused => 5,
             _ => 6,
         };
-        self.rcodes[i].fetch_add(1, Ordering::Relaxed);
+        self.rcodes[origin as usize][i].fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Upper bounds of the forwarding time buckets in seconds: 1 ms to 4.096 s, doubling
+/// (forwarding gives up after a few seconds, so the last one holds nearly everything).
+pub(crate) const FORWARD_BUCKETS: [f64; 13] = [
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
+];
 
 /// Snapshot of the stub's counters and settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -90,6 +110,8 @@ pub struct DnsStatus {
     pub queries: u64,
     /// Responses sent to them, by response code.
     pub answers: BTreeMap<String, u64>,
+    /// The same by where the answer came from (`local`, `forwarded`), then response code.
+    pub answers_by_zone: BTreeMap<String, BTreeMap<String, u64>>,
     /// Messages that did not decode (answered FORMERR when their header did; not counted in
     /// `queries` or `answers`).
     pub malformed: u64,
@@ -171,6 +193,8 @@ pub(crate) struct Shared {
     pub(crate) cache: Cache,
     pub(crate) stats: Stats,
     pub(crate) upstream_log: UpstreamLog,
+    /// How long forwarded queries took, until an upstream answered or forwarding gave up.
+    pub(crate) forward_times: AtomicHistogram,
 }
 
 /// The request handler; cheap to clone (shared state behind an `Arc`).
@@ -576,6 +600,7 @@ impl DnsHandler {
             cache: Cache::new(cache_size),
             stats: Stats::default(),
             upstream_log: UpstreamLog::default(),
+            forward_times: AtomicHistogram::new(&FORWARD_BUCKETS),
         }))
     }
 
@@ -589,6 +614,11 @@ impl DnsHandler {
         self.shared.upstreams.store(Arc::new(upstreams));
     }
 
+    /// How long forwarded queries took (`sdnlink_dns_forward_duration_seconds`).
+    pub fn forward_times(&self) -> HistogramSnapshot {
+        self.shared.forward_times.snapshot()
+    }
+
     /// Current counters.
     pub fn status(&self) -> DnsStatus {
         let s = &self.shared.stats;
@@ -597,9 +627,25 @@ impl DnsHandler {
             queries: s.queries.load(Ordering::Relaxed),
             answers: RCODE_NAMES
                 .iter()
-                .zip(s.rcodes.iter())
-                .map(|(n, c)| (n.to_string(), c.load(Ordering::Relaxed)))
+                .enumerate()
+                .map(|(i, n)| {
+                    let c: u64 = s.rcodes.iter().map(|o| o[i].load(Ordering::Relaxed)).sum();
+                    (n.to_string(), c)
+                })
                 .filter(|(_, c)| *c > 0)
+                .collect(),
+            answers_by_zone: ORIGIN_NAMES
+                .iter()
+                .zip(s.rcodes.iter())
+                .map(|(zone, codes)| {
+                    let by_code = RCODE_NAMES
+                        .iter()
+                        .zip(codes.iter())
+                        .map(|(n, c)| (n.to_string(), c.load(Ordering::Relaxed)))
+                        .filter(|(_, c)| *c > 0)
+                        .collect();
+                    (zone.to_string(), by_code)
+                })
                 .collect(),
             malformed: s.malformed.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
@@ -646,10 +692,10 @@ impl DnsHandler {
         }
     }
 
-    fn reply(&self, encoded: Option<(Vec<u8>, ResponseCode)>) -> Step {
+    fn reply(&self, origin: Origin, encoded: Option<(Vec<u8>, ResponseCode)>) -> Step {
         match encoded {
             Some((b, rc)) => {
-                self.shared.stats.count_rcode(rc);
+                self.shared.stats.count_rcode(origin, rc);
                 Step::Reply(b)
             }
             None => {
@@ -688,7 +734,7 @@ impl DnsHandler {
         let stats = &self.shared.stats;
         stats.queries.fetch_add(n, Ordering::Relaxed);
         stats.fast.fetch_add(n, Ordering::Relaxed);
-        stats.rcodes[0].fetch_add(n, Ordering::Relaxed);
+        stats.rcodes[Origin::Local as usize][0].fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn step(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Step {
@@ -697,7 +743,7 @@ impl DnsHandler {
                 let stats = &self.shared.stats;
                 stats.queries.fetch_add(1, Ordering::Relaxed);
                 stats.fast.fetch_add(1, Ordering::Relaxed);
-                stats.count_rcode(ResponseCode::NoError);
+                stats.count_rcode(Origin::Local, ResponseCode::NoError);
                 return Step::Reply(b);
             }
         }
@@ -729,7 +775,10 @@ impl DnsHandler {
                 return Step::Silent;
             }
             stats.clients_refused.fetch_add(1, Ordering::Relaxed);
-            return self.reply(encode_error(&request, ResponseCode::Refused, transport));
+            return self.reply(
+                Origin::Local,
+                encode_error(&request, ResponseCode::Refused, transport),
+            );
         }
         let zones = self.shared.zones.load();
         match decide(&zones, &request) {
@@ -737,7 +786,7 @@ impl DnsHandler {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 Step::Silent
             }
-            Decision::Error(rc) => self.reply(encode_error(&request, rc, transport)),
+            Decision::Error(rc) => self.reply(Origin::Local, encode_error(&request, rc, transport)),
             Decision::Local {
                 rcode,
                 answers,
@@ -746,14 +795,17 @@ impl DnsHandler {
                 let mut md = response_metadata(&request, rcode);
                 md.authoritative = true;
                 match cname_to_chase(&request, &answers) {
-                    None => self.reply(encode(
-                        &request,
-                        md,
-                        answers.iter(),
-                        soa.into_iter(),
-                        std::iter::empty(),
-                        transport,
-                    )),
+                    None => self.reply(
+                        Origin::Local,
+                        encode(
+                            &request,
+                            md,
+                            answers.iter(),
+                            soa.into_iter(),
+                            std::iter::empty(),
+                            transport,
+                        ),
+                    ),
                     Some(target) => {
                         let answers = answers.into_owned();
                         drop(zones);
@@ -783,11 +835,10 @@ impl DnsHandler {
     /// SERVFAIL for work that found every forwarding slot taken.
     pub(crate) fn overloaded(&self, later: Box<Later>) -> Option<Vec<u8>> {
         self.shared.stats.over_cap.fetch_add(1, Ordering::Relaxed);
-        let step = self.reply(encode_error(
-            &later.request,
-            ResponseCode::ServFail,
-            later.transport,
-        ));
+        let step = self.reply(
+            Origin::Forwarded,
+            encode_error(&later.request, ResponseCode::ServFail, later.transport),
+        );
         match step {
             Step::Reply(b) => Some(b),
             _ => None,
@@ -809,14 +860,10 @@ impl DnsHandler {
             } => {
                 answers.extend(self.chase(target).await);
                 let none = std::iter::empty();
-                self.reply(encode(
-                    &request,
-                    md,
-                    answers.iter(),
-                    none.clone(),
-                    none,
-                    transport,
-                ))
+                self.reply(
+                    Origin::Local,
+                    encode(&request, md, answers.iter(), none.clone(), none, transport),
+                )
             }
             Work::Forward(query) => {
                 match self
@@ -826,14 +873,17 @@ impl DnsHandler {
                     Ok(msg) => {
                         let mut md = response_metadata(&request, msg.metadata.response_code);
                         md.recursion_available = msg.metadata.recursion_available;
-                        self.reply(encode(
-                            &request,
-                            md,
-                            msg.answers.iter(),
-                            msg.authorities.iter(),
-                            msg.additionals.iter(),
-                            transport,
-                        ))
+                        self.reply(
+                            Origin::Forwarded,
+                            encode(
+                                &request,
+                                md,
+                                msg.answers.iter(),
+                                msg.authorities.iter(),
+                                msg.additionals.iter(),
+                                transport,
+                            ),
+                        )
                     }
                     Err(e) => {
                         let rc = if matches!(e, ForwardError::Loop) {
@@ -849,7 +899,7 @@ impl DnsHandler {
                                 .fetch_add(1, Ordering::Relaxed);
                             ResponseCode::ServFail
                         };
-                        self.reply(encode_error(&request, rc, transport))
+                        self.reply(Origin::Forwarded, encode_error(&request, rc, transport))
                     }
                 }
             }
@@ -878,8 +928,11 @@ impl DnsHandler {
         let upstreams = self.shared.upstreams.load();
         let usable = forward::usable_upstreams(&upstreams, self.shared.ourselves)?;
         self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let msg = forward::forward(&usable, query, rd, &self.shared.upstream_log).await?;
-        self.shared.cache.put(key, &msg, Instant::now());
+        let msg = forward::forward(&usable, query, rd, &self.shared.upstream_log).await;
+        let done = Instant::now();
+        self.shared.forward_times.observe(done.duration_since(now));
+        let msg = msg?;
+        self.shared.cache.put(key, &msg, done);
         Ok(msg)
     }
 

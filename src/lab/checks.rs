@@ -6,7 +6,7 @@ use super::daemon;
 use super::dns;
 use super::manifests::{cluster_ip, endpoint_slice_yaml, svc, SERVICE_PORT};
 use super::plan::{
-    Cluster, Plan, Pod, Proxy, FORWARDED_ADDR, FORWARDED_NAME, K8S_NAMESPACE, POD_PORT,
+    Cluster, Node, Plan, Pod, Proxy, FORWARDED_ADDR, FORWARDED_NAME, K8S_NAMESPACE, POD_PORT,
 };
 use super::probe;
 use super::run::{Lab, READY_TIMEOUT};
@@ -190,6 +190,9 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
         emit(o);
     }
     // While nothing changes: before the checks that edit the API servers.
+    for node in plan.nodes() {
+        emit(metrics(&plan, node));
+    }
     emit(super::quiet::idle_resync(lab, a));
     emit(super::quiet::dns_logs(lab, a, b));
     emit(super::quiet::foreign_churn(lab, &pods, a, b));
@@ -302,6 +305,87 @@ fn pod_to_pod(pods: &Pods, a: &Cluster, b: &Cluster, udp: bool) -> Outcome {
 
 /// A TCP connection across the tunnel settles on an MSS that fits the tunnel although both pods
 /// sit on 1500-byte links (unclamped they would agree on 1460): the SYN-ACK was clamped.
+/// Scrapes `node`'s metrics endpoint (in its host namespace) and checks that every family the
+/// README promises is there, with the remote clusters current and a recent handshake per peer.
+fn metrics(plan: &Plan, node: &Node) -> Outcome {
+    let r = (|| {
+        let addr: SocketAddr = super::plan::METRICS_ADDR
+            .parse()
+            .map_err(|e| format!("{}: {e}", super::plan::METRICS_ADDR))?;
+        let text = NetNs::open(&node.netns)
+            .map_err(|e| e.to_string())?
+            .run(move || -> std::io::Result<String> {
+                use std::io::{Read, Write};
+                let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                c.write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                c.read_to_string(&mut out)?;
+                Ok(out)
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("GET http://{addr}/metrics in {}: {e}", node.netns))?;
+        if !text.starts_with("HTTP/1.1 200") {
+            return Err(format!("answered {:?}", text.lines().next().unwrap_or("")));
+        }
+        let mut missing: Vec<String> = [
+            "sdnlink_sync_duration_seconds_count{kind=\"full\"}",
+            "sdnlink_sync_errors_total",
+            "sdnlink_cluster_objects{",
+            "sdnlink_proxy_services",
+            "sdnlink_dns_queries_total{zone=\"local\",rcode=\"NOERROR\"}",
+            "sdnlink_dns_forward_duration_seconds_count",
+            "sdnlink_peer_bytes_total{",
+        ]
+        .iter()
+        .filter(|m| !text.contains(*m))
+        .map(|m| m.to_string())
+        .collect();
+        let local = &plan.clusters[node.cluster];
+        for c in plan.clusters.iter().filter(|c| c.name != local.name) {
+            let current = format!(
+                "sdnlink_cluster_state{{cluster=\"{}\",state=\"current\"}} 1",
+                c.name
+            );
+            if !text.contains(&current) {
+                missing.push(current);
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let handshakes: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("sdnlink_peer_last_handshake_seconds{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        let want_peers = plan.nodes().filter(|n| n.cluster != node.cluster).count();
+        let stale = handshakes
+            .iter()
+            .filter(|t| now.saturating_sub(**t) > 180)
+            .count();
+        if handshakes.len() != want_peers || stale > 0 {
+            missing.push(format!(
+                "{want_peers} peers with a handshake in the last 180 s (got {} peers, {stale} stale)",
+                handshakes.len()
+            ));
+        }
+        let detail = format!(
+            "{} lines from {addr} in {}; {} peers with a recent handshake",
+            text.lines().count(),
+            node.netns,
+            handshakes.len()
+        );
+        if missing.is_empty() {
+            Ok(detail)
+        } else {
+            Err(format!("{detail}; missing: {}", missing.join(", ")))
+        }
+    })();
+    outcome(format!("metrics {}", node.name), r)
+}
+
 fn mss_clamp(pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
     let from = first_pod(a, 0);
     let to = first_pod(b, 1);

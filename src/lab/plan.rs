@@ -77,6 +77,9 @@ pub struct Pod {
     pub addr: Ipv4Addr,
 }
 
+/// Where every node's daemon serves its metrics, in the node's host namespace.
+pub const METRICS_ADDR: &str = "127.0.0.1:9451";
+
 /// One node: a namespace standing in for the node's host network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -315,6 +318,9 @@ impl Plan {
         s.push_str("[dns]\n");
         s.push_str(&format!("upstreams = [\"{}\"]\n", self.upstream_dns()));
         s.push_str("all_zone = true\n\n");
+        // Loopback of the node's own (host) namespace: every node has its own.
+        s.push_str("[metrics]\n");
+        s.push_str(&format!("listen = \"{METRICS_ADDR}\"\n\n"));
         s.push_str("[sync]\n");
         s.push_str("startup_grace = 20\n");
         s.push_str("min_interval_ms = 100\n");

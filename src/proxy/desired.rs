@@ -189,6 +189,7 @@ pub(crate) mod tests {
                 max_bytes_per_cluster: 256 << 20,
                 api_timeout: Duration::from_secs(60),
             },
+            metrics: Default::default(),
             remote: vec![
                 remote(
                     "east",
