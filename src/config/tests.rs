@@ -457,3 +457,17 @@ fn a_static_public_key_belongs_to_one_peer() {
         "remote[1].peers[0].public_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\": already used by remote[0].peers[0]; a WireGuard key belongs to one peer",
     );
 }
+
+#[test]
+fn metrics_listen_is_off_by_default_and_must_be_an_address_with_a_port() {
+    assert_eq!(parse_str(BASE).expect("valid").metrics.listen, None);
+    let c = parse_str(&format!("{BASE}\n[metrics]\nlisten = \"127.0.0.1:9451\"\n")).expect("valid");
+    assert_eq!(
+        c.metrics.listen,
+        Some("127.0.0.1:9451".parse().expect("literal"))
+    );
+    only_error(
+        &format!("{BASE}\n[metrics]\nlisten = \"localhost\"\n"),
+        "metrics.listen = \"localhost\": not an address:port (expected e.g. \"203.0.113.10:51820\" or \"[2001:db8::1]:51820\")",
+    );
+}
