@@ -38,6 +38,16 @@ pub enum Cmd {
     },
     /// Ask the running daemon to re-read its configuration; waits for the result.
     Reload,
+    /// Check every remote cluster from this node: recent WireGuard handshakes, a DNS lookup
+    /// of a Service through the stub, a TCP connection to it. Exit 0 only if all pass.
+    Verify {
+        /// The Service to look up and connect to in every remote cluster, NAME.NAMESPACE.
+        #[arg(long, default_value = "kubernetes.default")]
+        service: String,
+        /// Its port.
+        #[arg(long, default_value_t = 443)]
+        port: u16,
+    },
     /// Remove everything sdnlinkd owns: namespace, veth, marked routes, tunnel process.
     Cleanup,
     /// Print this node's WireGuard public key (creating the private key if needed).
@@ -189,6 +199,40 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 print!("{}", crate::daemon::status::render(&status));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify { service, port } => {
+            let target =
+                crate::verify::Target::parse(&service, port).map_err(anyhow::Error::msg)?;
+            let cfg = config::load(path)?;
+            let rt = runtime()?;
+            let resp = rt.block_on(control::request(
+                &cfg.control_socket,
+                Ctl::Status,
+                Duration::from_secs(10),
+            ))?;
+            let Some(status) = resp.status.filter(|_| resp.ok) else {
+                anyhow::bail!(
+                    "daemon answered an error: {}",
+                    resp.error.unwrap_or_default()
+                );
+            };
+            let lines = rt.block_on(crate::verify::run(&cfg, &status, &target));
+            if lines.is_empty() {
+                anyhow::bail!(
+                    "no [[remote]] cluster in {}: nothing to verify",
+                    path.display()
+                );
+            }
+            for l in &lines {
+                println!("{l}");
+            }
+            let failed = lines.iter().filter(|l| !l.pass).count();
+            println!("{} passed, {failed} failed", lines.len() - failed);
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Reload => {
             // The path must stay the daemon's: the running daemon re-reads its own file.

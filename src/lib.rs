@@ -23,4 +23,5 @@ pub mod node;
 pub mod notify;
 pub mod proxy;
 pub mod tunnel;
+pub mod verify;
 pub mod vm;

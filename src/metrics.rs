@@ -302,11 +302,19 @@ impl Collector for Scrape {
                 "DNS answers by zone (local: our cluster and reverse zones and refusals; forwarded: every other name) and response code.",
                 MetricType::Counter,
                 |m| {
-                    for (zone, codes) in &d.answers_by_zone {
-                        for (rcode, n) in codes {
-                            let labels = [("zone", zone.as_str()), ("rcode", rcode.as_str())];
+                    // Every pair, zeros too: a node whose stub has not answered yet still
+                    // shows the series, and rate() sees them start.
+                    for zone in crate::dns::ORIGIN_NAMES {
+                        for rcode in crate::dns::RCODE_NAMES {
+                            let n = d
+                                .answers_by_zone
+                                .get(zone)
+                                .and_then(|c| c.get(rcode))
+                                .copied()
+                                .unwrap_or(0);
+                            let labels = [("zone", zone), ("rcode", rcode)];
                             m.encode_family(&labels)?
-                                .encode_counter::<NoLabelSet, u64, u64>(n, None)?;
+                                .encode_counter::<NoLabelSet, u64, u64>(&n, None)?;
                         }
                     }
                     Ok(())

@@ -66,7 +66,7 @@ pub(crate) struct Stats {
     fast: AtomicU64,
 }
 
-const RCODE_NAMES: [&str; 7] = [
+pub const RCODE_NAMES: [&str; 7] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "OTHER",
 ];
 

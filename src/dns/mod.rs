@@ -16,9 +16,10 @@ mod server;
 mod wire;
 mod zone;
 
-pub use forward::{ForwardError, FORWARD_DEADLINE, UPSTREAM_TIMEOUT};
+pub use forward::{ask, ForwardError, FORWARD_DEADLINE, UPSTREAM_TIMEOUT};
 pub use handler::{
-    answer_local_bytes, decide, Clients, Decision, DnsHandler, DnsStatus, Transport,
+    answer_local_bytes, decide, Clients, Decision, DnsHandler, DnsStatus, Transport, ORIGIN_NAMES,
+    RCODE_NAMES,
 };
 pub use zone::{dashed, Lookup, ZoneData, ALL_ZONE, SCHEMA_VERSION};
 

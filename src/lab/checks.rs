@@ -193,6 +193,7 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     for node in plan.nodes() {
         emit(metrics(&plan, node));
     }
+    emit(verify(lab, &plan.clusters[0].nodes[0]));
     emit(super::quiet::idle_resync(lab, a));
     emit(super::quiet::dns_logs(lab, a, b));
     emit(super::quiet::foreign_churn(lab, &pods, a, b));
@@ -384,6 +385,48 @@ fn metrics(plan: &Plan, node: &Node) -> Outcome {
         }
     })();
     outcome(format!("metrics {}", node.name), r)
+}
+
+/// `sdnlinkd verify` run on `node` as an operator would, from the node's host namespace,
+/// against each remote's echo Service: it must pass every line and exit 0.
+fn verify(lab: &Lab, node: &Node) -> Outcome {
+    let r = (|| {
+        let bin = lab.daemon_bin.as_deref().ok_or("no daemon binary")?;
+        let service = format!("{}.{K8S_NAMESPACE}", svc::ECHO);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(bin)
+            .arg("--config")
+            .arg(lab.plan.node_config_path(node))
+            .args(["verify", "--service", &service, "--port"])
+            .arg(SERVICE_PORT.to_string())
+            .output()
+            .map_err(|e| format!("running sdnlinkd verify: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
+            .collect();
+        let remotes = lab.plan.clusters.len() - 1;
+        let passed = lines.iter().filter(|l| l.starts_with("PASS")).count();
+        let detail = format!(
+            "{} on {}: exit {}, {passed}/{} lines PASS ({})",
+            service,
+            node.name,
+            out.status.code().unwrap_or(-1),
+            lines.len(),
+            lines.join("; ")
+        );
+        if out.status.success() && lines.len() == 3 * remotes && passed == lines.len() {
+            Ok(detail)
+        } else {
+            Err(format!(
+                "{detail}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    })();
+    outcome(format!("verify {}", node.name), r)
 }
 
 fn mss_clamp(pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
