@@ -7,7 +7,10 @@
 //! - `dns <cluster>`: the stub answers `<service>.<namespace>.svc.cluster.<cluster>` with an
 //!   address, asked at `dns.address` as a pod would;
 //! - `tcp <cluster>`: a TCP connection to that address and `--port` opens (through the host's
-//!   route into the namespace, the proxy and the tunnel).
+//!   route into the namespace, the proxy and the tunnel). The nftables proxy only DNATs, so
+//!   the remote node routes the reply by its source address, and its WireGuard admits only
+//!   sources of this node's pod subnet: the connection leaves from this host's own address in
+//!   `local.pod_cidrs` (the CNI's gateway on the node), as a pod's would, when it has one.
 //!
 //! One PASS/FAIL line each; the command exits 0 only if every line passed.
 
@@ -151,6 +154,32 @@ async fn lookup(dns: SocketAddr, fqdn: &str) -> Result<Vec<IpAddr>, String> {
     Ok(addrs)
 }
 
+/// This host's first address inside `pods` of the family of `to` (the CNI's gateway address
+/// on the node side of the pods' links).
+fn pod_source(pods: &[ipnet::IpNet], to: IpAddr) -> Option<IpAddr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            if let Some(v4) = sa.as_sockaddr_in() {
+                return Some(IpAddr::V4(v4.ip()));
+            }
+            sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+        })
+        .find(|ip| ip.is_ipv4() == to.is_ipv4() && pods.iter().any(|n| n.contains(ip)))
+}
+
+async fn connect(from: Option<IpAddr>, to: SocketAddr) -> std::io::Result<()> {
+    let sock = match to {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = from {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    sock.connect(to).await.map(drop)
+}
+
 /// Every check for every remote cluster of `cfg`, given the daemon's `status --json`.
 pub async fn run(cfg: &Config, status: &serde_json::Value, target: &Target) -> Vec<Line> {
     let dns = SocketAddr::new(cfg.dns.address, cfg.dns.port);
@@ -177,16 +206,20 @@ pub async fn run(cfg: &Config, status: &serde_json::Value, target: &Target) -> V
         let tcp = match &addrs {
             Ok(a) => {
                 let to = SocketAddr::new(a[0], target.port);
+                let from = pod_source(&cfg.local.pod_cidrs, to.ip());
+                let via = from
+                    .map(|ip| format!("from {ip}"))
+                    .unwrap_or_else(|| "from the host's own address".into());
                 let t = Instant::now();
-                match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to))
-                    .await
-                {
-                    Ok(Ok(_)) => Ok(format!(
-                        "connected to {to} in {:.1} ms",
+                match tokio::time::timeout(CONNECT_TIMEOUT, connect(from, to)).await {
+                    Ok(Ok(())) => Ok(format!(
+                        "connected to {to} {via} in {:.1} ms",
                         t.elapsed().as_secs_f64() * 1000.0
                     )),
-                    Ok(Err(e)) => Err(format!("{to}: {e}")),
-                    Err(_) => Err(format!("{to}: no connection within {CONNECT_TIMEOUT:?}")),
+                    Ok(Err(e)) => Err(format!("{to} {via}: {e}")),
+                    Err(_) => Err(format!(
+                        "{to} {via}: no connection within {CONNECT_TIMEOUT:?}"
+                    )),
                 }
             }
             Err(_) => Err(format!("{fqdn} has no address (see dns {c})")),
