@@ -750,6 +750,7 @@ fn remove_and_add(lab: &mut Lab, s: &Scenario) -> Result<Pair, String> {
     let local_watch = probe::withdrawals(s.target(&lab.plan, local_cidrs)).map_err(e)?;
     let local_dns = s.dns_probe(&s.a)?;
     std::thread::sleep(Duration::from_millis(500));
+    let present = probe::objects(&remote_target)?;
 
     // f: remove.
     let f = (|| {
@@ -812,12 +813,18 @@ fn remove_and_add(lab: &mut Lab, s: &Scenario) -> Result<Pair, String> {
             .map_err(|e| e.to_string())?;
         let took = t.elapsed();
         let listed = wait_current(lab, &s.node, RESTORE)?;
+        // Until all of them are back: one sync adds the peers, then the proxy's services, then
+        // the routes and VIPs, so a look in between sees only part of them.
         let (back, back_t) = eventually(RESTORE, || {
             let now = probe::objects(&remote_target)?;
-            if now.is_empty() {
-                Err("nothing yet".to_string())
-            } else {
+            if now == present {
                 Ok(now)
+            } else {
+                Err(format!(
+                    "{} of the {} objects there before the removal: {now:?}",
+                    now.intersection(&present).count(),
+                    present.len()
+                ))
             }
         });
         let back = back?;
