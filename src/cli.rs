@@ -72,6 +72,25 @@ pub enum NetnsCmd {
     Ensure,
 }
 
+/// The running daemon's `status --json` document.
+fn daemon_status(
+    rt: &tokio::runtime::Runtime,
+    cfg: &config::Config,
+) -> anyhow::Result<serde_json::Value> {
+    let resp = rt.block_on(control::request(
+        &cfg.control_socket,
+        Ctl::Status,
+        Duration::from_secs(10),
+    ))?;
+    match resp.status.filter(|_| resp.ok) {
+        Some(status) => Ok(status),
+        None => anyhow::bail!(
+            "daemon answered an error: {}",
+            resp.error.unwrap_or_default()
+        ),
+    }
+}
+
 /// Entry point of the `sdnlinkd` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -182,17 +201,7 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
         },
         Cmd::Status { json } => {
             let cfg = config::load(path)?;
-            let resp = runtime()?.block_on(control::request(
-                &cfg.control_socket,
-                Ctl::Status,
-                Duration::from_secs(10),
-            ))?;
-            let Some(status) = resp.status.filter(|_| resp.ok) else {
-                anyhow::bail!(
-                    "daemon answered an error: {}",
-                    resp.error.unwrap_or_default()
-                );
-            };
+            let status = daemon_status(&runtime()?, &cfg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -205,17 +214,7 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 crate::verify::Target::parse(&service, port).map_err(anyhow::Error::msg)?;
             let cfg = config::load(path)?;
             let rt = runtime()?;
-            let resp = rt.block_on(control::request(
-                &cfg.control_socket,
-                Ctl::Status,
-                Duration::from_secs(10),
-            ))?;
-            let Some(status) = resp.status.filter(|_| resp.ok) else {
-                anyhow::bail!(
-                    "daemon answered an error: {}",
-                    resp.error.unwrap_or_default()
-                );
-            };
+            let status = daemon_status(&rt, &cfg)?;
             let lines = rt.block_on(crate::verify::run(&cfg, &status, &target));
             if lines.is_empty() {
                 anyhow::bail!(

@@ -201,6 +201,16 @@ struct Daemon {
     metrics: crate::metrics::Metrics,
 }
 
+/// Records `e` in `slot` (shown in the status problems), calling `warn` only when it differs
+/// from what is there: a failure that persists is logged once, not at every sync.
+fn note_once(slot: &mut Option<String>, e: &dyn std::fmt::Display, warn: impl FnOnce(&str)) {
+    let msg = e.to_string();
+    if slot.as_deref() != Some(msg.as_str()) {
+        warn(&msg);
+    }
+    *slot = Some(msg);
+}
+
 /// Runs the daemon until SIGTERM/SIGINT. The dataplane is left in place on exit.
 pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     notifier.status("starting: loading persisted snapshots and starting the cluster watches");
@@ -496,13 +506,9 @@ impl Daemon {
                 }
                 self.mss_error = None;
             }
-            Err(e) => {
-                let msg = e.to_string();
-                if self.mss_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!("TCP MSS clamping not applied; connections through the tunnel now depend on path-MTU discovery: {msg}");
-                }
-                self.mss_error = Some(msg);
-            }
+            Err(e) => note_once(&mut self.mss_error, &e, |msg| {
+                tracing::warn!("TCP MSS clamping not applied; connections through the tunnel now depend on path-MTU discovery: {msg}")
+            }),
         }
         match self.inbound.sync(iface, &cfg.local.pod_cidrs, full).await {
             Ok(done) => {
@@ -512,13 +518,9 @@ impl Daemon {
                 }
                 self.inbound_error = None;
             }
-            Err(e) => {
-                let msg = e.to_string();
-                if self.inbound_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!("inbound filter not applied; remote nodes can reach this namespace and the host through the tunnel: {msg}");
-                }
-                self.inbound_error = Some(msg);
-            }
+            Err(e) => note_once(&mut self.inbound_error, &e, |msg| {
+                tracing::warn!("inbound filter not applied; remote nodes can reach this namespace and the host through the tunnel: {msg}")
+            }),
         }
         let proxy_report = match self.proxy.sync(&want.proxy, full).await {
             Ok(r) => {
