@@ -32,12 +32,25 @@ fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
         == Some((dev, ino))
 }
 
+/// The filter for config `log_level`. kube-client's tracing layer logs every failed request
+/// at ERROR ("failed with error ...") and every ended watch at WARN, several lines a second
+/// while an API server is away; the clusters subsystem reports each failure once, naming the
+/// cluster and what it keeps. A level that names `kube_client` itself is taken as it is, and
+/// `RUST_LOG` is never changed.
+fn directives(level: &str) -> String {
+    if level.contains("kube_client") {
+        level.to_string()
+    } else {
+        format!("{level},kube_client=off")
+    }
+}
+
 /// Installs the global subscriber; `prefer_journal` for the long-running daemon only.
 pub fn init(level: &str, prefer_journal: bool) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(level).ok())
+        .or_else(|| EnvFilter::try_new(directives(level)).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     if prefer_journal && stderr_is_journal() && std::path::Path::new(JOURNAL_SOCKET).exists() {
@@ -59,7 +72,19 @@ pub fn init(level: &str, prefer_journal: bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::names_stream;
+    use super::{directives, names_stream};
+
+    #[test]
+    fn kube_clients_request_logging_is_off_unless_asked_for() {
+        assert_eq!(directives("info"), "info,kube_client=off");
+        assert_eq!(directives("debug"), "debug,kube_client=off");
+        assert_eq!(
+            directives("info,kube_client=debug"),
+            "info,kube_client=debug"
+        );
+        let f = tracing_subscriber::EnvFilter::try_new(directives("warn")).expect("valid");
+        assert!(f.to_string().contains("kube_client=off"), "{f}");
+    }
 
     #[test]
     fn journal_stream_must_name_the_same_device_and_inode() {

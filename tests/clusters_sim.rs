@@ -907,3 +907,113 @@ async fn a_restart_with_the_api_down_serves_the_persisted_snapshot() {
     assert!(!file.exists(), "{} should be gone", file.display());
     set.shutdown();
 }
+
+/// A Service named `name` in `shop` whose annotation carries `pad` bytes: the store keeps
+/// none of it (only sdnlinkd's annotations), so only the response bound can refuse it.
+fn padded_service(name: &str, ip: &str, pad: usize) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: shop
+  annotations:
+    example.com/pad: "{}"
+spec:
+  type: ClusterIP
+  clusterIP: {ip}
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+"#,
+        "x".repeat(pad)
+    )
+}
+
+/// Every API response body is bounded (src/clusters/body_limit.rs): a watch event longer than
+/// any API object can be, and a list page over `sync.max_bytes_per_cluster`, are refused;
+/// the cluster shows degraded with the reason and keeps what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_responses_are_refused_and_the_snapshot_kept() {
+    let (_tmp, sim, kc) = serve_east(&["east"]);
+    let mut cfg = config_for(&kc, None, 1000);
+    cfg.sync.max_bytes_per_cluster = 1 << 20;
+    let set = ClusterSet::start(&cfg, None).expect("start");
+    wait_until("east to list", 30, || set.all_listed()).await;
+    let good = east(&set);
+
+    // One event over 4 MiB on the open watch. Its DELETED event is as large, so the watch,
+    // which resumes from the last version it took, only gets past it by relisting: on a real
+    // API server once etcd compacts (every 5 minutes by default), here at once.
+    sim.apply_yaml(&padded_service("huge", "172.31.9.1", 5 << 20))
+        .expect("apply the huge Service");
+    let reason =
+        degraded_keeps_snapshot_then_recovers_after(&set, &good, "watch event of over", || {
+            assert!(sim.delete("Service", "shop", "huge"), "huge was there");
+            sim.compact();
+        })
+        .await;
+    assert!(
+        reason.contains("watch event of over 4194304 bytes"),
+        "{reason}"
+    );
+    assert!(!east(&set).services.contains_key(&key("shop", "huge")));
+
+    // Two Services of 700 kB each: every event fits, so they are held...
+    for (n, ip) in [("wide-a", "172.31.9.2"), ("wide-b", "172.31.9.3")] {
+        sim.apply_yaml(&padded_service(n, ip, 700 << 10))
+            .expect("apply a wide Service");
+    }
+    wait_until("both wide Services", 30, || {
+        let s = east(&set);
+        s.services.contains_key(&key("shop", "wide-a"))
+            && s.services.contains_key(&key("shop", "wide-b"))
+    })
+    .await;
+    let wide = east(&set);
+    // ...but a relist answers them in one page of over 1 MiB.
+    sim.compact();
+    let reason =
+        degraded_keeps_snapshot_then_recovers_after(&set, &wide, "response body of over", || {
+            assert!(sim.delete("Service", "shop", "wide-b"), "wide-b was there");
+        })
+        .await;
+    assert!(
+        reason.contains("response body of over 1048576 bytes")
+            && reason.contains("sync.max_bytes_per_cluster"),
+        "{reason}"
+    );
+    assert!(!east(&set).services.contains_key(&key("shop", "wide-b")));
+    assert!(east(&set).services.contains_key(&key("shop", "wide-a")));
+    set.shutdown();
+    sim.shutdown().await;
+}
+
+/// Waits until east is degraded for a reason containing `why`, checks it still serves `good`,
+/// runs `mend`, waits for it to be current again and returns the degraded reason.
+async fn degraded_keeps_snapshot_then_recovers_after(
+    set: &ClusterSet,
+    good: &ClusterSnapshot,
+    why: &str,
+    mend: impl FnOnce(),
+) -> String {
+    wait_until(&format!("degraded for {why:?}"), 30, || {
+        matches!(state_of(set, "east"), SyncState::Degraded { reason, .. } if reason.contains(why))
+    })
+    .await;
+    let SyncState::Degraded { reason, .. } = state_of(set, "east") else {
+        unreachable!("checked just above")
+    };
+    assert_eq!(
+        *east(set),
+        *good,
+        "nothing withdrawn while responses are refused"
+    );
+    mend();
+    wait_until("current again", 90, || {
+        state_of(set, "east") == SyncState::Current
+    })
+    .await;
+    reason
+}

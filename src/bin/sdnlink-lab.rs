@@ -100,7 +100,8 @@ enum Cmd {
     },
     /// Run the kernel-feature (#[ignore]d) tests inside the QEMU VM.
     VmTest,
-    /// Write the default manifests for --clusters clusters into DIR/<cluster>/.
+    /// Write the default manifests for --clusters clusters into DIR/<cluster>/ and the hostile
+    /// manifest set of the hostile-manifests check into DIR/hostile/<cluster>/.
     Manifests {
         #[arg(long)]
         out: PathBuf,
@@ -237,6 +238,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 let dir = out.join(&c.name);
                 std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
                 for (file, text) in manifests::cluster_files(c) {
+                    std::fs::write(dir.join(&file), text)
+                        .with_context(|| dir.join(&file).display().to_string())?;
+                }
+                let dir = out.join("hostile").join(&c.name);
+                std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+                for (file, text) in manifests::hostile::files(c) {
                     std::fs::write(dir.join(&file), text)
                         .with_context(|| dir.join(&file).display().to_string())?;
                 }

@@ -7,6 +7,7 @@
 //! stale and wakes the daemon's reconcile task through [`ClusterSet::changed`]; the task
 //! coalesces bursts and reads [`ClusterSet::snapshots`].
 
+pub mod body_limit;
 pub mod convert;
 pub mod persist;
 pub mod publish;
@@ -31,6 +32,7 @@ use state::{ClusterState, Kind};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -203,7 +205,9 @@ async fn make_client(
     path: &Path,
     api_timeout: Duration,
 ) -> Result<Client, ClustersError> {
-    make_watch_client(cluster, path, None, api_timeout).await
+    // The publisher reads and patches one Node: its answers are one object each.
+    let cap = Arc::new(AtomicUsize::new(body_limit::MAX_EVENT_BYTES));
+    make_watch_client(cluster, path, None, api_timeout, cap).await
 }
 
 /// A client for `cluster` from kubeconfig `path`, whose `tokenFile` must lie inside
@@ -213,6 +217,7 @@ async fn make_watch_client(
     path: &Path,
     config_dir: Option<&Path>,
     api_timeout: Duration,
+    body_cap: Arc<AtomicUsize>,
 ) -> Result<Client, ClustersError> {
     let kc = read_kubeconfig(cluster, path, config_dir)?;
     let err = |reason: String| ClustersError::Client {
@@ -226,7 +231,11 @@ async fn make_watch_client(
     // connections and never answers, looking healthy for five minutes.
     config.read_timeout = Some(api_timeout);
     config.connect_timeout = Some(api_timeout.min(Duration::from_secs(10)));
-    Client::try_from(config).map_err(|e| err(state::describe_client_error(&e)))
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| err(state::describe_client_error(&e)))?;
+    Ok(builder
+        .with_layer(&body_limit::BodyLimitLayer::new(body_cap))
+        .build())
 }
 
 const HOST_SUBNET_GROUP_VERSION: &str = "network.openshift.io/v1";
@@ -303,12 +312,14 @@ impl WatchSettings {
 
 async fn run_cluster(name: String, set: WatchSettings, cell: StateCell, wake: Wakers) {
     let mut attempt = 0;
+    let body_cap = lock(&cell).body_cap();
     let client = loop {
         match make_watch_client(
             &name,
             &set.kubeconfig,
             Some(&set.config_dir),
             set.api_timeout,
+            body_cap.clone(),
         )
         .await
         {

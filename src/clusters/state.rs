@@ -29,6 +29,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::mem::size_of;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -362,6 +363,9 @@ pub struct ClusterState {
     service_cidrs: Vec<IpNet>,
     cap: usize,
     max_bytes: usize,
+    /// `max_bytes` for the API client's response bound (src/clusters/body_limit.rs), which
+    /// reads it at each request.
+    body_cap: Arc<AtomicUsize>,
     services: HashMap<ServiceKey, SvcEntry>,
     slices: HashMap<ObjKey, SliceEntry>,
     /// (Service, slice name): the slices naming each Service, in name order. One set for
@@ -422,6 +426,7 @@ impl ClusterState {
             service_cidrs: service_cidrs.to_vec(),
             cap,
             max_bytes: usize::MAX,
+            body_cap: Arc::new(AtomicUsize::new(usize::MAX)),
             services: HashMap::new(),
             slices: HashMap::new(),
             slices_of: BTreeSet::new(),
@@ -466,6 +471,12 @@ impl ClusterState {
     /// Changes the byte cap (`sync.max_bytes_per_cluster`); objects already held stay.
     pub fn set_max_bytes(&mut self, bytes: usize) {
         self.max_bytes = bytes;
+        self.body_cap.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The bound on one API response body, shared with the cluster's client.
+    pub fn body_cap(&self) -> Arc<AtomicUsize> {
+        self.body_cap.clone()
     }
 
     /// Whether a relist was refused over a cap and the store still holds the last good list

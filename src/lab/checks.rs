@@ -36,7 +36,7 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-fn outcome(name: impl Into<String>, r: Result<String, String>) -> Outcome {
+pub(super) fn outcome(name: impl Into<String>, r: Result<String, String>) -> Outcome {
     match r {
         Ok(detail) => Outcome {
             name: name.into(),
@@ -52,9 +52,9 @@ fn outcome(name: impl Into<String>, r: Result<String, String>) -> Outcome {
 }
 
 /// Timeout of one connection attempt or request.
-const REQUEST: Duration = Duration::from_secs(2);
+pub(super) const REQUEST: Duration = Duration::from_secs(2);
 /// How long traffic may take to work after the daemons report ready (handshakes, discovery).
-const CONVERGE: Duration = Duration::from_secs(60);
+pub(super) const CONVERGE: Duration = Duration::from_secs(60);
 /// The bound on endpoint-churn convergence.
 const CHURN_BOUND: Duration = Duration::from_secs(30);
 
@@ -131,7 +131,7 @@ impl Pods {
     }
 }
 
-fn first_pod(c: &Cluster, node: usize) -> &Pod {
+pub(super) fn first_pod(c: &Cluster, node: usize) -> &Pod {
     &c.nodes[node % c.nodes.len()].pods[0]
 }
 
@@ -199,6 +199,7 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     emit(super::quiet::foreign_churn(lab, &pods, a, b));
     emit(churn(lab, &pods, a, b));
     emit(hostile(lab, &pods, a, b));
+    emit(super::hostile::check(lab, &pods, a, b));
     emit(restart(lab, &pods, a, b));
     emit(faults_kill_restart(lab, a, b));
     super::faults::all(lab, a, b, emit);
@@ -536,7 +537,7 @@ fn affinity(pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
     outcome(format!("affinity {}->{}", a.name, b.name), r)
 }
 
-fn a_records(m: &Message) -> BTreeSet<Ipv4Addr> {
+pub(super) fn a_records(m: &Message) -> BTreeSet<Ipv4Addr> {
     m.answers
         .iter()
         .filter_map(|r| match &r.data {
@@ -678,7 +679,7 @@ fn dns_checks(plan: &Plan, a: &Cluster, b: &Cluster) -> Vec<Outcome> {
 }
 
 /// The simulated API server of cluster `b`.
-fn remote_api<'l>(lab: &'l Lab, b: &Cluster) -> Result<&'l LabApi, String> {
+pub(super) fn remote_api<'l>(lab: &'l Lab, b: &Cluster) -> Result<&'l LabApi, String> {
     lab.apis
         .iter()
         .find(|x| x.cluster == b.name)

@@ -152,6 +152,258 @@ fn slices_yaml(cluster: &Cluster) -> String {
     s
 }
 
+/// The hostile manifest set of one cluster (tests/lab/hostile/<cluster>/*.yaml): one file per
+/// kind of attack, each with good objects mixed in. The `hostile` check applies them to the
+/// cluster's API server, asserts that nothing hostile reaches a remote node's kernel or DNS while
+/// the good objects answer and proxy, and deletes them again.
+pub mod hostile {
+    use super::*;
+    use ipnet::{IpNet, Ipv4Net};
+
+    /// Good Services of the set, each in the file of one attack: they must answer in DNS and
+    /// proxy to the cluster's pods.
+    pub const GOOD: [&str; 4] = ["names-ok", "addr-ok", "conflict-ok", "sizes-ok"];
+    /// Names that must never answer (`NAME.lab.svc.cluster.<c>`): invalid names, the ClusterIP
+    /// conflict's loser, the Service with too many ports.
+    pub const BAD_NAMES: [&str; 5] = [
+        "shadow.echo.lab",
+        "upper.lab",
+        "badns.evil_ns",
+        "zz-conflict.lab",
+        "many-ports.lab",
+    ];
+    /// Node of the set that is a good peer (valid subnet, unicast endpoint).
+    pub const GOOD_NODE: &str = "good-extra";
+
+    fn o(c: &Cluster) -> ([u8; 4], [u8; 4]) {
+        (
+            c.service_cidr.network().octets(),
+            c.pod_cidr.network().octets(),
+        )
+    }
+
+    /// ClusterIP of a Service of the set.
+    pub fn ip(c: &Cluster, name: &str) -> Ipv4Addr {
+        let (s, _) = o(c);
+        let last = match name {
+            "shadow.echo" => 20,
+            "Upper" => 21,
+            "badns" => 22,
+            "names-ok" => 23,
+            "addr-ok" => 24,
+            "conflict-ok" => 25,
+            "many-ports" => 26,
+            "sizes-ok" => 27,
+            // Takes echo's address: must lose to it.
+            "zz-conflict" => return super::cluster_ip(c, svc::ECHO).expect("echo has a ClusterIP"),
+            _ => 99,
+        };
+        Ipv4Addr::new(s[0], s[1], 0, last)
+    }
+
+    /// The pod subnet of a Node of the set.
+    pub fn node_subnet(c: &Cluster, name: &str) -> Ipv4Net {
+        let (_, p) = o(c);
+        let net =
+            |a, b, c, len| Ipv4Net::new(Ipv4Addr::new(a, b, c, 0), len).expect("valid prefix");
+        match name {
+            "evil-loopback" => net(p[0], p[1], 200, 24),
+            "evil-multicast" => net(p[0], p[1], 201, 24),
+            GOOD_NODE => net(p[0], p[1], 202, 24),
+            "evil-keythief" => net(p[0], p[1], 203, 24),
+            "evil-subnet" => net(10, 250, p[1], 24),
+            // Everything: every cluster's pods and services.
+            _ => net(10, 0, 0, 8),
+        }
+    }
+
+    /// Address ranges of which nothing may reach a remote node's kernel (VIPs, routes, nft,
+    /// IPVS, WireGuard allowed IPs), and exact prefixes that must not be routed or allowed.
+    pub fn markers(c: &Cluster) -> (Vec<IpNet>, Vec<IpNet>) {
+        let (_, p) = o(c);
+        let host = |a: Ipv4Addr| IpNet::V4(Ipv4Net::new(a, 32).expect("32 is a valid prefix"));
+        let mut ranges: Vec<IpNet> = ["shadow.echo", "Upper", "badns", "many-ports"]
+            .iter()
+            .map(|n| host(ip(c, n)))
+            .collect();
+        ranges.push(host(Ipv4Addr::new(169, 254, 169, 254)));
+        // The lab's hostile ClusterIPs, foreign endpoints and the foreign node subnet.
+        ranges.push(IpNet::V4(
+            Ipv4Net::new(Ipv4Addr::new(10, 250, p[1], 0), 24).expect("valid prefix"),
+        ));
+        // The over-large slice's endpoints.
+        ranges.push(IpNet::V4(
+            Ipv4Net::new(Ipv4Addr::new(p[0], p[1], 150, 0), 22).expect("valid prefix"),
+        ));
+        for n in ["evil-loopback", "evil-multicast", "evil-keythief"] {
+            ranges.push(IpNet::V4(node_subnet(c, n)));
+        }
+        (ranges, vec![IpNet::V4(node_subnet(c, "evil-everything"))])
+    }
+
+    /// A public key of the set: 32 bytes that differ per cluster and node.
+    pub fn key(c: &Cluster, i: u8) -> String {
+        use base64::Engine;
+        let (_, p) = o(c);
+        let bytes: Vec<u8> = (0u8..32)
+            .map(|j| {
+                j.wrapping_mul(37)
+                    .wrapping_add(p[1].wrapping_mul(101))
+                    .wrapping_add(i.wrapping_mul(13))
+                    ^ 0x5a
+            })
+            .collect();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn service(name: &str, ns: &str, ip: Ipv4Addr, ports: usize) -> String {
+        let mut s = format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  type: ClusterIP\n  clusterIP: {ip}\n  clusterIPs:\n  - {ip}\n  ports:\n"
+        );
+        s.push_str(&port("tcp", "TCP", SERVICE_PORT, POD_PORT));
+        for i in 1..ports {
+            s.push_str(&port(&format!("p{i}"), "TCP", 10_000 + i as u16, POD_PORT));
+        }
+        s
+    }
+
+    fn slice(service: &str, ns: &str, name: &str, addrs: &[Ipv4Addr]) -> String {
+        let mut s = format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nendpoints:\n"
+        );
+        for a in addrs {
+            s.push_str(&format!(
+                "- addresses:\n  - {a}\n  conditions:\n    ready: true\n"
+            ));
+        }
+        s.push_str(&format!(
+            "ports:\n- name: tcp\n  protocol: TCP\n  port: {POD_PORT}\n"
+        ));
+        s
+    }
+
+    fn pods(c: &Cluster) -> Vec<Ipv4Addr> {
+        c.nodes
+            .iter()
+            .flat_map(|n| n.pods.iter().map(|p| p.addr))
+            .collect()
+    }
+
+    /// A Node with sdnlinkd's annotations.
+    pub fn node(c: &Cluster, name: &str, key: &str, endpoint: &str) -> String {
+        let subnet = node_subnet(c, name);
+        format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    {}: {key}\n    {}: \"{endpoint}\"\nspec:\n  podCIDR: {subnet}\n  podCIDRs:\n  - {subnet}\n",
+            crate::clusters::ANNOTATION_PUBLIC_KEY,
+            crate::clusters::ANNOTATION_ENDPOINT,
+        )
+    }
+
+    /// The files: (file name, YAML).
+    pub fn files(c: &Cluster) -> Vec<(String, String)> {
+        let ns = K8S_NAMESPACE;
+        let pods = pods(c);
+        let (_, p) = o(c);
+        let mut names = String::from("# Names the API server would refuse: a dot (it would shadow echo's records), upper\n# case, an underscore in the namespace. Good: names-ok.\n");
+        for (name, n) in [
+            ("shadow.echo", ns),
+            ("Upper", ns),
+            ("badns", "Evil_NS"),
+            ("names-ok", ns),
+        ] {
+            names.push_str(&service(name, n, ip(c, name), 1));
+            names.push_str(&slice(
+                name,
+                n,
+                &format!("{}-lab", name.to_ascii_lowercase().replace('.', "-")),
+                &pods,
+            ));
+        }
+
+        let mut addrs = String::from("# Addresses outside the cluster's CIDRs: a ClusterIP on the cloud metadata address and one\n# outside every service CIDR; endpoints on loopback, the metadata address and outside the\n# pod CIDR, mixed into the good Service addr-ok's slice.\n");
+        addrs.push_str(&service(
+            "metadata",
+            ns,
+            Ipv4Addr::new(169, 254, 169, 254),
+            1,
+        ));
+        addrs.push_str(&service("outside", ns, Ipv4Addr::new(10, 250, p[1], 21), 1));
+        addrs.push_str(&service("addr-ok", ns, ip(c, "addr-ok"), 1));
+        let mut mixed = pods.clone();
+        mixed.extend([
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::new(169, 254, 169, 254),
+            Ipv4Addr::new(10, 250, p[1], 30),
+        ]);
+        addrs.push_str(&slice("addr-ok", ns, "addr-ok-lab", &mixed));
+
+        let mut conflicts = String::from("# zz-conflict claims echo's ClusterIP: echo is older (and sorts first), so it keeps the\n# address, in DNS and PTR too. Good: conflict-ok.\n");
+        for name in ["zz-conflict", "conflict-ok"] {
+            conflicts.push_str(&service(name, ns, ip(c, name), 1));
+            conflicts.push_str(&slice(name, ns, &format!("{name}-lab"), &pods));
+        }
+
+        let mut sizes = String::from("# Over the API server's limits: a Service with 101 ports, a slice with 1,001 endpoints.\n# Good: sizes-ok, whose other slice holds the pods.\n");
+        sizes.push_str(&service(
+            "many-ports",
+            ns,
+            ip(c, "many-ports"),
+            crate::clusters::convert::MAX_SERVICE_PORTS + 1,
+        ));
+        sizes.push_str(&slice("many-ports", ns, "many-ports-lab", &pods));
+        sizes.push_str(&service("sizes-ok", ns, ip(c, "sizes-ok"), 1));
+        sizes.push_str(&slice("sizes-ok", ns, "sizes-ok-lab", &pods));
+        let huge: Vec<Ipv4Addr> = (0..=crate::clusters::convert::MAX_SLICE_ENDPOINTS as u32)
+            .map(|i| Ipv4Addr::new(p[0], p[1], 150 + (i / 250) as u8, 1 + (i % 250) as u8))
+            .collect();
+        sizes.push_str(&slice("sizes-ok", ns, "sizes-ok-huge", &huge));
+
+        let mut nodes = String::from("# WireGuard endpoints a remote must not make the node send to (loopback, multicast),\n# pod subnets outside the cluster's pod CIDR (one of them covering every cluster). Good:\n# good-extra. The key thief is added by the check: it needs a real node's key.\n");
+        for (i, (name, ep)) in [
+            ("evil-loopback", "127.0.0.1:51820"),
+            ("evil-multicast", "224.0.0.1:51820"),
+            ("evil-subnet", "192.0.2.250:51820"),
+            ("evil-everything", "192.0.2.249:51820"),
+            (GOOD_NODE, "192.0.2.251:51820"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            nodes.push_str(&node(c, name, &key(c, i as u8), ep));
+        }
+        vec![
+            ("names.yaml".into(), names),
+            ("addresses.yaml".into(), addrs),
+            ("conflicts.yaml".into(), conflicts),
+            ("sizes.yaml".into(), sizes),
+            ("nodes.yaml".into(), nodes),
+        ]
+    }
+
+    /// Every object of the set as (kind, namespace, name), to delete them again.
+    pub fn objects(c: &Cluster) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for (_, text) in files(c) {
+            for doc in text.split("\n---\n") {
+                let v: serde_yaml::Value =
+                    match serde_yaml::from_str(doc.trim_start_matches("---\n")) {
+                        Ok(v) => v,
+                        Err(_) => continue,
+                    };
+                let s = |x: &serde_yaml::Value| x.as_str().unwrap_or_default().to_string();
+                if v["kind"].is_string() {
+                    out.push((
+                        s(&v["kind"]),
+                        s(&v["metadata"]["namespace"]),
+                        s(&v["metadata"]["name"]),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A benchmark scale: extra Services per cluster, each with this many endpoints
 /// (`sdnlink-lab --scale 10000x10`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,6 +584,49 @@ mod tests {
         let y = endpoint_slice_yaml(svc::CHURN, &[], false);
         let d = docs(&y);
         assert_eq!(d[0]["endpoints"].as_sequence().map(|s| s.len()), Some(0));
+    }
+
+    #[test]
+    fn hostile_set_is_admitted_whole_and_checked_in() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/hostile");
+        for c in &plan().clusters {
+            let mut total = 0;
+            for (file, text) in hostile::files(c) {
+                let (ok, refused) = crate::clusters::simapi::admit_for_tests(&file, &text);
+                assert!(refused.is_empty(), "{file}: {refused:?}");
+                total += ok;
+                let path = root.join(&c.name).join(&file);
+                let on_disk = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(
+                    on_disk,
+                    text,
+                    "{} is stale: run `sdnlink-lab manifests --out tests/lab`",
+                    path.display()
+                );
+            }
+            assert_eq!(hostile::objects(c).len(), total);
+            let (ranges, exact) = hostile::markers(c);
+            for good in hostile::GOOD {
+                let a = std::net::IpAddr::V4(hostile::ip(c, good));
+                assert!(c.service_cidr.contains(&hostile::ip(c, good)));
+                assert!(!ranges.iter().any(|r| r.contains(&a)), "{good}");
+            }
+            // The exact markers are wide prefixes that hold good objects too: they are matched
+            // as whole routes and allowed IPs, never as ranges.
+            assert!(exact.iter().all(|r| r.prefix_len() <= 8), "{exact:?}");
+            let good_net = hostile::node_subnet(c, hostile::GOOD_NODE);
+            assert!(c.pod_cidr.contains(&good_net));
+            assert!(!ranges
+                .iter()
+                .any(|r| r.contains(&std::net::IpAddr::V4(good_net.network()))));
+            for n in &c.nodes {
+                for p in &n.pods {
+                    let a = std::net::IpAddr::V4(p.addr);
+                    assert!(!ranges.iter().any(|r| r.contains(&a)), "{}", p.addr);
+                }
+            }
+        }
     }
 
     #[test]

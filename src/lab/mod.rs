@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod faults;
+pub mod hostile;
 pub mod kubeprobe;
 pub mod manifests;
 pub mod net;

@@ -56,6 +56,8 @@ pub struct Counts {
     pub attempts: u64,
     pub failures: u64,
     pub first_error: Option<String>,
+    /// UTC time of day of the first error, to match it with the daemons' log lines.
+    pub first_error_at: Option<String>,
     pub max_latency: Duration,
     /// Longest time between two successes (or from the start to the first).
     pub max_stall: Duration,
@@ -83,6 +85,9 @@ impl Counts {
             }
             Err(e) => {
                 self.failures += 1;
+                if self.first_error.is_none() {
+                    self.first_error_at = Some(wall_clock());
+                }
                 self.first_error.get_or_insert(e);
             }
         }
@@ -105,10 +110,21 @@ impl std::fmt::Display for Counts {
             self.max_latency.as_secs_f64() * 1000.0
         )?;
         if let Some(e) = &self.first_error {
-            write!(f, " (first error: {e})")?;
+            write!(f, " (first error: {e}")?;
+            if let Some(at) = &self.first_error_at {
+                write!(f, " at {at}")?;
+            }
+            write!(f, ")")?;
         }
         Ok(())
     }
+}
+
+/// The time of day in UTC, as the daemons' log lines print it.
+fn wall_clock() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%H:%M:%S%.3fZ")
+        .to_string()
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);

@@ -105,6 +105,9 @@ pub fn observe(sock: &mut IpvsSocket, owned: &BTreeSet<IpAddr>) -> Result<Table,
     Ok(t)
 }
 
+/// Plans of at most this many operations log each one at INFO.
+const LOGGED_OPS: usize = 32;
+
 /// The committed table after a plan, the failures per service, and the messages sent.
 pub type Executed = (Table, Vec<(VirtualKey, String)>, usize);
 
@@ -113,6 +116,18 @@ pub type Executed = (Table, Vec<(VirtualKey, String)>, usize);
 /// creation and "already gone" on deletion count as success.
 pub fn execute(sock: &mut IpvsSocket, plan: &Plan, mut base: Table) -> Result<Executed, IpvsError> {
     let msgs: Vec<_> = plan.ops.iter().map(Op::message).collect();
+    // Like the node's operations: every write is in the log, and a steady state writes none.
+    // A large plan (an initial list, a mass change) is summed up in one line.
+    if plan.ops.len() <= LOGGED_OPS {
+        for op in &plan.ops {
+            tracing::info!(op = %op, "ipvs");
+        }
+    } else {
+        tracing::info!(operations = plan.ops.len(), "ipvs: applying a large plan");
+        for op in &plan.ops {
+            tracing::debug!(op = %op, "ipvs");
+        }
+    }
     let results = sock.execute(&msgs)?;
     let mut failed: BTreeMap<VirtualKey, String> = BTreeMap::new();
     for (op, r) in plan.ops.iter().zip(results) {
