@@ -402,6 +402,7 @@ fn all(opts: &Options) -> ExitCode {
             checks::all(&mut lab, &mut emit);
             if failures.get() > 0 {
                 print!("{}", lab.daemon_logs(DAEMON_LOG_LINES));
+                print!("{}", lab.kernel_counters());
             }
             let problems = lab.down();
             emit(down_outcome(problems));

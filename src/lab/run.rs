@@ -366,6 +366,36 @@ impl Lab {
         s
     }
 
+    /// The packet-loss counters of every node's two namespaces that are not zero, and the
+    /// kernel log's tail: what a failed run prints beside the daemon logs, so a lost packet
+    /// can be placed (IP or TCP discards, conntrack drops, IPVS or WireGuard messages) after
+    /// the VM that saw it is gone.
+    pub fn kernel_counters(&self) -> String {
+        let mut s = String::new();
+        for node in self.plan.nodes() {
+            for netns in [&node.netns, &node.daemon_netns] {
+                let text = NetNs::open(netns)
+                    .map_err(|e| e.to_string())
+                    .and_then(|ns| ns.run(loss_counters).map_err(|e| e.to_string()));
+                match text {
+                    Ok(t) => s.push_str(&format!("--- counters in {netns}: {t}\n")),
+                    Err(e) => s.push_str(&format!("--- counters in {netns}: {e}\n")),
+                }
+            }
+        }
+        let dmesg = std::process::Command::new("dmesg")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("dmesg: {e}"));
+        let lines: Vec<&str> = dmesg.lines().collect();
+        s.push_str("--- dmesg (last 30 lines) ---\n");
+        for l in &lines[lines.len().saturating_sub(30)..] {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+
     /// How to enter each namespace, for `up`.
     pub fn describe(&self) -> String {
         let mut s = String::from("lab is up; enter a namespace with:\n");
@@ -594,4 +624,73 @@ fn is_holder(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| c.split(|b| *b == 0).any(|a| a == b"__hold"))
         .unwrap_or(false)
+}
+
+/// Non-zero loss-related counters of the calling thread's namespace (`/proc/thread-self/net`).
+fn loss_counters() -> String {
+    let read =
+        |f: &str| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default();
+    summarize_losses(&read("snmp"), &read("netstat"), &read("stat/nf_conntrack"))
+}
+
+/// The loss-related counters that are not zero, as `Group.Name=value` pairs, from the texts of
+/// `snmp` and `netstat` (pairs of `Group: names` and `Group: values` lines) and of
+/// `stat/nf_conntrack` (a header of names, then one line of hexadecimal columns per CPU).
+fn summarize_losses(snmp: &str, netstat: &str, conntrack: &str) -> String {
+    let lossy = |name: &str| {
+        [
+            "Drop", "Discard", "Err", "NoRoute", "Fail", "Retrans", "Timeout", "Overflow", "Abort",
+        ]
+        .iter()
+        .any(|w| name.contains(w))
+    };
+    let mut out = Vec::new();
+    for text in [snmp, netstat] {
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let (group, names) = names.split_once(':').unwrap_or(("?", names));
+            let values = values.split_once(':').map_or(*values, |v| v.1);
+            for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                if v != "0" && lossy(n) {
+                    out.push(format!("{group}.{n}={v}"));
+                }
+            }
+        }
+    }
+    let mut lines = conntrack.lines();
+    if let Some(header) = lines.next() {
+        let names: Vec<&str> = header.split_whitespace().collect();
+        let mut sums = vec![0u64; names.len()];
+        for l in lines {
+            for (i, v) in l.split_whitespace().enumerate() {
+                if let (Some(sum), Ok(v)) = (sums.get_mut(i), u64::from_str_radix(v, 16)) {
+                    *sum += v;
+                }
+            }
+        }
+        for (n, v) in names.iter().zip(sums) {
+            if v != 0 && (n.contains("drop") || n.contains("fail") || *n == "invalid") {
+                out.push(format!("conntrack.{n}={v}"));
+            }
+        }
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use super::summarize_losses;
+
+    #[test]
+    fn only_nonzero_loss_counters_are_named() {
+        let snmp = "Ip: Forwarding InDiscards OutNoRoutes InReceives\nIp: 1 3 0 900\nTcp: RetransSegs InErrs\nTcp: 2 0\n";
+        let netstat = "TcpExt: ListenDrops TCPTimeouts\nTcpExt: 0 5\n";
+        let ct = "entries clashres found new invalid ignore delete delete_list insert insert_failed drop early_drop\n00000010 00000000 00000000 00000000 00000001 00000000 00000000 00000000 00000000 00000002 00000000 00000000\n00000010 00000000 00000000 00000000 00000001 00000000 00000000 00000000 00000000 00000000 00000003 00000000\n";
+        assert_eq!(
+            summarize_losses(snmp, netstat, ct),
+            "Ip.InDiscards=3 Tcp.RetransSegs=2 TcpExt.TCPTimeouts=5 conntrack.invalid=2 conntrack.insert_failed=2 conntrack.drop=3"
+        );
+        assert_eq!(summarize_losses("", "", ""), "");
+    }
 }
