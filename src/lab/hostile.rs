@@ -21,25 +21,24 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use ipnet::IpNet;
 use std::net::SocketAddr;
-use std::process::Command;
 
 /// The thief's pod subnet lies in `b`'s pod CIDR, so only the key rule can refuse it.
 const THIEF: &str = "evil-keythief";
 
 fn run_in(netns: &str, prog: &'static str, args: &[&str]) -> Result<String, String> {
     let ns = NetNs::open(netns).map_err(|e| e.to_string())?;
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = ns
-        .run(move || Command::new(prog).args(&args).output())
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{prog}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{prog} in {netns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let args = args.iter().map(|s| s.to_string()).collect();
+    probe::run_in(&ns, prog, args).map_err(|e| format!("{e} (in {netns})"))
+}
+
+/// What `node`'s daemon namespace holds in `cidrs`: peers, VIPs, routes, nft or IPVS entries.
+fn programmed(lab: &Lab, node: &Node, cidrs: &[IpNet]) -> Result<probe::Objects, String> {
+    probe::objects(&WatchTarget {
+        daemon_netns: node.daemon_netns.clone(),
+        wg_if: node.wg_if.clone(),
+        cidrs: cidrs.to_vec(),
+        ipvs: lab.plan.proxy == Proxy::Ipvs,
+    })
 }
 
 /// (public key, endpoint, allowed IPs) of each peer of `wg show IFACE dump`.
@@ -184,13 +183,7 @@ fn inspect(
     let (ranges, exact) = hostile::markers(b);
     let exact: Vec<String> = exact.iter().map(IpNet::to_string).collect();
     for node in &a.nodes {
-        let target = WatchTarget {
-            daemon_netns: node.daemon_netns.clone(),
-            wg_if: node.wg_if.clone(),
-            cidrs: ranges.clone(),
-            ipvs: lab.plan.proxy == Proxy::Ipvs,
-        };
-        let found = probe::objects(&target)?;
+        let found = programmed(lab, node, &ranges)?;
         if !found.is_empty() {
             return Err(format!(
                 "{} programmed hostile objects: {found:?}",
@@ -320,13 +313,7 @@ fn clean_up(lab: &Lab, a: &Cluster, b: &Cluster) -> Result<(), String> {
         // lab) before deleting it: wait for that too, so the next check's withdrawal watcher
         // does not see the set leave.
         for node in &a.nodes {
-            let target = WatchTarget {
-                daemon_netns: node.daemon_netns.clone(),
-                wg_if: node.wg_if.clone(),
-                cidrs: good.clone(),
-                ipvs: lab.plan.proxy == Proxy::Ipvs,
-            };
-            let left = probe::objects(&target)?;
+            let left = programmed(lab, node, &good)?;
             if !left.is_empty() {
                 return Err(format!("{}: still programmed: {left:?}", node.name));
             }

@@ -586,6 +586,17 @@ mod tests {
         assert_eq!(d[0]["endpoints"].as_sequence().map(|s| s.len()), Some(0));
     }
 
+    fn assert_checked_in(path: &Path, text: &str) {
+        let on_disk =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            on_disk,
+            text,
+            "{} is stale: run `sdnlink-lab --clusters 4 manifests --out tests/lab`",
+            path.display()
+        );
+    }
+
     #[test]
     fn hostile_set_is_admitted_whole_and_checked_in() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/hostile");
@@ -595,15 +606,7 @@ mod tests {
                 let (ok, refused) = crate::clusters::simapi::admit_for_tests(&file, &text);
                 assert!(refused.is_empty(), "{file}: {refused:?}");
                 total += ok;
-                let path = root.join(&c.name).join(&file);
-                let on_disk = std::fs::read_to_string(&path)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                assert_eq!(
-                    on_disk,
-                    text,
-                    "{} is stale: run `sdnlink-lab manifests --out tests/lab`",
-                    path.display()
-                );
+                assert_checked_in(&root.join(&c.name).join(&file), &text);
             }
             assert_eq!(hostile::objects(c).len(), total);
             let (ranges, exact) = hostile::markers(c);
@@ -634,15 +637,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab");
         for c in &plan().clusters {
             for (file, text) in cluster_files(c) {
-                let path = root.join(&c.name).join(&file);
-                let on_disk = std::fs::read_to_string(&path)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                assert_eq!(
-                    on_disk,
-                    text,
-                    "{} is stale: run `sdnlink-lab manifests --out tests/lab`",
-                    path.display()
-                );
+                assert_checked_in(&root.join(&c.name).join(&file), &text);
             }
         }
     }

@@ -537,7 +537,7 @@ pub struct WatchTarget {
     pub ipvs: bool,
 }
 
-fn run_in(ns: &NetNs, prog: &'static str, args: Vec<String>) -> Result<String, String> {
+pub(super) fn run_in(ns: &NetNs, prog: &'static str, args: Vec<String>) -> Result<String, String> {
     let out = ns
         .run(move || std::process::Command::new(prog).args(&args).output())
         .map_err(|e| e.to_string())?
