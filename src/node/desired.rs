@@ -159,10 +159,11 @@ impl NodeDesired {
             ns_sysctls.insert("net/ipv6/conf/all/forwarding".into(), "1".into());
         }
         if cfg.proxy.backend != ProxyBackendKind::Nftables {
-            // IPVS masquerade needs conntrack entries for the NAT'ed replies; the expire_* pair
-            // drops connections to removed real servers instead of blackholing them (the
-            // settings kube-proxy's IPVS mode applies, kubernetes issue 57841).
-            ns_sysctls.insert("net/ipv4/vs/conntrack".into(), "1".into());
+            // IPVS flows stay out of conntrack (see proxy::ipvs::apply_sysctls: a reused
+            // source port would clash there and lose its SYNs); the expire_* pair drops
+            // connections to removed real servers instead of blackholing them (kubernetes
+            // issue 57841).
+            ns_sysctls.insert("net/ipv4/vs/conntrack".into(), "0".into());
             ns_sysctls.insert("net/ipv4/vs/expire_nodest_conn".into(), "1".into());
             ns_sysctls.insert("net/ipv4/vs/expire_quiescent_template".into(), "1".into());
         }

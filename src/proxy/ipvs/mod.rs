@@ -191,8 +191,14 @@ pub fn adoptable_vips(
 /// Sets the IPVS sysctls of the namespace (ip_vs must be loaded: /proc/sys/net/ipv4/vs
 /// appears with it). Call once after enabling the backend.
 ///
-/// - `conntrack=1`: masquerade through IPVS keeps netfilter conntrack entries, which the
-///   return path through the tunnel relies on.
+/// - `conntrack=0`: IPVS keeps its own connection table, which is all its NAT and the reply
+///   path need, and leaves its flows untracked. With 1, IPVS rewrites a new flow's conntrack
+///   reply tuple without NAT's clash resolution: a pod that reaches an endpoint through a VIP
+///   from a source port its earlier direct connection to that endpoint still holds in
+///   conntrack (TIME_WAIT, 120 s) clashes at confirmation (`insert_failed`), and every SYN is
+///   dropped until the old entry expires (`tests/ipvs_vm.rs`
+///   `root_ipvs_a_source_port_reused_after_a_direct_connection_still_connects`). Nothing in the
+///   namespace needs the entries: the inbound filter admits replies by their pod destination.
 /// - `expire_nodest_conn=1`: connections to a deleted destination are dropped at once
 ///   instead of black-holing until they time out.
 /// - `expire_quiescent_template=1`: persistence templates pointing at a weight-0 destination
@@ -213,7 +219,7 @@ pub fn apply_sysctls(ns: &NetNs) -> Result<(), IpvsError> {
             "0"
         };
         for (k, v) in [
-            ("conntrack", "1"),
+            ("conntrack", "0"),
             ("expire_nodest_conn", "1"),
             ("expire_quiescent_template", "1"),
             ("conn_reuse_mode", reuse),
