@@ -74,9 +74,9 @@ check "wg show in the namespace: the static peer, its allowed IPs and endpoint" 
      [ \"\$(ip netns exec $ns wg show sdnlink-wg listen-port)\" = 51820 ]"
 check "0600 private key in the 0700 state directory" bash -c \
     '[ "$(stat -c %a /var/lib/sdnlink)" = 700 ] && [ "$(stat -c %a /var/lib/sdnlink/private.key)" = 600 ]'
-check "namespace sysctls: forwarding=1, vs.conntrack=1 (IPVS)" bash -c \
+check "namespace sysctls: forwarding=1, vs.conntrack=0 (IPVS)" bash -c \
     "[ \"\$(ip netns exec $ns cat /proc/sys/net/ipv4/ip_forward)\" = 1 ] &&
-     [ \"\$(ip netns exec $ns cat /proc/sys/net/ipv4/vs/conntrack)\" = 1 ]"
+     [ \"\$(ip netns exec $ns cat /proc/sys/net/ipv4/vs/conntrack)\" = 0 ]"
 check "ipvsadm -Ln in the namespace (proxy auto = IPVS)" bash -c \
     "ip netns exec $ns ipvsadm -Ln && sdnlinkd status --json | grep -i '\"ipvs\"'"
 info "nft list ruleset in the namespace" ip netns exec $ns nft list ruleset
