@@ -362,9 +362,8 @@ pub struct ClusterState {
     pod_cidrs: Vec<IpNet>,
     service_cidrs: Vec<IpNet>,
     cap: usize,
-    max_bytes: usize,
-    /// `max_bytes` for the API client's response bound (src/clusters/body_limit.rs), which
-    /// reads it at each request.
+    /// `sync.max_bytes_per_cluster`, shared with the API client's response bound
+    /// (src/clusters/body_limit.rs), which reads it at each request.
     body_cap: Arc<AtomicUsize>,
     services: HashMap<ServiceKey, SvcEntry>,
     slices: HashMap<ObjKey, SliceEntry>,
@@ -425,7 +424,6 @@ impl ClusterState {
             pod_cidrs: pod_cidrs.to_vec(),
             service_cidrs: service_cidrs.to_vec(),
             cap,
-            max_bytes: usize::MAX,
             body_cap: Arc::new(AtomicUsize::new(usize::MAX)),
             services: HashMap::new(),
             slices: HashMap::new(),
@@ -470,8 +468,12 @@ impl ClusterState {
 
     /// Changes the byte cap (`sync.max_bytes_per_cluster`); objects already held stay.
     pub fn set_max_bytes(&mut self, bytes: usize) {
-        self.max_bytes = bytes;
         self.body_cap.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The byte cap (`sync.max_bytes_per_cluster`).
+    fn max_bytes(&self) -> usize {
+        self.body_cap.load(Ordering::Relaxed)
     }
 
     /// The bound on one API response body, shared with the cluster's client.
@@ -941,7 +943,7 @@ impl ClusterState {
             ),
             _ => format!(
                 "{kind:?} {key}: {bytes} more bytes would exceed the cluster's {} (sync.max_bytes_per_cluster)",
-                self.max_bytes
+                self.max_bytes()
             ),
         };
         Skip::new(reason, detail)
@@ -979,7 +981,7 @@ impl ClusterState {
             held.unwrap_or(0)
         };
         let after = bytes - replaced + rec.bytes();
-        if after > self.max_bytes {
+        if after > self.max_bytes() {
             // A held object keeps its last good version.
             let skip = self.cap_skip(kind, &ks, SkipReason::ByteCap, rec.bytes());
             self.refuse(kind, ks, skip, false);
@@ -1006,7 +1008,7 @@ impl ClusterState {
         // A list without `Init` (not sent by kube-runtime) starts here.
         self.staging.entry(kind).or_default();
         let (count, bytes) = self.projected();
-        let (cap, max_bytes) = (self.cap, self.max_bytes);
+        let (cap, max_bytes) = (self.cap, self.max_bytes());
         let st = self.staging.entry(kind).or_default();
         let rec = match converted {
             Ok(rec) => rec,
@@ -1056,7 +1058,7 @@ impl ClusterState {
                 ),
                 _ => format!(
                     "sync.max_bytes_per_cluster ({} bytes) with the cluster's other objects",
-                    self.max_bytes
+                    self.max_bytes()
                 ),
             };
             let msg = format!(
