@@ -99,6 +99,7 @@ deb_files_ok() {
         deb_has -rw-r--r-- 0/0 usr/lib/sysctl.d/60-sdnlinkd.conf &&
         deb_has -rw-r--r-- 0/0 usr/lib/modules-load.d/sdnlinkd.conf &&
         deb_has -rw-r--r-- 0/0 usr/share/doc/sdnlinkd/README.md &&
+        deb_has -rw-r--r-- 0/0 usr/share/doc/sdnlinkd/rbac.yaml &&
         deb_has -rw-r--r-- 0/0 usr/share/doc/sdnlinkd/copyright &&
         deb_has -rw-r--r-- 0/0 usr/share/man/man1/sdnlinkd.1.gz &&
         deb_has -rw-r--r-- 0/0 usr/share/bash-completion/completions/sdnlinkd &&
@@ -251,6 +252,7 @@ rpm_files_ok() {
         "-rw-r--r-- root:root /usr/lib/sysctl.d/60-sdnlinkd.conf" \
         "-rw-r--r-- root:root /usr/lib/modules-load.d/sdnlinkd.conf" \
         "-rw-r--r-- root:root /usr/share/doc/sdnlinkd/README.md" \
+        "-rw-r--r-- root:root /usr/share/doc/sdnlinkd/rbac.yaml" \
         "-rw-r--r-- root:root /usr/share/man/man1/sdnlinkd.1.gz" \
         "-rw-r--r-- root:root /usr/share/bash-completion/completions/sdnlinkd" \
         "-rw-r--r-- root:root /usr/share/zsh/site-functions/_sdnlinkd" \

@@ -72,7 +72,7 @@ trap 'rm -rf "$work"' EXIT
 mkfs.ext4 -q -F -L root -d "$rootfs" "$work/root.img" 2G
 kernel="$(ls "$rootfs"/boot/vmlinuz-* | head -n1)"
 initrd="$(ls "$rootfs"/boot/initrd.img-* | head -n1)"
-# KVM hangs on these machines (see shared/kernel-facts.md): TCG.
+# KVM hangs on these machines (see docs/kernel-facts.md): TCG.
 timeout 1200 qemu-system-x86_64 -accel tcg,thread=multi -smp 2 -cpu max -m 1024 -nographic \
     -no-reboot -kernel "$kernel" -initrd "$initrd" \
     -drive "file=$work/root.img,format=raw,if=virtio" \

@@ -2,7 +2,7 @@
 //!
 //! The Kubernetes types stay inside `clusters`; everything downstream (tunnel peers, proxy
 //! services, DNS zones) is a pure function of these values plus the config. Every value here has
-//! already passed the trust rules of design.md: ClusterIPs lie in the cluster's service CIDRs,
+//! already passed the trust rules of docs/design.md: ClusterIPs lie in the cluster's service CIDRs,
 //! endpoint addresses and node subnets in its pod CIDRs.
 
 use ipnet::IpNet;
@@ -247,7 +247,7 @@ pub(crate) mod unix_seconds {
 /// The CIDRs of clusters that have not listed in this run (unknown, or served from a persisted
 /// or previous snapshot), each with its cluster's name. Kernel objects inside them are what the
 /// node already has for those clusters: subsystems keep (adopt) them as they are and only add
-/// to them until the cluster lists (design.md, "Continuity": unknown is not empty). Config
+/// to them until the cluster lists (docs/design.md, "Continuity": unknown is not empty). Config
 /// validation makes the CIDRs of different clusters disjoint, so an object belongs to at most
 /// one cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

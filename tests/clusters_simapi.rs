@@ -160,6 +160,31 @@ async fn token_discovery_get_and_merge_patch() {
         .expect("discovery after a HostSubnet exists");
     assert!(list.resources.iter().any(|r| r.name == "hostsubnets"));
 
+    // The ClusterNetwork an operator reads the pod and service networks from, cluster-scoped.
+    sim.apply_yaml(
+        "apiVersion: network.openshift.io/v1\nkind: ClusterNetwork\nmetadata: {name: default}\nclusterNetworks:\n- {CIDR: 10.128.0.0/14, hostSubnetLength: 9}\nserviceNetwork: 172.30.0.0/16\n",
+    )
+    .expect("apply ClusterNetwork");
+    let list = c
+        .list_api_group_resources("network.openshift.io/v1")
+        .await
+        .expect("discovery");
+    assert!(list
+        .resources
+        .iter()
+        .any(|r| r.name == "clusternetworks" && !r.namespaced));
+    let ar = kube::discovery::ApiResource {
+        group: "network.openshift.io".into(),
+        version: "v1".into(),
+        api_version: "network.openshift.io/v1".into(),
+        kind: "ClusterNetwork".into(),
+        plural: "clusternetworks".into(),
+    };
+    let cns: Api<kube::api::DynamicObject> = Api::all_with(c.clone(), &ar);
+    let cn = cns.get("default").await.expect("get ClusterNetwork");
+    assert_eq!(cn.data["serviceNetwork"], "172.30.0.0/16");
+    assert_eq!(cn.data["clusterNetworks"][0]["CIDR"], "10.128.0.0/14");
+
     let nodes: Api<Node> = Api::all(c);
     let n = nodes.get("east-1").await.expect("get node");
     assert_eq!(

@@ -415,7 +415,7 @@ async fn headless_ready_endpoints_and_hostnames() {
     // Not ready: no record under its hostname.
     let m = ask(&h, q("db-2.db.default.svc.cluster.east.", RecordType::A)).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-    // A headless service without ready endpoints does not exist (design.md).
+    // A headless service without ready endpoints does not exist (docs/design.md).
     let m = ask(&h, q("empty.default.svc.cluster.east.", RecordType::A)).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
 }

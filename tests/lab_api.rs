@@ -3,7 +3,7 @@
 
 mod common;
 use common::remove_leftover_namespaces;
-use sdnlinkd::lab::api::LabApi;
+use sdnlinkd::lab::api::{Access, LabApi};
 use sdnlinkd::lab::kubeprobe;
 use sdnlinkd::lab::plan::{Proxy, Tunnel};
 use sdnlinkd::lab::run::{Lab, Options};
@@ -22,6 +22,7 @@ fn root_lab_api_servers_answer_nodes_with_the_generated_kubeconfig() {
         daemon: None,
         tunnel: Tunnel::Userspace,
         proxy: Proxy::Nftables,
+        openshift: Vec::new(),
     };
     let lab = Lab::topology(&opts).expect("topology up");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -32,7 +33,7 @@ fn root_lab_api_servers_answer_nodes_with_the_generated_kubeconfig() {
         .map(|c| LabApi::start(&lab.plan, c, &manifests.join(&c.name), &rt).expect("API server"))
         .collect();
     for (c, api) in lab.plan.clusters.iter().zip(&apis) {
-        let kubeconfig = api.kubeconfig_yaml().expect("kubeconfig");
+        let kubeconfig = api.kubeconfig_yaml(Access::Local);
         // Every node of every cluster reaches every API server over the underlay.
         for node in lab.plan.nodes() {
             let (status, body) = kubeprobe::get(&node.netns, &kubeconfig, "/api/v1/nodes")
@@ -63,7 +64,30 @@ fn root_lab_api_servers_answer_nodes_with_the_generated_kubeconfig() {
         .expect("GET hostile");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("10.250."), "{body}");
+        // The remote ServiceAccount holds packaging/rbac.yaml's sdnlinkd-remote role: it lists
+        // but may not get one object, and the 403 names the verb and the resource.
+        let remote = api.kubeconfig_yaml(Access::Remote);
+        let (status, _) =
+            kubeprobe::get(&c.nodes[0].netns, &remote, "/api/v1/services").expect("list services");
+        assert_eq!(status, 200);
+        let (status, body) = kubeprobe::get(
+            &c.nodes[0].netns,
+            &remote,
+            "/api/v1/namespaces/lab/services/hostile",
+        )
+        .expect("GET hostile");
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body.contains(
+                "User \\\"system:serviceaccount:sdnlink:sdnlinkd-remote\\\" cannot get resource \\\"services\\\""
+            ),
+            "{body}"
+        );
     }
+    assert_eq!(
+        apis.iter().map(LabApi::denials).sum::<u64>(),
+        apis.len() as u64
+    );
     drop(apis);
     let problems = lab.down();
     assert!(problems.is_empty(), "{problems:?}");

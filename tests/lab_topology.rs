@@ -25,6 +25,7 @@ fn options(prefix: &str, root: &Path) -> Options {
         daemon: None,
         tunnel: Tunnel::Userspace,
         proxy: Proxy::Nftables,
+        openshift: Vec::new(),
     }
 }
 

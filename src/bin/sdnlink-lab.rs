@@ -49,6 +49,10 @@ struct Cli {
     /// the default manifests, generated under the state root. A benchmark, not a CI run.
     #[arg(long, global = true)]
     scale: Option<manifests::Scale>,
+    /// Clusters made OpenShift SDN-shaped: Nodes without pod CIDRs, each node's subnet in a
+    /// network.openshift.io/v1 HostSubnet (comma-separated, or `none`).
+    #[arg(long, global = true, value_delimiter = ',', default_value = "west")]
+    openshift: Vec<String>,
     /// Install missing prerequisites with apt-get instead of stopping with what to install.
     #[arg(long, global = true)]
     install_deps: bool,
@@ -141,6 +145,7 @@ fn options(cli: &Cli) -> Options {
         proxy: cli
             .proxy
             .unwrap_or(if cli.vm { Proxy::Ipvs } else { Proxy::Nftables }),
+        openshift: cli.openshift.clone(),
     }
 }
 
@@ -206,7 +211,7 @@ fn scale_manifests(opts: &mut Options, scale: manifests::Scale) -> Result<()> {
     let plan = opts.plan()?;
     let root = scale_dir(opts);
     for c in &plan.clusters {
-        let dir = root.join(&c.name);
+        let dir = c.manifest_dir(&root);
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
         let mut files = manifests::cluster_files(c);
         files.push(("scale.yaml".into(), manifests::scale_yaml(c, scale)));
@@ -233,13 +238,25 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 
     match &cli.command {
         Some(Cmd::Manifests { out }) => {
+            // Both shapes of every cluster: plain in DIR/<cluster>/, OpenShift SDN-shaped in
+            // DIR/openshift/<cluster>/, whichever --openshift picks at run time.
             let plan = opts.plan()?;
-            for c in &plan.clusters {
-                let dir = out.join(&c.name);
-                std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-                for (file, text) in manifests::cluster_files(c) {
-                    std::fs::write(dir.join(&file), text)
-                        .with_context(|| dir.join(&file).display().to_string())?;
+            let names: Vec<String> = plan.clusters.iter().map(|c| c.name.clone()).collect();
+            let openshift = plan.clone().with_openshift(&names)?;
+            for (c, o) in plan.clusters.iter().zip(&openshift.clusters) {
+                let plain = sdnlinkd::lab::plan::Cluster {
+                    openshift: false,
+                    ..c.clone()
+                };
+                for (dir, cluster) in [
+                    (out.join(&c.name), &plain),
+                    (out.join("openshift").join(&c.name), o),
+                ] {
+                    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+                    for (file, text) in manifests::cluster_files(cluster) {
+                        std::fs::write(dir.join(&file), text)
+                            .with_context(|| dir.join(&file).display().to_string())?;
+                    }
                 }
                 let dir = out.join("hostile").join(&c.name);
                 std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
@@ -463,7 +480,9 @@ fn up(cli: &Cli, opts: &Options, topology_only: bool) -> Result<ExitCode> {
         .arg("--tunnel")
         .arg(format!("{:?}", opts.tunnel).to_lowercase())
         .arg("--proxy")
-        .arg(format!("{:?}", opts.proxy).to_lowercase());
+        .arg(format!("{:?}", opts.proxy).to_lowercase())
+        .arg("--openshift")
+        .arg(opts.openshift_arg());
     if let Some(d) = &opts.daemon {
         cmd.arg("--daemon").arg(d);
     }

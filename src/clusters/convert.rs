@@ -1,5 +1,5 @@
 //! Pure conversion of Kubernetes objects, as the watches deliver them, into compact records and
-//! [`crate::model`] values, with the trust rules of design.md applied at this boundary: a remote
+//! [`crate::model`] values, with the trust rules of docs/design.md applied at this boundary: a remote
 //! cluster never gets a ClusterIP outside its service CIDRs, an endpoint outside its pod CIDRs,
 //! a node subnet outside its pod CIDRs, a name the API server would refuse, or more ports or
 //! endpoints than the API server admits into the snapshot. Only the fields the daemon uses are

@@ -49,7 +49,7 @@ pub enum ClustersError {
         source: kube::config::KubeconfigError,
     },
     /// kube-client would run `exec` plugins and `auth-provider` helpers as the daemon's user
-    /// (root); a remote cluster's kubeconfig must not be able to do that (design.md).
+    /// (root); a remote cluster's kubeconfig must not be able to do that (docs/design.md).
     #[error("cluster {cluster}: kubeconfig {path}: user {user:?} uses {mechanism}, which sdnlinkd refuses (it would run code as root); use a token or a client certificate")]
     RefusedAuth {
         cluster: String,

@@ -15,6 +15,7 @@
 
 mod admit;
 mod patch;
+pub mod rbac;
 
 pub use admit::Refusal;
 
@@ -63,15 +64,23 @@ enum Res {
     EndpointSlices,
     Nodes,
     HostSubnets,
+    ClusterNetworks,
 }
 
 impl Res {
-    const ALL: [Res; 4] = [
+    const ALL: [Res; 5] = [
         Res::Services,
         Res::EndpointSlices,
         Res::Nodes,
         Res::HostSubnets,
+        Res::ClusterNetworks,
     ];
+
+    /// Served (and discoverable) only once an object of the OpenShift group was loaded, as a
+    /// plain Kubernetes API server has no `network.openshift.io` group.
+    fn openshift_only(self) -> bool {
+        matches!(self, Res::HostSubnets | Res::ClusterNetworks)
+    }
 
     fn kind(self) -> &'static str {
         match self {
@@ -79,13 +88,14 @@ impl Res {
             Res::EndpointSlices => "EndpointSlice",
             Res::Nodes => "Node",
             Res::HostSubnets => "HostSubnet",
+            Res::ClusterNetworks => "ClusterNetwork",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
             Res::Services | Res::Nodes => "v1",
             Res::EndpointSlices => "discovery.k8s.io/v1",
-            Res::HostSubnets => "network.openshift.io/v1",
+            Res::HostSubnets | Res::ClusterNetworks => "network.openshift.io/v1",
         }
     }
     fn plural(self) -> &'static str {
@@ -94,6 +104,7 @@ impl Res {
             Res::EndpointSlices => "endpointslices",
             Res::Nodes => "nodes",
             Res::HostSubnets => "hostsubnets",
+            Res::ClusterNetworks => "clusternetworks",
         }
     }
     fn namespaced(self) -> bool {
@@ -136,6 +147,11 @@ struct Store {
     history: Vec<Arc<Event>>,
     openshift: bool,
     token: String,
+    /// Bearer tokens bound to a user and a ClusterRole (see [`SimApi::add_identity`]); the
+    /// token above is allowed everything.
+    identities: Vec<Identity>,
+    /// Requests refused by an identity's role.
+    denials: u64,
     fault: Fault,
     /// Documents refused while loading the manifest directory.
     refused: Vec<Refusal>,
@@ -188,6 +204,14 @@ impl Fault {
             _ => Fault::ALL.into_iter().find(|f| f.name() == name),
         }
     }
+}
+
+/// A ServiceAccount token and what its ClusterRole allows.
+#[derive(Clone, Debug)]
+struct Identity {
+    token: String,
+    user: String,
+    role: rbac::Role,
 }
 
 struct Inner {
@@ -321,6 +345,8 @@ impl SimApi {
                 history: Vec::new(),
                 openshift: false,
                 token: token.to_string(),
+                identities: Vec::new(),
+                denials: 0,
                 fault: Fault::None,
                 refused: Vec::new(),
             }),
@@ -391,9 +417,41 @@ impl SimApi {
         use base64::Engine;
         let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem());
         let token = self.inner.lock().token.clone();
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: sim\n  user:\n    token: {token}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\ncurrent-context: sim\n"
-        )
+        kubeconfig(server_url, &ca, &token)
+    }
+
+    /// Also accepts `token`, as `user` (a ServiceAccount's `system:serviceaccount:NS:NAME`),
+    /// allowed only what `role` grants: other requests get kube-apiserver's 403 naming the
+    /// verb and resource. Adding a token that exists replaces its user and role.
+    pub fn add_identity(&self, token: &str, user: &str, role: rbac::Role) {
+        let mut st = self.inner.lock();
+        st.identities.retain(|i| i.token != token);
+        st.identities.push(Identity {
+            token: token.to_string(),
+            user: user.to_string(),
+            role,
+        });
+    }
+
+    /// The role of identity `token` (see [`SimApi::add_identity`]), if there is one.
+    pub fn role(&self, token: &str) -> Option<rbac::Role> {
+        let st = self.inner.lock();
+        st.identities
+            .iter()
+            .find(|i| i.token == token)
+            .map(|i| i.role.clone())
+    }
+
+    /// How many requests the identities' roles refused so far.
+    pub fn denials(&self) -> u64 {
+        self.inner.lock().denials
+    }
+
+    /// [`SimApi::kubeconfig_yaml`] with bearer token `token` (one of [`SimApi::add_identity`]).
+    pub fn kubeconfig_yaml_for(&self, server_url: &str, token: &str) -> String {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem());
+        kubeconfig(server_url, &ca, token)
     }
 
     /// Replaces the accepted bearer token (requests with the old one then get 401).
@@ -650,7 +708,7 @@ fn commit(inner: &Inner, st: &mut Store, key: Key, type_: &'static str, mut obj:
     }
     obj["kind"] = key.0.kind().into();
     obj["apiVersion"] = key.0.api_version().into();
-    if key.0 == Res::HostSubnets {
+    if key.0.openshift_only() {
         st.openshift = true;
     }
     let ev = Arc::new(Event {
@@ -821,17 +879,34 @@ struct Route<'a> {
     name: Option<&'a str>,
 }
 
+fn kubeconfig(server_url: &str, ca_base64: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca_base64}\nusers:\n- name: sim\n  user:\n    token: {token}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\ncurrent-context: sim\n"
+    )
+}
+
 async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
-    let (authorized, fault) = {
+    // `None`: not authenticated; `Some(None)`: the all-powerful token; `Some(Some(i))`: an
+    // identity whose role decides.
+    let (caller, fault) = {
         let st = inner.lock();
-        let want = format!("Bearer {}", st.token);
-        let ok = req
+        let bearer = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            == Some(want.as_str());
-        (ok, st.fault)
+            .and_then(|h| h.strip_prefix("Bearer "));
+        let caller = match bearer {
+            Some(t) if t == st.token => Some(None),
+            Some(t) => st
+                .identities
+                .iter()
+                .find(|i| i.token == t)
+                .map(|i| Some(i.clone())),
+            None => None,
+        };
+        (caller, st.fault)
     };
+    let authorized = caller.is_some();
     match fault {
         Fault::Hang => return std::future::pending().await,
         Fault::Forbidden if authorized => {
@@ -895,7 +970,7 @@ async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let Some(res) = Res::from_path(&gv, plural) else {
         return not_found_path();
     };
-    if res == Res::HostSubnets && !inner.lock().openshift {
+    if res.openshift_only() && !inner.lock().openshift {
         return not_found_path();
     }
     let route = Route {
@@ -905,13 +980,41 @@ async fn handle(inner: &Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     };
     let dry_run = query.get("dryRun").is_some_and(|d| !d.is_empty());
     let method = req.method().clone();
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if let Some(Some(identity)) = &caller {
+        let verb = match (&method, route.name) {
+            (&Method::GET, None) if watching => "watch",
+            (&Method::GET, None) => "list",
+            (&Method::GET, Some(_)) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => "",
+        };
+        let group = res.api_version().rsplit_once('/').map_or("", |(g, _)| g);
+        let asked = rbac::Request {
+            verb,
+            group,
+            resource: res.plural(),
+            namespace: route.ns,
+            name: route.name,
+        };
+        if !identity.role.allows(&asked) {
+            inner.lock().denials += 1;
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                rbac::denial(&identity.user, &asked),
+            );
+        }
+    }
     let content_type = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let body = if matches!(
         method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -977,7 +1080,7 @@ fn api_groups(inner: &Inner) -> Response<Body> {
     let openshift = inner.lock().openshift;
     let mut groups: Vec<&str> = Res::ALL
         .into_iter()
-        .filter(|r| *r != Res::HostSubnets || openshift)
+        .filter(|r| !r.openshift_only() || openshift)
         .map(Res::api_version)
         .filter(|gv| gv.contains('/'))
         .collect();
@@ -1001,7 +1104,7 @@ fn discovery(inner: &Inner, gv: &str) -> Response<Body> {
     let resources: Vec<Value> = Res::ALL
         .into_iter()
         .filter(|r| Res::from_path(gv, r.plural()) == Some(*r))
-        .filter(|r| *r != Res::HostSubnets || openshift)
+        .filter(|r| !r.openshift_only() || openshift)
         .map(|r| {
             let short: &[&str] = match r {
                 Res::Services => &["svc"],

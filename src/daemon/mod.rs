@@ -219,6 +219,9 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     let clusters = ClusterSet::start(&cfg, Some(store)).context("starting the cluster watches")?;
 
     notifier.status("starting: preparing the namespace");
+    if let Some(w) = node::cni::routing_warning(&node::cni::host_links()) {
+        tracing::warn!("{w}");
+    }
     let host = NetNs::current().context("opening the host network namespace")?;
     node::ensure_namespace(&cfg.namespace.name)
         .with_context(|| format!("network namespace {:?}", cfg.namespace.name))?;

@@ -20,7 +20,7 @@
 //! - A degraded cluster keeps contributing its last good snapshot (the daemon keeps it in
 //!   [`Snapshots`]); a cluster whose snapshot is absent contributes nothing.
 //! - A name that exists in no cluster is NXDOMAIN, as is a headless service without ready
-//!   endpoints anywhere (design.md: no ready endpoints means NXDOMAIN), unless a watched
+//!   endpoints anywhere (docs/design.md: no ready endpoints means NXDOMAIN), unless a watched
 //!   cluster is unknown (below): then it is SERVFAIL.
 //!
 //! # Unknown clusters

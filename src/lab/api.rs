@@ -1,13 +1,48 @@
 //! The lab's per-cluster API servers: [`SimApi`] listening in the underlay namespace, on the
 //! lab's own tokio runtime.
 
-use super::plan::{Cluster, Plan, API_TOKEN};
+use super::plan::{Cluster, Plan, API_TOKEN, LOCAL_TOKEN, REMOTE_TOKEN};
 use super::LabError;
+use crate::clusters::simapi::rbac::Role;
 use crate::clusters::simapi::{Fault, Refusal, SimApi};
 use crate::netns::NetNs;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+
+/// The RBAC file the packages ship; the lab's API servers enforce its two ClusterRoles.
+pub const RBAC_YAML: &str = include_str!("../../packaging/rbac.yaml");
+
+/// Which of the shipped roles a kubeconfig carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `sdnlinkd-local`: a node's daemon in its own cluster.
+    Local,
+    /// `sdnlinkd-remote`: the daemons of the other clusters.
+    Remote,
+}
+
+impl Access {
+    fn token(self) -> &'static str {
+        match self {
+            Access::Local => LOCAL_TOKEN,
+            Access::Remote => REMOTE_TOKEN,
+        }
+    }
+
+    fn service_account(self) -> &'static str {
+        match self {
+            Access::Local => "sdnlinkd-local",
+            Access::Remote => "sdnlinkd-remote",
+        }
+    }
+
+    /// The role of this access in packaging/rbac.yaml.
+    pub fn shipped_role(self) -> Result<Role, LabError> {
+        Role::from_yaml(RBAC_YAML, self.service_account())
+            .map_err(|e| LabError::Api(format!("packaging/rbac.yaml: {e}")))
+    }
+}
 
 /// One cluster's API server.
 pub struct LabApi {
@@ -45,11 +80,27 @@ impl LabApi {
         let _entered = rt.enter();
         let sim = SimApi::start(listener, Some(manifests), API_TOKEN)
             .map_err(|e| LabError::Api(format!("{}: {e}", cluster.name)))?;
-        Ok(LabApi {
+        let api = LabApi {
             cluster: cluster.name.clone(),
             url: sim.url(),
             sim,
-        })
+        };
+        for access in [Access::Local, Access::Remote] {
+            api.set_role(access, access.shipped_role()?);
+        }
+        Ok(api)
+    }
+
+    /// Replaces what the ServiceAccount of `access` may do (as an edit of its ClusterRole on
+    /// the cluster would).
+    pub fn set_role(&self, access: Access, role: Role) {
+        let user = format!("system:serviceaccount:sdnlink:{}", access.service_account());
+        self.sim.add_identity(access.token(), &user, role);
+    }
+
+    /// Requests the roles refused so far.
+    pub fn denials(&self) -> u64 {
+        self.sim.denials()
     }
 
     /// Injects `fault` (`Fault::None` undoes any).
@@ -75,9 +126,9 @@ impl LabApi {
         self.sim.refused()
     }
 
-    /// A kubeconfig for this server (token user, the server's CA).
-    pub fn kubeconfig_yaml(&self) -> Result<String, LabError> {
-        Ok(self.sim.kubeconfig_yaml(&self.url))
+    /// A kubeconfig for this server (the server's CA, the ServiceAccount token of `access`).
+    pub fn kubeconfig_yaml(&self, access: Access) -> String {
+        self.sim.kubeconfig_yaml_for(&self.url, access.token())
     }
 
     /// Creates or replaces the objects of a YAML document stream.
@@ -98,6 +149,18 @@ impl LabApi {
                 self.cluster
             )))
         }
+    }
+
+    /// The stored object `kind` `namespace/name` (`namespace` ignored for cluster-scoped kinds).
+    pub fn object(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<serde_json::Value, LabError> {
+        self.sim
+            .object(kind, namespace, name)
+            .ok_or_else(|| LabError::Api(format!("{}: no {kind} {namespace}/{name}", self.cluster)))
     }
 
     /// The annotations of Node `name`.

@@ -139,7 +139,7 @@ fn all_pods(c: &Cluster) -> Vec<&Pod> {
     c.nodes.iter().flat_map(|n| n.pods.iter()).collect()
 }
 
-fn vip(c: &Cluster, service: &str) -> Result<SocketAddr, String> {
+pub(super) fn vip(c: &Cluster, service: &str) -> Result<SocketAddr, String> {
     cluster_ip(c, service)
         .map(|ip| SocketAddr::from((ip, SERVICE_PORT)))
         .ok_or_else(|| format!("no ClusterIP for {service}"))
@@ -200,10 +200,18 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     emit(churn(lab, &pods, a, b));
     emit(hostile(lab, &pods, a, b));
     emit(super::hostile::check(lab, &pods, a, b));
+    // An OpenShift-shaped cluster, seen from a cluster that is not.
+    if let Some(o) = plan.clusters.iter().find(|c| c.openshift) {
+        if let Some(k) = plan.clusters.iter().find(|c| c.name != o.name) {
+            emit(super::openshift::host_subnet(lab, &pods, k, o));
+        }
+    }
     emit(restart(lab, &pods, a, b));
     emit(faults_kill_restart(lab, a, b));
     super::faults::all(lab, a, b, emit);
     emit(service_delete(lab, &pods, a, b));
+    // Last: it counts the requests the shipped roles refused over the whole run.
+    emit(super::openshift::rbac(lab, &pods, a, b));
 }
 
 /// Every node reaches every cluster's API server with the kubeconfig the lab wrote for it.
@@ -857,7 +865,7 @@ fn hostile(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
 }
 
 /// The status document without its `*skip*` entries: the daemon may name what it refused
-/// there (design.md: skipped, logged once, counted); anywhere else the address means it is
+/// there (docs/design.md: skipped, logged once, counted); anywhere else the address means it is
 /// programmed.
 pub fn without_skips(v: serde_json::Value) -> serde_json::Value {
     match v {

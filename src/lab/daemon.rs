@@ -3,7 +3,7 @@
 //! Each daemon is spawned with `setns(CLONE_NEWNET)` into its node namespace between fork and
 //! exec, and nothing else: `ip netns exec` would also give it a private mount namespace, and the
 //! namespace it pins under /run/netns would then be invisible to the lab and to `ip netns`
-//! (design.md, "the netns trap").
+//! (docs/design.md, "the netns trap").
 
 use super::plan::{Node, Plan};
 use super::LabError;

@@ -42,7 +42,7 @@ fn programmed(lab: &Lab, node: &Node, cidrs: &[IpNet]) -> Result<probe::Objects,
 }
 
 /// (public key, endpoint, allowed IPs) of each peer of `wg show IFACE dump`.
-fn wg_peers(node: &Node) -> Result<Vec<(String, String, Vec<String>)>, String> {
+pub(super) fn wg_peers(node: &Node) -> Result<Vec<(String, String, Vec<String>)>, String> {
     let dump = run_in(&node.daemon_netns, "wg", &["show", &node.wg_if, "dump"])?;
     Ok(dump
         .lines()

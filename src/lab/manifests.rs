@@ -2,7 +2,7 @@
 //! addresses and node subnets always match the topology. `sdnlink-lab manifests --out DIR`
 //! rewrites them; a test keeps the checked-in copies equal to this output.
 
-use super::plan::{Cluster, Pod, K8S_NAMESPACE, POD_PORT};
+use super::plan::{Cluster, Node, Pod, K8S_NAMESPACE, POD_PORT};
 use std::net::Ipv4Addr;
 
 /// Services every cluster serves (names are the same in every cluster so `cluster.all` merges).
@@ -38,24 +38,69 @@ pub fn cluster_ip(cluster: &Cluster, name: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(o[0], o[1], 0, last))
 }
 
-/// The files of one cluster's manifest directory: (file name, YAML).
+/// The files of one cluster's manifest directory: (file name, YAML). An OpenShift-shaped
+/// cluster ([`Cluster::openshift`]) has Nodes without pod CIDRs, `hostsubnets.yaml` and
+/// `clusternetwork.yaml`.
 pub fn cluster_files(cluster: &Cluster) -> Vec<(String, String)> {
-    vec![
+    let mut files = vec![
         ("nodes.yaml".into(), nodes_yaml(cluster)),
         ("services.yaml".into(), services_yaml(cluster)),
         ("endpointslices.yaml".into(), slices_yaml(cluster)),
-    ]
+    ];
+    if cluster.openshift {
+        files.push(("hostsubnets.yaml".into(), host_subnets_yaml(cluster)));
+        files.push(("clusternetwork.yaml".into(), cluster_network_yaml(cluster)));
+    }
+    files
 }
 
 fn nodes_yaml(cluster: &Cluster) -> String {
     let mut s = String::new();
     for n in &cluster.nodes {
         s.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {}\n  labels:\n    kubernetes.io/hostname: {}\nspec:\n  podCIDR: {}\n  podCIDRs:\n  - {}\n",
-            n.name, n.name, n.pod_subnet, n.pod_subnet
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {}\n  labels:\n    kubernetes.io/hostname: {}\n",
+            n.name, n.name
         ));
+        // OpenShift SDN leaves spec.podCIDRs unset: the node's subnet is its HostSubnet's.
+        if !cluster.openshift {
+            s.push_str(&format!(
+                "spec:\n  podCIDR: {}\n  podCIDRs:\n  - {}\n",
+                n.pod_subnet, n.pod_subnet
+            ));
+        }
     }
     s
+}
+
+/// One `network.openshift.io/v1` HostSubnet, named after its node as OpenShift SDN names them.
+pub fn host_subnet_yaml(node: &Node, subnet: &str) -> String {
+    format!(
+        "---\napiVersion: network.openshift.io/v1\nkind: HostSubnet\nmetadata:\n  name: {}\nhost: {}\nhostIP: {}\nsubnet: {subnet}\n",
+        node.name, node.name, node.underlay_addr
+    )
+}
+
+fn host_subnets_yaml(cluster: &Cluster) -> String {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| host_subnet_yaml(n, &n.pod_subnet.to_string()))
+        .collect()
+}
+
+/// OpenShift SDN's `default` ClusterNetwork: the cluster's pod network and the host bits of
+/// each node's HostSubnet (`hostSubnetLength`), and its service network; what an operator
+/// copies into the cluster's `pod_cidrs` and `service_cidrs`.
+pub fn cluster_network_yaml(cluster: &Cluster) -> String {
+    let host_bits = cluster
+        .nodes
+        .first()
+        .map_or(8, |n| 32 - u32::from(n.pod_subnet.prefix_len()));
+    format!(
+        "---\napiVersion: network.openshift.io/v1\nkind: ClusterNetwork\nmetadata:\n  name: default\nclusterNetworks:\n- CIDR: {pod}\n  hostSubnetLength: {host_bits}\nnetwork: {pod}\nhostsubnetlength: {host_bits}\nserviceNetwork: {svc}\npluginName: redhat/openshift-ovs-networkpolicy\n",
+        pod = cluster.pod_cidr,
+        svc = cluster.service_cidr,
+    )
 }
 
 fn service_header(name: &str) -> String {
@@ -640,5 +685,69 @@ mod tests {
                 assert_checked_in(&root.join(&c.name).join(&file), &text);
             }
         }
+        let names: Vec<String> = plan().clusters.iter().map(|c| c.name.clone()).collect();
+        let openshift = plan().with_openshift(&names).expect("every lab cluster");
+        for c in &openshift.clusters {
+            for (file, text) in cluster_files(c) {
+                assert_checked_in(&root.join("openshift").join(&c.name).join(&file), &text);
+            }
+        }
+    }
+
+    #[test]
+    fn openshift_clusters_carry_subnets_in_host_subnets_only() {
+        let p = plan()
+            .with_openshift(&["west".to_string()])
+            .expect("west is a lab cluster");
+        assert!(plan().with_openshift(&["mars".to_string()]).is_err());
+        assert!(plan().with_openshift(&["none".to_string()]).is_ok());
+        for c in &p.clusters {
+            let files = cluster_files(c);
+            let nodes = &files[0].1;
+            let subnets = files.iter().find(|(f, _)| f == "hostsubnets.yaml");
+            assert_eq!(c.openshift, c.name == "west");
+            assert_eq!(nodes.contains("podCIDRs"), !c.openshift, "{}", c.name);
+            assert_eq!(subnets.is_some(), c.openshift);
+            if let Some((file, text)) = subnets {
+                let (ok, refused) = crate::clusters::simapi::admit_for_tests(file, text);
+                assert!(refused.is_empty(), "{refused:?}");
+                assert_eq!(ok, c.nodes.len());
+                for (n, d) in c.nodes.iter().zip(docs(text)) {
+                    assert_eq!(d["host"].as_str(), Some(n.name.as_str()));
+                    assert_eq!(
+                        d["subnet"].as_str(),
+                        Some(n.pod_subnet.to_string().as_str())
+                    );
+                }
+            }
+            let network = files.iter().find(|(f, _)| f == "clusternetwork.yaml");
+            assert_eq!(network.is_some(), c.openshift);
+            if let Some((file, text)) = network {
+                let (ok, refused) = crate::clusters::simapi::admit_for_tests(file, text);
+                assert!(refused.is_empty(), "{refused:?}");
+                assert_eq!(ok, 1);
+                let d = &docs(text)[0];
+                let pod = c.pod_cidr.to_string();
+                assert_eq!(d["clusterNetworks"][0]["CIDR"].as_str(), Some(pod.as_str()));
+                assert_eq!(
+                    d["clusterNetworks"][0]["hostSubnetLength"].as_u64(),
+                    Some(8)
+                );
+                let svc = c.service_cidr.to_string();
+                assert_eq!(d["serviceNetwork"].as_str(), Some(svc.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_cluster_network_without_cidrs_is_refused_naming_the_field() {
+        let bad = "apiVersion: network.openshift.io/v1\nkind: ClusterNetwork\nmetadata:\n  name: default\nserviceNetwork: 10.1.0.0/16\nclusterNetworks:\n- hostSubnetLength: 8\n";
+        let (ok, refused) = crate::clusters::simapi::admit_for_tests("cn.yaml", bad);
+        assert_eq!(ok, 0);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            format!("{refused:?}").contains("clusterNetworks[0]: missing CIDR"),
+            "{refused:?}"
+        );
     }
 }

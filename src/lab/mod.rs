@@ -1,12 +1,13 @@
 //! The one-machine lab (`sdnlink-lab`): several clusters, each node a network namespace running
 //! the real daemon, pods as namespaces behind each node, an underlay namespace joining the nodes,
-//! a simulated API server per cluster, and end-to-end checks (design.md, "Test tiers", tier 4).
+//! a simulated API server per cluster, and end-to-end checks (docs/design.md, "Test tiers", tier 4).
 //!
 //! `plan` is the topology as a pure value; `net` creates and removes it with iproute2;
 //! `servers` runs the pods' echo servers and the upstream DNS server; `daemon` starts and stops
 //! `sdnlinkd` processes inside node namespaces; `dns` is the checks' raw DNS client;
 //! `manifests` writes the default YAML manifests; `checks` are the end-to-end checks, `quiet`
-//! those of a quiet steady state and `faults` the fault scenarios (probed by `probe`);
+//! those of a quiet steady state, `faults` the fault scenarios (probed by `probe`) and
+//! `openshift` those of the OpenShift-shaped cluster and the shipped RBAC;
 //! `lab` ties them together (`up`, `down`, `run`).
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod hostile;
 pub mod kubeprobe;
 pub mod manifests;
 pub mod net;
+pub mod openshift;
 pub mod plan;
 pub mod prereq;
 pub mod probe;

@@ -33,8 +33,14 @@ pub const WG_PORT: u16 = 51820;
 pub const UNDERLAY_HUB: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// Prefix length of the underlay network.
 pub const UNDERLAY_PREFIX: u8 = 24;
-/// Bearer token every lab API server accepts.
+/// Bearer token every lab API server accepts with every permission (the lab's own requests).
 pub const API_TOKEN: &str = "sdnlink-lab-token";
+/// Bearer token of ServiceAccount `sdnlinkd-local` of packaging/rbac.yaml: what a node's daemon
+/// uses for its own cluster.
+pub const LOCAL_TOKEN: &str = "sdnlink-lab-local-token";
+/// Bearer token of ServiceAccount `sdnlinkd-remote` of packaging/rbac.yaml: what the daemons of
+/// the other clusters use.
+pub const REMOTE_TOKEN: &str = "sdnlink-lab-remote-token";
 
 /// Wrong parameters for a lab.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,8 @@ pub enum PlanError {
     Clusters(usize),
     #[error("prefix {0:?}: use 1-5 characters a-z, 0-9 or '-' (names must fit IFNAMSIZ)")]
     Prefix(String),
+    #[error("--openshift {0:?}: not a cluster of this lab ({1}); or `none`")]
+    OpenShift(String, String),
 }
 
 /// Which WireGuard the daemons run.
@@ -113,6 +121,21 @@ pub struct Cluster {
     /// Where its API server listens (in the underlay namespace).
     pub api_addr: SocketAddrV4,
     pub nodes: Vec<Node>,
+    /// OpenShift SDN-shaped: Nodes without `spec.podCIDRs`, each node's subnet in a
+    /// `network.openshift.io/v1` HostSubnet (manifests under `openshift/<cluster>/`).
+    pub openshift: bool,
+}
+
+impl Cluster {
+    /// Its manifest directory under `root`: `<cluster>/`, or `openshift/<cluster>/` when
+    /// OpenShift-shaped.
+    pub fn manifest_dir(&self, root: &Path) -> PathBuf {
+        if self.openshift {
+            root.join("openshift").join(&self.name)
+        } else {
+            root.join(&self.name)
+        }
+    }
 }
 
 /// The whole lab.
@@ -194,6 +217,7 @@ impl Plan {
                     api_addr: SocketAddrV4::new(UNDERLAY_HUB, 6440 + u16::from(k)),
                     name,
                     nodes,
+                    openshift: false,
                 }
             })
             .collect();
@@ -252,6 +276,20 @@ impl Plan {
     /// The daemon's control socket.
     pub fn control_socket(&self, node: &Node) -> PathBuf {
         self.node_dir(node).join("control.sock")
+    }
+
+    /// This plan with the clusters named in `names` OpenShift-shaped (`none` names none).
+    pub fn with_openshift(mut self, names: &[String]) -> Result<Plan, PlanError> {
+        for n in names.iter().filter(|n| n.as_str() != "none") {
+            let known: Vec<String> = self.clusters.iter().map(|c| c.name.clone()).collect();
+            let c = self
+                .clusters
+                .iter_mut()
+                .find(|c| &c.name == n)
+                .ok_or_else(|| PlanError::OpenShift(n.clone(), known.join(", ")))?;
+            c.openshift = true;
+        }
+        Ok(self)
     }
 
     /// The state file that marks a lab as up.

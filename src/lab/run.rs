@@ -1,7 +1,7 @@
 //! Bringing the whole lab up and down, and the state file that lets a later `sdnlink-lab down`
 //! remove exactly what `up` created.
 
-use super::api::LabApi;
+use super::api::{Access, LabApi};
 use super::daemon;
 use super::net::{self, Created};
 use super::plan::{Plan, Proxy, Tunnel, FORWARDED_ADDR, FORWARDED_NAME, POD_PORT};
@@ -34,6 +34,8 @@ pub struct Options {
     pub daemon: Option<PathBuf>,
     pub tunnel: Tunnel,
     pub proxy: Proxy,
+    /// Clusters made OpenShift SDN-shaped (their manifests come from `openshift/<cluster>/`).
+    pub openshift: Vec<String>,
 }
 
 impl Options {
@@ -45,7 +47,17 @@ impl Options {
             &self.state_root,
             self.tunnel,
             self.proxy,
-        )?)
+        )?
+        .with_openshift(&self.openshift)?)
+    }
+
+    /// `--openshift` as a child lab process takes it (`none` for an empty list).
+    pub fn openshift_arg(&self) -> String {
+        if self.openshift.is_empty() {
+            "none".into()
+        } else {
+            self.openshift.join(",")
+        }
     }
 }
 
@@ -183,7 +195,7 @@ impl Lab {
             .build()
             .map_err(|e| LabError::io("starting the API servers' runtime", e))?;
         for c in &lab.plan.clusters {
-            let dir = opts.manifests.join(&c.name);
+            let dir = c.manifest_dir(&opts.manifests);
             lab.apis.push(LabApi::start(&lab.plan, c, &dir, &rt)?);
         }
         lab.rt = Some(rt);
@@ -194,7 +206,12 @@ impl Lab {
                 .map_err(|e| LabError::io(format!("{}", dir.display()), e))?;
             for api in &lab.apis {
                 let path = lab.plan.kubeconfig_path(node, &api.cluster);
-                write_private(&path, &api.kubeconfig_yaml()?)?;
+                let access = if api.cluster == lab.plan.clusters[node.cluster].name {
+                    Access::Local
+                } else {
+                    Access::Remote
+                };
+                write_private(&path, &api.kubeconfig_yaml(access))?;
             }
             write_private(
                 &lab.plan.node_config_path(node),

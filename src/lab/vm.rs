@@ -1,5 +1,5 @@
 //! The lab and the kernel-only tests inside the QEMU VM (`crate::vm`): a Debian kernel with
-//! IPVS and WireGuard modules, which this host's kernel lacks (kernel-facts.md).
+//! IPVS and WireGuard modules, which this host's kernel lacks (docs/kernel-facts.md).
 
 use super::plan::Tunnel;
 use super::run::Options;
@@ -61,13 +61,14 @@ pub fn run_lab(
     let daemon_bin = std::fs::canonicalize(daemon_bin)
         .map_err(|e| LabError::io(format!("{}", daemon_bin.display()), e))?;
     let command = format!(
-        "mkdir -p /var/run /var/lib\n'{}' --clusters {} --prefix '{}' --manifests {GUEST_MANIFESTS} --daemon '{}' --tunnel {} --proxy {}\n",
+        "mkdir -p /var/run /var/lib\n'{}' --clusters {} --prefix '{}' --manifests {GUEST_MANIFESTS} --daemon '{}' --tunnel {} --proxy {} --openshift '{}'\n",
         lab_bin.display(),
         opts.clusters,
         opts.prefix,
         daemon_bin.display(),
         format!("{:?}", opts.tunnel).to_lowercase(),
         format!("{:?}", opts.proxy).to_lowercase(),
+        opts.openshift_arg(),
     );
     let mut modules: Vec<String> = vm::DEFAULT_MODULES.iter().map(|m| m.to_string()).collect();
     // The underlay is a bridge; the Debian kernel builds it as a module.

@@ -1,12 +1,13 @@
 //! The node plumbing: sdnlinkd's network namespace, the veth pair into it, the addresses and
 //! routes on both sides, and the sysctls that make forwarding work.
 //!
-//! Shape (see ../shared/design.md): [`NodeDesired::from_config`] computes the desired state as a
+//! Shape (see docs/design.md): [`NodeDesired::from_config`] computes the desired state as a
 //! value; [`observe`] reads the kernel; [`plan`] diffs the two into printable [`NodeOp`]s; the
 //! executor applies them idempotently. [`Plumbing`] keeps the last committed state so an
 //! incremental sync sends only what changed (one VIP change = one netlink message), and a full
 //! sync re-reads the kernel and repairs drift.
 
+pub mod cni;
 mod desired;
 mod events;
 mod kernel;

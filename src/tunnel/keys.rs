@@ -1,6 +1,6 @@
 //! WireGuard keys: the node's private key file and the redacting key types.
 //!
-//! wireguard-control's `Key` prints private keys through `Debug` (design.md), so the private key
+//! wireguard-control's `Key` prints private keys through `Debug` (docs/design.md), so the private key
 //! only ever travels inside [`PrivateKey`], whose `Debug`/`Display` print a fixed placeholder,
 //! and is converted to a `Key` at the moment it is handed to the device.
 

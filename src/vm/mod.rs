@@ -2,7 +2,7 @@
 //! holding busybox, the kernel's whole module tree and a payload, runs one command and returns
 //! its exit code and output.
 //!
-//! Why this shape (see shared/kernel-facts.md): the host kernel has no IPVS and no WireGuard
+//! Why this shape (see docs/kernel-facts.md): the host kernel has no IPVS and no WireGuard
 //! module and cannot load modules; a Debian kernel boots under `-accel tcg` in about 5 s (KVM
 //! hangs here); the cloud kernel has no 9p, so everything travels in the initramfs; a partial
 //! module tree misses crypto dependencies of wireguard, so the whole tree goes in, with

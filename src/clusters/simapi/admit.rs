@@ -230,6 +230,20 @@ fn typed(res: Res, obj: &Value) -> Result<(), String> {
             str_field(obj, "hostIP", "")?;
             Ok(())
         }
+        // network.openshift.io/v1 ClusterNetwork: the pod network as OpenShift SDN reports it.
+        Res::ClusterNetworks => {
+            str_field(obj, "serviceNetwork", "")?.ok_or("missing serviceNetwork")?;
+            let nets = obj
+                .get("clusterNetworks")
+                .and_then(Value::as_array)
+                .ok_or("missing clusterNetworks (a list of {CIDR, hostSubnetLength})")?;
+            for (i, n) in nets.iter().enumerate() {
+                if n.get("CIDR").and_then(Value::as_str).is_none() {
+                    return Err(format!("clusterNetworks[{i}]: missing CIDR"));
+                }
+            }
+            Ok(())
+        }
     }
 }
 

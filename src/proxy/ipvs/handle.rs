@@ -179,7 +179,6 @@ impl IpvsSocket {
     ) -> Result<Vec<Result<(), io::Error>>, IpvsError> {
         let mut results: Vec<Option<Result<(), io::Error>>> =
             (0..msgs.len()).map(|_| None).collect();
-        let mut first_seq_of_batch: Vec<(u32, usize)> = Vec::new();
         let mut next = 0usize;
         let mut outstanding = 0usize;
         let mut done = 0usize;
@@ -190,8 +189,7 @@ impl IpvsSocket {
         while done < msgs.len() {
             buf.clear();
             while next < msgs.len() && outstanding < WINDOW && buf.len() < SEND_CHUNK {
-                let seq = self.encode(&msgs[next], NLM_F_REQUEST | NLM_F_ACK, &mut buf);
-                first_seq_of_batch.push((seq, next));
+                self.encode(&msgs[next], NLM_F_REQUEST | NLM_F_ACK, &mut buf);
                 next += 1;
                 outstanding += 1;
             }

@@ -24,7 +24,7 @@
 //!   addresses with the affinity timeout.
 //!
 //! Only DNAT is done: the client's address crosses the tunnel and the remote node routes the
-//! reply back through its own sdnlinkd (design.md), exactly like IPVS masquerade there.
+//! reply back through its own sdnlinkd (docs/design.md), exactly like IPVS masquerade there.
 
 use super::table::{
     diff, expr, BaseSpec, Chain, ElemKey, ElemValue, Elements, Rule, SetDecl, Table, Tx,
