@@ -55,15 +55,19 @@ fn root_lab_api_servers_answer_nodes_with_the_generated_kubeconfig() {
         let (status, _) = kubeprobe::get(&c.nodes[0].netns, &forged, "/api/v1/nodes")
             .expect("the server answers");
         assert_eq!(status, 401);
-        // The hostile Service is served (the daemon, not the server, must refuse it).
+        // The hostile Service is served (the daemon, not the server, must refuse it); the
+        // local role lists Services but does not get one by name.
         let (status, body) = kubeprobe::get(
             &c.nodes[0].netns,
             &kubeconfig,
-            "/api/v1/namespaces/lab/services/hostile",
+            "/api/v1/namespaces/lab/services",
         )
-        .expect("GET hostile");
+        .expect("list services");
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains("10.250."), "{body}");
+        assert!(
+            body.contains("\"hostile\"") && body.contains("10.250."),
+            "{body}"
+        );
         // The remote ServiceAccount holds packaging/rbac.yaml's sdnlinkd-remote role: it lists
         // but may not get one object, and the 403 names the verb and the resource.
         let remote = api.kubeconfig_yaml(Access::Remote);
