@@ -3,7 +3,8 @@
 # with systemd running and drives the REAL daemon through the shipped, unmodified unit with
 # daemon.toml (one remote cluster, a static peer, tunnel and proxy on auto): start (READY),
 # dataplane as the host sees it, DNS, status, reload (valid and invalid), watchdog, restart
-# without flapping, stop leaving the dataplane, purge leaving nothing. Prints
+# without flapping, a kill -9 answered from the fd store, stop leaving the dataplane, purge
+# leaving nothing. Prints
 # "SHIP-VERIFY: N passed, M failed" on the console and powers off.
 passed=0 failed=0
 ns=sdnlink
@@ -138,6 +139,23 @@ check "restart: namespace, links (same ifindex), addresses, routes, peers identi
 check "restart: no link/address/route deleted meanwhile (ip monitor, host and namespace)" bash -c \
     "cat /root/monitor /root/monitor-ns; grep -q '^Deleted 192.0.2.98 ' /root/monitor &&
      grep -q '^Deleted 192.0.2.99 ' /root/monitor-ns && ! grep -h '^Deleted' /root/monitor /root/monitor-ns | grep -v '^Deleted 192.0.2.9[89] '"
+
+# ---- crash: kill -9, Restart=on-failure, the DNS sockets from the fd store -----------------------
+check "fd store holds the DNS stub's sockets (NFileDescriptorStore >= 2)" bash -c \
+    '[ "$(systemctl show -p NFileDescriptorStore --value sdnlinkd)" -ge 2 ]'
+pid="$(prop MainPID)"
+restarts="$(prop NRestarts)"
+systemctl kill -s KILL --kill-who=main sdnlinkd
+# Asked while no daemon runs (RestartSec=2s): a closed socket would answer with ICMP port
+# unreachable at once; a socket the fd store kept queues the query for the next process.
+dig +time=10 +tries=1 @169.254.20.53 dns-version.cluster.west TXT >/root/crash-dig 2>&1
+check "kill -9: the query asked while the daemon was down is answered" bash -c \
+    "cat /root/crash-dig; grep -q 'status: NOERROR' /root/crash-dig"
+check "kill -9: restarted by Restart=on-failure (new PID, one more restart)" bash -c \
+    "[ \"\$(systemctl is-active sdnlinkd)\" = active ] && [ \"\$(systemctl show -p MainPID --value sdnlinkd)\" != $pid ] &&
+     [ \"\$(systemctl show -p NRestarts --value sdnlinkd)\" = $((restarts + 1)) ]"
+check "kill -9: the new process serves DNS on the kept sockets (journal)" bash -c \
+    "journalctl -u sdnlinkd -o cat --no-pager | grep -q 'DNS stub answers on the sockets systemd kept'"
 
 # ---- stop -------------------------------------------------------------------------------------
 dataplane >/root/before 2>&1

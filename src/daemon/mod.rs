@@ -211,6 +211,40 @@ fn note_once(slot: &mut Option<String>, e: &dyn std::fmt::Display, warn: impl Fn
     *slot = Some(msg);
 }
 
+/// Hands the DNS stub's sockets to systemd's fd store (replacing what it held for them), or
+/// drops them from it when there is no stub. A failure costs only the next crash's queries,
+/// so it is logged and the daemon goes on.
+fn keep_dns_fds(notifier: &Notifier, server: Option<&dns::DnsServer>) {
+    if !notifier.enabled() {
+        return;
+    }
+    let Some(sockets) = server.and_then(|s| s.sockets()) else {
+        drop_dns_fds(notifier);
+        return;
+    };
+    let stored = notifier
+        .store_fds(dns::FD_NAME_UDP, &sockets.udp_fds())
+        .and_then(|()| notifier.store_fds(dns::FD_NAME_TCP, &[sockets.tcp_fd()]));
+    match stored {
+        Ok(()) => tracing::debug!(address = %sockets.addr(), "DNS sockets handed to the fd store"),
+        Err(e) => {
+            tracing::warn!(error = %e, "handing the DNS sockets to systemd's fd store failed: queries asked during a restart will wait for their retry")
+        }
+    }
+}
+
+/// Drops the DNS sockets from systemd's fd store.
+fn drop_dns_fds(notifier: &Notifier) {
+    if !notifier.enabled() {
+        return;
+    }
+    for name in [dns::FD_NAME_UDP, dns::FD_NAME_TCP] {
+        if let Err(e) = notifier.remove_fds(name) {
+            tracing::warn!(fdname = name, error = %e, "dropping the DNS sockets from the fd store");
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT. The dataplane is left in place on exit.
 pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Result<()> {
     notifier.status("starting: loading persisted snapshots and starting the cluster watches");
@@ -241,9 +275,48 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     // still in place, so the stub answers from the persisted snapshots while the rest is being
     // checked. On a first start it starts after the additive sync adds the address (binding
     // earlier, even with IP_FREEBIND, gives replies the wrong source: `dns::address_present`).
+    //
+    // Earlier still when systemd's fd store kept the sockets of the previous process (notify
+    // module): they never closed, so what was asked while no process ran is answered now.
     let zones = || Arc::new(dns::ZoneData::build(&cfg, &clusters.snapshots()));
     let mut dns = None;
-    if cfg.dns.enabled && dns::address_present(&ns, cfg.dns.address).await {
+    let dns_addr = std::net::SocketAddr::new(cfg.dns.address, cfg.dns.port);
+    let kept_udp = notifier.take_passed(dns::FD_NAME_UDP);
+    let kept_tcp = notifier.take_passed(dns::FD_NAME_TCP);
+    let mut dns_kept = false;
+    if !kept_udp.is_empty() || !kept_tcp.is_empty() {
+        let adopted = if cfg.dns.enabled {
+            dns::DnsSockets::adopt(kept_udp, kept_tcp, dns_addr)
+        } else {
+            Err("dns.enabled = false".into())
+        };
+        match adopted
+            .and_then(|s| dns::DnsServer::serve(&cfg, s, zones()).map_err(|e| e.to_string()))
+        {
+            Ok(server) => {
+                tracing::info!(address = %dns_addr, "DNS stub answers on the sockets systemd kept (fd store): no query asked while the daemon was down is lost");
+                dns = Some(server);
+                dns_kept = true;
+            }
+            Err(e) => {
+                // Dropped from the store before anything binds: a stale TCP listener there
+                // would hold the port (EADDRINUSE), a stale UDP socket would join the new
+                // ones' SO_REUSEPORT group and swallow its share of the queries.
+                tracing::warn!(
+                    "not serving DNS on the sockets systemd kept: {e}; binding new ones"
+                );
+                drop_dns_fds(&notifier);
+            }
+        }
+    }
+    for name in notifier.unclaimed() {
+        tracing::warn!(fdname = %name, "systemd passed a descriptor this version does not use; closing it and dropping it from the fd store");
+        let _ = notifier.take_passed(&name);
+        if let Err(e) = notifier.remove_fds(&name) {
+            tracing::warn!(fdname = %name, error = %e, "dropping a descriptor from the fd store");
+        }
+    }
+    if dns.is_none() && cfg.dns.enabled && dns::address_present(&ns, cfg.dns.address).await {
         match dns::DnsServer::start(&cfg, &ns, zones()).await {
             Ok(server) => dns = Some(server),
             Err(e) => tracing::debug!("DNS stub not bound before the namespace setup: {e}"),
@@ -266,6 +339,9 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     }
     if let Some(server) = &dns {
         board.set_dns(Some(server.status_handle()));
+        if !dns_kept {
+            keep_dns_fds(&notifier, Some(server));
+        }
     }
 
     notifier.status("starting: tunnel");

@@ -134,6 +134,7 @@ impl Daemon {
                 self.board
                     .set_dns(server.as_ref().map(|s| s.status_handle()));
                 self.dns = server;
+                super::keep_dns_fds(&self.notifier, self.dns.as_ref());
                 self.zones_generation = None;
                 parts.push(if self.dns.is_some() {
                     format!("dns: serving on {}:{}", new.dns.address, new.dns.port)
@@ -184,23 +185,38 @@ impl Daemon {
         let DnsChange::Replace(Some(server)) = change else {
             return;
         };
-        if let Err(e) = server.shutdown().await {
-            tracing::warn!(error = %e, "DNS stub shutdown");
-        }
+        let kept = match server.shutdown().await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS stub shutdown");
+                None
+            }
+        };
         if self.dns.is_none() && self.cfg.dns.enabled {
-            self.restart_running_dns().await;
+            self.restart_running_dns(kept).await;
         }
     }
 
     /// Starts the DNS stub of the running configuration again (after a reload had to stop it
-    /// and then could not replace it).
-    async fn restart_running_dns(&mut self) {
+    /// and then could not replace it), on `kept` when those are its sockets.
+    async fn restart_running_dns(&mut self, kept: Option<dns::DnsSockets>) {
         let zones = self.zones(&self.cfg);
-        match dns::DnsServer::start(&self.cfg, &self.ns, zones).await {
+        let addr = std::net::SocketAddr::new(self.cfg.dns.address, self.cfg.dns.port);
+        let (started, fresh) = match kept.filter(|k| k.addr() == addr) {
+            Some(k) => (dns::DnsServer::serve(&self.cfg, k, zones), false),
+            None => (
+                dns::DnsServer::start(&self.cfg, &self.ns, zones).await,
+                true,
+            ),
+        };
+        match started {
             Ok(s) => {
                 self.zones_generation = None;
                 self.board.set_dns(Some(s.status_handle()));
                 self.dns = Some(s);
+                if fresh {
+                    super::keep_dns_fds(&self.notifier, self.dns.as_ref());
+                }
             }
             Err(e) => {
                 tracing::error!(
@@ -234,17 +250,25 @@ impl Daemon {
             return Ok(DnsChange::InPlace);
         }
         if same_socket {
-            // The same address and port cannot be bound twice: stop the old server first, and
-            // if the new one cannot bind, bring the old configuration back.
+            // The new server takes over the old one's sockets: binding the same address and
+            // port again would fail while systemd's fd store holds them, and queries that
+            // arrive between the two servers wait in the sockets' queues instead of being
+            // refused.
+            let mut kept = None;
             if let Some(d) = self.dns.take() {
-                if let Err(e) = d.shutdown().await {
-                    tracing::warn!(error = %e, "DNS stub shutdown");
+                match d.shutdown().await {
+                    Ok(k) => kept = k,
+                    Err(e) => tracing::warn!(error = %e, "DNS stub shutdown"),
                 }
             }
-            return match dns::DnsServer::start(new, &self.ns, self.zones(new)).await {
+            let started = match kept {
+                Some(k) => dns::DnsServer::serve(new, k, self.zones(new)),
+                None => dns::DnsServer::start(new, &self.ns, self.zones(new)).await,
+            };
+            return match started {
                 Ok(s) => Ok(DnsChange::Replace(Some(s))),
                 Err(e) => {
-                    self.restart_running_dns().await;
+                    self.restart_running_dns(None).await;
                     Err(format!("dns: {e}"))
                 }
             };

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::netns::NetNs;
 use server::{ServeOptions, Serving};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -54,6 +55,130 @@ pub struct DnsServer {
     serving: Serving,
     handler: DnsHandler,
     local: SocketAddr,
+    /// Our own copies of the served sockets (for the fd store and for a reload that keeps the
+    /// address); `None` for a server built from sockets it does not own (the benchmark).
+    sockets: Option<DnsSockets>,
+}
+
+/// `FDNAME` of the stub's UDP sockets in systemd's fd store (notify module).
+pub const FD_NAME_UDP: &str = "dns-udp";
+/// `FDNAME` of the stub's TCP listener in systemd's fd store.
+pub const FD_NAME_TCP: &str = "dns-tcp";
+
+/// The stub's bound sockets: UDP ones sharing the address (SO_REUSEPORT) and one TCP listener.
+/// The kernel queues what arrives at them for as long as any descriptor is open, so a copy
+/// kept elsewhere (systemd's fd store, the next server of a reload) loses no query.
+pub struct DnsSockets {
+    udp: Vec<OwnedFd>,
+    tcp: OwnedFd,
+    addr: SocketAddr,
+}
+
+impl DnsSockets {
+    /// Binds them at `addr` inside `ns`.
+    pub async fn bind(ns: &NetNs, addr: SocketAddr) -> Result<DnsSockets, DnsError> {
+        let bind_err = |proto, source| DnsError::Bind {
+            proto,
+            addr,
+            ns: ns.name().to_string(),
+            source,
+        };
+        let (udp, tcp) = ns
+            .run_async(move || bind_std(addr, sockets_per_server()))
+            .await
+            .map_err(|e| bind_err("UDP", std::io::Error::other(e)))?
+            .map_err(|e| bind_err("UDP and TCP", e))?;
+        Ok(DnsSockets {
+            udp: udp.into_iter().map(OwnedFd::from).collect(),
+            tcp: OwnedFd::from(tcp),
+            addr,
+        })
+    }
+
+    /// Takes descriptors passed back by the fd store, if they are what [`DnsSockets::bind`]
+    /// makes for `addr`: UDP sockets and one listening TCP socket bound there. Anything else
+    /// (the config moved the stub, a store from another version) is refused with the reason.
+    pub fn adopt(
+        udp: Vec<OwnedFd>,
+        tcp: Vec<OwnedFd>,
+        addr: SocketAddr,
+    ) -> Result<DnsSockets, String> {
+        use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
+        let check = |fd: &OwnedFd, want: SockType, what: &str| -> Result<(), String> {
+            let ty = getsockopt(fd, sockopt::SockType).map_err(|e| format!("{what}: {e}"))?;
+            if ty != want {
+                return Err(format!("{what} is a {ty:?} socket"));
+            }
+            let local: SockaddrStorage =
+                getsockname(fd.as_raw_fd()).map_err(|e| format!("{what}: {e}"))?;
+            let local = local
+                .as_sockaddr_in()
+                .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+                .or_else(|| {
+                    local
+                        .as_sockaddr_in6()
+                        .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+                });
+            match local {
+                Some(l) if l == addr => Ok(()),
+                Some(l) => Err(format!(
+                    "{what} is bound to {l}, the stub answers on {addr}"
+                )),
+                None => Err(format!("{what} is not an IP socket")),
+            }
+        };
+        if udp.is_empty() || tcp.len() != 1 {
+            return Err(format!(
+                "{} UDP and {} TCP sockets stored, the stub needs at least one and exactly one",
+                udp.len(),
+                tcp.len()
+            ));
+        }
+        for fd in &udp {
+            check(fd, SockType::Datagram, "a stored UDP socket")?;
+        }
+        let mut tcp = tcp;
+        let tcp = tcp.remove(0);
+        check(&tcp, SockType::Stream, "the stored TCP socket")?;
+        if !getsockopt(&tcp, sockopt::AcceptConn).unwrap_or(false) {
+            return Err("the stored TCP socket is not listening".into());
+        }
+        Ok(DnsSockets { udp, tcp, addr })
+    }
+
+    /// Where they are bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The UDP sockets, for the fd store.
+    pub fn udp_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.udp.iter().map(|f| f.as_fd()).collect()
+    }
+
+    /// The TCP listener, for the fd store.
+    pub fn tcp_fd(&self) -> BorrowedFd<'_> {
+        self.tcp.as_fd()
+    }
+
+    /// Tokio sockets on new descriptors of the same sockets (dup(2)): ours stay open when the
+    /// server that serves them stops.
+    fn to_tokio(
+        &self,
+    ) -> std::io::Result<(Vec<tokio::net::UdpSocket>, Vec<tokio::net::TcpListener>)> {
+        let udp = self
+            .udp
+            .iter()
+            .map(|fd| {
+                let s = std::net::UdpSocket::from(fd.try_clone()?);
+                s.set_nonblocking(true)?;
+                tokio::net::UdpSocket::from_std(s)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tcp = std::net::TcpListener::from(self.tcp.try_clone()?);
+        tcp.set_nonblocking(true)?;
+        Ok((udp, vec![tokio::net::TcpListener::from_std(tcp)?]))
+    }
 }
 
 impl DnsServer {
@@ -67,19 +192,31 @@ impl DnsServer {
         zones: Arc<ZoneData>,
     ) -> Result<DnsServer, DnsError> {
         let addr = SocketAddr::new(cfg.dns.address, cfg.dns.port);
-        let bind_err = |proto, source| DnsError::Bind {
-            proto,
-            addr,
-            ns: ns.name().to_string(),
+        let sockets = DnsSockets::bind(ns, addr).await?;
+        DnsServer::serve(cfg, sockets, zones)
+    }
+
+    /// Serves on `sockets` (bound by [`DnsSockets::bind`], or kept from an earlier server or
+    /// process), which the server keeps.
+    pub fn serve(
+        cfg: &Config,
+        sockets: DnsSockets,
+        zones: Arc<ZoneData>,
+    ) -> Result<DnsServer, DnsError> {
+        let (udp, tcp) = sockets.to_tokio().map_err(|source| DnsError::Bind {
+            proto: "UDP and TCP",
+            addr: sockets.addr,
+            ns: "(kept sockets)".into(),
             source,
-        };
-        let bound = ns
-            .run_async(move || bind_std(addr, sockets_per_server()))
-            .await
-            .map_err(|e| bind_err("UDP", std::io::Error::other(e)))?
-            .map_err(|e| bind_err("UDP and TCP", e))?;
-        let (udp, tcp) = to_tokio(bound).map_err(|e| bind_err("UDP", e))?;
-        DnsServer::from_sockets(cfg, udp, tcp, zones)
+        })?;
+        let mut server = DnsServer::from_sockets(cfg, udp, tcp, zones)?;
+        server.sockets = Some(sockets);
+        Ok(server)
+    }
+
+    /// Our copies of the served sockets.
+    pub fn sockets(&self) -> Option<&DnsSockets> {
+        self.sockets.as_ref()
     }
 
     /// Serves on already bound sockets (the benchmark binds in the host namespace).
@@ -114,6 +251,7 @@ impl DnsServer {
             serving,
             handler,
             local,
+            sockets: None,
         })
     }
 
@@ -143,10 +281,12 @@ impl DnsServer {
         self.handler.clone()
     }
 
-    /// Stops receiving queries and waits for the ones in flight.
-    pub async fn shutdown(self) -> Result<(), DnsError> {
+    /// Stops receiving queries and waits for the ones in flight. Returns the sockets, still
+    /// bound (queries that arrive now wait in their queues for the next server); dropping them
+    /// closes them.
+    pub async fn shutdown(self) -> Result<Option<DnsSockets>, DnsError> {
         self.serving.shutdown().await;
-        Ok(())
+        Ok(self.sockets)
     }
 }
 
@@ -273,5 +413,126 @@ mod tests {
                 "[fe80::1]:53".parse().expect("literal"),
             ]
         );
+    }
+
+    /// The stub's sockets bound in this namespace at a free port on 127.0.0.1.
+    fn bound() -> (Vec<OwnedFd>, Vec<OwnedFd>, SocketAddr) {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("free port");
+        let addr = probe.local_addr().expect("addr");
+        drop(probe);
+        let (udp, tcp) = bind_std(addr, 2).expect("bind");
+        (
+            udp.into_iter().map(OwnedFd::from).collect(),
+            vec![OwnedFd::from(tcp)],
+            addr,
+        )
+    }
+
+    #[test]
+    fn kept_sockets_are_adopted_only_when_they_are_the_stubs() {
+        let (udp, tcp, addr) = bound();
+        let kept = DnsSockets::adopt(udp, tcp, addr).expect("the stub's own sockets");
+        assert_eq!(kept.addr(), addr);
+        assert_eq!(kept.udp_fds().len(), 2);
+
+        let (udp, tcp, addr) = bound();
+        let moved = SocketAddr::new(addr.ip(), addr.port().wrapping_add(1).max(1));
+        let e = DnsSockets::adopt(udp, tcp, moved)
+            .err()
+            .expect("another address is refused");
+        assert!(
+            e.contains(&addr.to_string()) && e.contains(&moved.to_string()),
+            "{e}"
+        );
+
+        let (udp, tcp, addr) = bound();
+        let e = DnsSockets::adopt(tcp, udp, addr)
+            .err()
+            .expect("swapped names are refused");
+        assert!(e.contains("sockets stored") || e.contains("socket"), "{e}");
+
+        let (udp, _, addr) = bound();
+        let e = DnsSockets::adopt(udp, vec![], addr)
+            .err()
+            .expect("a missing listener is refused");
+        assert!(e.contains("0 TCP"), "{e}");
+
+        // A TCP socket bound there but not listening is not the stub's listener.
+        let (udp, _, addr) = bound();
+        let fd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReuseAddr, &true)
+            .expect("reuseaddr");
+        nix::sys::socket::bind(
+            fd.as_raw_fd(),
+            &nix::sys::socket::SockaddrStorage::from(addr),
+        )
+        .expect("bind");
+        let e = DnsSockets::adopt(udp, vec![fd], addr)
+            .err()
+            .expect("a listener that does not listen is refused");
+        assert!(e.contains("not listening"), "{e}");
+    }
+
+    // Multi-threaded: the client below blocks its thread while the server answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_on_kept_sockets_answers_what_was_queued_before_it_started() {
+        let (udp, tcp, addr) = bound();
+        let kept = DnsSockets::adopt(udp, tcp, addr).expect("adopt");
+        // Asked while no server reads the sockets: the kernel queues it.
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+        let mut q = hickory_proto::op::Message::query();
+        q.metadata.id = 4242;
+        q.add_query(hickory_proto::op::Query::query(
+            hickory_proto::rr::Name::from_ascii("dns-version.cluster.west.").expect("name"),
+            hickory_proto::rr::RecordType::TXT,
+        ));
+        let bytes = q.to_vec().expect("encode");
+        // Every socket of the SO_REUSEPORT group gets its share: one query per source port
+        // lands on one of them, and each must be served.
+        client.send_to(&bytes, addr).expect("send");
+        let cfg = crate::config::parse_str(
+            r#"
+[local]
+name = "east"
+pod_cidrs = ["10.128.0.0/14"]
+service_cidrs = ["172.30.0.0/16"]
+[tunnel]
+private_key_file = "/nonexistent/sdnt-dns/private.key"
+[dns]
+upstreams = ["192.0.2.53"]
+[[remote]]
+name = "west"
+pod_cidrs = ["10.132.0.0/14"]
+service_cidrs = ["172.31.0.0/16"]
+"#,
+        )
+        .expect("test config is valid");
+        let server = DnsServer::serve(
+            &cfg,
+            kept,
+            Arc::new(ZoneData::build(&cfg, &Default::default())),
+        )
+        .expect("serve");
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 4096];
+        let (n, _) = client
+            .recv_from(&mut buf)
+            .expect("the queued query is answered");
+        let m = hickory_proto::op::Message::from_vec(&buf[..n]).expect("decode");
+        assert_eq!(m.metadata.id, 4242);
+        let kept = server
+            .shutdown()
+            .await
+            .expect("shutdown")
+            .expect("sockets kept");
+        assert_eq!(kept.addr(), addr);
     }
 }

@@ -909,7 +909,8 @@ fn restart(lab: &mut Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
         });
         gone.map_err(|e| format!("kill -9 {}: {e}", d.pid))?;
         let during = tcp_ask(&mut conn).map_err(|e| format!("while the daemon was down: {e}"))?;
-        let pid = daemon::spawn(&bin, &lab.plan, &node).map_err(|e| e.to_string())?;
+        let pid =
+            daemon::spawn(&bin, &lab.plan, &node, &lab.fd_store).map_err(|e| e.to_string())?;
         lab.set_daemon_pid(&node.name, pid)
             .map_err(|e| e.to_string())?;
         daemon::wait_ready(&bin, &d.config, pid, READY_TIMEOUT).map_err(|e| e.to_string())?;
@@ -1100,15 +1101,38 @@ fn faults_kill_restart(lab: &mut Lab, a: &Cluster, b: &Cluster) -> Outcome {
     let r = (|| {
         let probes = FaultProbes::start(&lab.plan, a, b)?;
         std::thread::sleep(Duration::from_secs(2));
+        // The DNS stub's sockets outlive the process in the fd store (src/lab/fdstore.rs
+        // stands in for systemd): what is asked while no daemon runs waits in their queues.
+        let kept = lab.fd_store.names(&node);
+        let log_path = lab.plan.node_dir(&a.nodes[0]).join("daemon.log");
+        let log_before = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
         let restarted = lab.restart_daemon(&node, true);
         if restarted.is_ok() {
             std::thread::sleep(FAULT_OBSERVE);
         }
         let report = probes.stop()?;
         let restarted = restarted.map_err(|e| format!("{e}; probes: {report}"))?;
-        let problems = report.problems();
+        let mut problems = report.problems();
+        let tcp_kept = kept
+            .iter()
+            .filter(|n| *n == crate::dns::FD_NAME_TCP)
+            .count();
+        let udp_kept = kept
+            .iter()
+            .filter(|n| *n == crate::dns::FD_NAME_UDP)
+            .count();
+        if tcp_kept != 1 || udp_kept == 0 {
+            problems.push(format!("the fd store held {kept:?} before the kill, not the stub's UDP sockets and one TCP listener"));
+        }
+        let log = std::fs::read(&log_path)
+            .map(|b| String::from_utf8_lossy(&b[log_before as usize..]).into_owned())
+            .unwrap_or_default();
+        let adopted = log.contains("DNS stub answers on the sockets systemd kept");
+        if !adopted {
+            problems.push("the new daemon did not log serving DNS on the kept sockets".into());
+        }
         let detail = format!(
-            "kill -9 of {node} (pid {} gone in {:.2}s, new pid {} ready in {:.1}s, watched {}s more): {report}",
+            "kill -9 of {node} (pid {} gone in {:.2}s, new pid {} ready in {:.1}s, watched {}s more), DNS on the {udp_kept} UDP + {tcp_kept} TCP sockets the fd store kept: {report}",
             restarted.old_pid,
             restarted.stopped.as_secs_f64(),
             restarted.pid,

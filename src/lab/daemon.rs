@@ -5,9 +5,11 @@
 //! namespace it pins under /run/netns would then be invisible to the lab and to `ip netns`
 //! (docs/design.md, "the netns trap").
 
+use super::fdstore::FdStore;
 use super::plan::{Node, Plan};
 use super::LabError;
 use crate::netns::NETNS_RUN_DIR;
+use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fs::{File, OpenOptions};
@@ -16,6 +18,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The daemon's notify socket in its node directory (served by [`FdStore`]).
+pub const NOTIFY_SOCKET: &str = "notify.sock";
 
 /// The `sdnlinkd` binary: `explicit`, else the one next to the running executable. Under
 /// `cargo run` (which builds only the lab binary) it first has cargo bring `sdnlinkd` up to
@@ -98,7 +103,12 @@ fn build_daemon(cargo: &Path, exe: &Path) -> Result<(), LabError> {
 /// Starts `sdnlinkd run --config <node config>` inside the node namespace, in its own session
 /// (so it outlives an `up` that returns, and a Ctrl-C to the lab does not reach it), logging to
 /// `daemon.log` in the node directory. Returns its pid.
-pub fn spawn(daemon: &Path, plan: &Plan, node: &Node) -> Result<u32, LabError> {
+///
+/// Like systemd it gives the daemon a notify socket (`NOTIFY_SOCKET`, served by `store`) and
+/// passes back what the daemon's fd store holds: mapped to fds 3.. with `LISTEN_FDS` and
+/// `LISTEN_FDNAMES`; `LISTEN_PID` must be the daemon's own pid, which only the child knows, so
+/// a shell sets it and then execs the daemon in its place (same pid).
+pub fn spawn(daemon: &Path, plan: &Plan, node: &Node, store: &FdStore) -> Result<u32, LabError> {
     let ns_path = Path::new(NETNS_RUN_DIR).join(&node.netns);
     let ns = File::open(&ns_path).map_err(|e| LabError::io(format!("{}", ns_path.display()), e))?;
     let log_path = plan.node_dir(node).join("daemon.log");
@@ -108,14 +118,41 @@ pub fn spawn(daemon: &Path, plan: &Plan, node: &Node) -> Result<u32, LabError> {
         .open(&log_path)
         .map_err(|e| LabError::io(format!("{}", log_path.display()), e))?;
     let log2 = log.try_clone().map_err(|e| LabError::io("daemon log", e))?;
-    let mut cmd = Command::new(daemon);
+    let passed = store.passed(&node.name)?;
+    let mut cmd = if passed.is_empty() {
+        Command::new(daemon)
+    } else {
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c")
+            .arg("export LISTEN_PID=$$; exec \"$0\" \"$@\"")
+            .arg(daemon);
+        sh
+    };
     cmd.arg("run")
         .arg("--config")
         .arg(plan.node_config_path(node))
         .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", plan.node_dir(node).join(NOTIFY_SOCKET))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
+    if !passed.is_empty() {
+        let names: Vec<&str> = passed.iter().map(|(n, _)| n.as_str()).collect();
+        cmd.env("LISTEN_FDS", passed.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+        let mappings = passed
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, fd))| FdMapping {
+                parent_fd: fd,
+                child_fd: 3 + i as i32,
+            })
+            .collect();
+        cmd.fd_mappings(mappings).map_err(|e| LabError::Daemon {
+            node: node.name.clone(),
+            reason: format!("passing the stored descriptors: {e}"),
+        })?;
+    }
     // SAFETY: between fork and exec only async-signal-safe calls happen: setns(2) and setsid(2)
     // are plain system calls; `ns` was opened before the fork.
     unsafe {

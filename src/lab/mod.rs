@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod faults;
+pub mod fdstore;
 pub mod hostile;
 pub mod kubeprobe;
 pub mod manifests;

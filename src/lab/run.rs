@@ -135,6 +135,8 @@ pub struct Lab {
     pub daemons: Vec<DaemonState>,
     created: Option<Created>,
     servers: Servers,
+    /// The daemons' notify sockets and fd stores (what systemd is to them on a node).
+    pub fd_store: super::fdstore::FdStore,
     /// Runs the API servers; dropped after them.
     rt: Option<tokio::runtime::Runtime>,
     state: State,
@@ -165,6 +167,7 @@ impl Lab {
             daemons: Vec::new(),
             created: Some(created),
             servers: Servers::default(),
+            fd_store: Default::default(),
             rt: None,
             state,
         };
@@ -224,7 +227,11 @@ impl Lab {
         }
         lab.state.save(&lab.plan.state_file())?;
         for node in &nodes {
-            let pid = daemon::spawn(&daemon_bin, &lab.plan, node)?;
+            lab.fd_store.listen(
+                &node.name,
+                &lab.plan.node_dir(node).join(daemon::NOTIFY_SOCKET),
+            )?;
+            let pid = daemon::spawn(&daemon_bin, &lab.plan, node, &lab.fd_store)?;
             lab.daemons.push(DaemonState {
                 node: node.name.clone(),
                 node_netns: node.netns.clone(),
@@ -297,10 +304,11 @@ impl Lab {
             daemon::kill_and_wait(d.pid, &d.config, STOP_GRACE)?;
         } else {
             daemon::stop(d.pid, &d.config, STOP_GRACE)?;
+            self.fd_store.clear(node);
         }
         let stopped = started.elapsed();
         while_down()?;
-        let pid = daemon::spawn(&bin, &self.plan, &n)?;
+        let pid = daemon::spawn(&bin, &self.plan, &n, &self.fd_store)?;
         self.set_daemon_pid(node, pid)?;
         let ready = daemon::wait_ready(&bin, &d.config, pid, READY_TIMEOUT)?;
         Ok(Restarted {
@@ -493,6 +501,8 @@ impl Lab {
         }
         // Daemons first (they need their node namespaces for cleanup), then the namespaces.
         let mut problems = teardown_state(&self.state);
+        // After the daemons: the stored DNS sockets hold their namespaces' network stacks.
+        self.fd_store.stop();
         for (ns, e) in net::delete_namespaces(&created.disarm()) {
             problems.push(format!("deleting {ns}: {e}"));
         }
