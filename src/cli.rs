@@ -38,6 +38,13 @@ pub enum Cmd {
     },
     /// Ask the running daemon to re-read its configuration; waits for the result.
     Reload,
+    /// Print what a full sync of the running daemon would change right now (tunnel peers,
+    /// proxy services, namespace links, addresses and routes), without changing anything.
+    /// Exit 0 when nothing would change, 1 when something would, 2 when a part cannot plan.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every remote cluster from this node: recent WireGuard handshakes, a DNS lookup
     /// of a Service through the stub, a TCP connection to it. Exit 0 only if all pass.
     Verify {
@@ -253,6 +260,38 @@ fn run_tool(path: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::from(2))
             }
+        }
+        Cmd::Plan { json } => {
+            let cfg = config::load(path)?;
+            let resp = runtime()?.block_on(control::request(
+                &cfg.control_socket,
+                Ctl::Plan,
+                Duration::from_secs(120),
+            ))?;
+            let doc = match (resp.ok, resp.status) {
+                (true, Some(doc)) => doc,
+                (_, _) => anyhow::bail!(
+                    "the daemon did not plan: {}",
+                    resp.error.unwrap_or_else(|| "no answer".into())
+                ),
+            };
+            let dry: crate::daemon::DryRun = serde_json::from_value(doc.clone())
+                .context("the daemon's plan has an unexpected shape")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{dry}");
+            }
+            let cannot = [&dry.tunnel, &dry.proxy, &dry.node]
+                .iter()
+                .any(|p| p.error.is_some());
+            Ok(if cannot {
+                ExitCode::from(2)
+            } else if dry.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Cleanup => {
             let (cfg, broken) = config::load_for_cleanup(path)?;

@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Command {
     Status,
     Reload,
+    /// A dry run of a full sync (`sdnlinkd plan`); the answer's `status` holds it.
+    Plan,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -217,6 +219,11 @@ mod tests {
                 let r = match p.cmd {
                     Command::Status => Response::error("status must not reach the daemon task"),
                     Command::Reload => Response::error("local.name: bad"),
+                    Command::Plan => Response {
+                        ok: true,
+                        error: None,
+                        status: Some(serde_json::json!({"node": {"operations": []}})),
+                    },
                 };
                 let _ = p.reply.send(r);
             }
@@ -232,6 +239,14 @@ mod tests {
             .expect("status");
         assert!(s.ok);
         assert_eq!(s.status.expect("status body")["phase"], "ready");
+        let p = request(&path, Command::Plan, Duration::from_secs(5))
+            .await
+            .expect("plan answer");
+        assert!(p.ok);
+        assert_eq!(
+            p.status.expect("plan body")["node"]["operations"],
+            serde_json::json!([])
+        );
         let r = request(&path, Command::Reload, Duration::from_secs(5))
             .await
             .expect("reload answer");

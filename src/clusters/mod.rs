@@ -310,7 +310,15 @@ impl WatchSettings {
     }
 }
 
-async fn run_cluster(name: String, set: WatchSettings, cell: StateCell, wake: Wakers) {
+async fn run_cluster(
+    name: String,
+    set: WatchSettings,
+    cell: StateCell,
+    wake: Wakers,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) {
+    // A dropped sender (the set is gone) also ends the wait; the task is aborted then anyway.
+    let _ = gate.wait_for(|open| *open).await;
     let mut attempt = 0;
     let body_cap = lock(&cell).body_cap();
     let client = loop {
@@ -478,6 +486,10 @@ pub struct ClusterSet {
     persister: tokio::task::JoinHandle<()>,
     publisher: Option<publish::Publisher>,
     rt: tokio::runtime::Handle,
+    /// Closed while the daemon starts its DNS stub: watch tasks wait for it before they
+    /// connect, so TLS handshakes and first lists do not compete with answering from the
+    /// persisted snapshots (which matters on slow or loaded nodes). Open for good once opened.
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a reload did to the watched clusters.
@@ -613,6 +625,17 @@ impl ClusterSet {
     /// the config are deleted. Fails at once on an unreadable kubeconfig or a refused auth
     /// mechanism; an unreachable API server only shows in [`ClusterView::status`].
     pub fn start(cfg: &Config, store: Option<SnapshotStore>) -> Result<ClusterSet, ClustersError> {
+        let set = ClusterSet::start_held(cfg, store)?;
+        set.release();
+        Ok(set)
+    }
+
+    /// [`ClusterSet::start`] with the watch tasks waiting until [`ClusterSet::release`]: the
+    /// persisted snapshots are loaded and served at once, no API server is contacted yet.
+    pub fn start_held(
+        cfg: &Config,
+        store: Option<SnapshotStore>,
+    ) -> Result<ClusterSet, ClustersError> {
         let rt = tokio::runtime::Handle::try_current().map_err(ClustersError::NoRuntime)?;
         for (name, path) in cfg.watched_clusters() {
             read_kubeconfig(name, path, Some(&cfg.config_dir))?;
@@ -646,9 +669,15 @@ impl ClusterSet {
             persister,
             publisher: None,
             rt,
+            gate: tokio::sync::watch::channel(false).0,
         };
         set.apply_config(cfg, &mut Reconfigured::default());
         Ok(set)
+    }
+
+    /// Lets the watch tasks connect (see [`ClusterSet::start_held`]).
+    pub fn release(&self) {
+        self.gate.send_replace(true);
     }
 
     /// The view readers keep across reloads.
@@ -671,6 +700,7 @@ impl ClusterSet {
             settings.clone(),
             cell.clone(),
             wake,
+            self.gate.subscribe(),
         ));
         self.entries.insert(
             name.to_string(),

@@ -80,6 +80,14 @@ impl AnyProxy {
         }
     }
 
+    /// What a full sync would send now, one operation per line (`sdnlinkd plan`).
+    async fn plan_full(&self, d: &DesiredProxy) -> Result<String, ProxyError> {
+        match self {
+            AnyProxy::Ipvs(b) => b.plan_full(d).await,
+            AnyProxy::Nft(b) => b.plan(d, true).await,
+        }
+    }
+
     /// Removes everything this backend owns (a backend replaced by a reload).
     async fn cleanup(&mut self) -> Result<(), ProxyError> {
         match self {
@@ -115,6 +123,70 @@ impl AnyProxy {
         } else {
             Ok(AnyProxy::Nft(proxy::nft::NftBackend::new(ns.clone())))
         }
+    }
+}
+
+/// What `sdnlinkd plan` prints: per subsystem, what a full sync would change now.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DryRun {
+    pub proxy_backend: String,
+    pub tunnel: PlanPart,
+    pub proxy: PlanPart,
+    pub node: PlanPart,
+}
+
+/// One subsystem's part of a [`DryRun`]: its operations, or why it could not plan.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct PlanPart {
+    pub operations: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PlanPart {
+    fn of(r: Result<Vec<String>, String>) -> PlanPart {
+        match r {
+            Ok(operations) => PlanPart {
+                operations,
+                error: None,
+            },
+            Err(e) => PlanPart {
+                operations: Vec::new(),
+                error: Some(e),
+            },
+        }
+    }
+}
+
+impl DryRun {
+    /// Whether a full sync would change nothing (and every subsystem could tell).
+    pub fn is_empty(&self) -> bool {
+        [&self.tunnel, &self.proxy, &self.node]
+            .iter()
+            .all(|p| p.operations.is_empty() && p.error.is_none())
+    }
+}
+
+impl std::fmt::Display for DryRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proxy = format!("proxy ({})", self.proxy_backend);
+        for (name, part) in [
+            ("tunnel", &self.tunnel),
+            (proxy.as_str(), &self.proxy),
+            ("node", &self.node),
+        ] {
+            match (&part.error, part.operations.len()) {
+                (Some(e), _) => writeln!(f, "{name}: cannot plan: {e}")?,
+                (None, 0) => writeln!(f, "{name}: nothing to change")?,
+                (None, n) => {
+                    writeln!(f, "{name}: {n} change{}", if n == 1 { "" } else { "s" })?;
+                    for op in &part.operations {
+                        writeln!(f, "  {op}")?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -250,34 +322,12 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     notifier.status("starting: loading persisted snapshots and starting the cluster watches");
     // The clusters first: their persisted snapshots are what DNS answers from at once.
     let store = SnapshotStore::new(&cfg.state_dir, crate::clusters::persist::DEFAULT_MAX_BYTES);
-    let clusters = ClusterSet::start(&cfg, Some(store)).context("starting the cluster watches")?;
+    let clusters =
+        ClusterSet::start_held(&cfg, Some(store)).context("starting the cluster watches")?;
 
-    notifier.status("starting: preparing the namespace");
-    if let Some(w) = node::cni::routing_warning(&node::cni::host_links()) {
-        tracing::warn!("{w}");
-    }
-    let host = NetNs::current().context("opening the host network namespace")?;
-    node::ensure_namespace(&cfg.namespace.name)
-        .with_context(|| format!("network namespace {:?}", cfg.namespace.name))?;
-    let ns = NetNs::open(&cfg.namespace.name)?;
-    let status_host = host
-        .with_own_worker()
-        .context("a status handle on the host namespace")?;
-    let status_ns = ns
-        .with_own_worker()
-        .context("a status handle on the namespace")?;
-    let key = tunnel::keys::load_or_create(&cfg.tunnel.private_key_file)
-        .context("WireGuard private key")?;
-    let public_key = key.public_key().to_base64();
-
-    let board = Board::new(clusters.view());
-    // DNS first when its address is there: after a crash the namespace and the address are
-    // still in place, so the stub answers from the persisted snapshots while the rest is being
-    // checked. On a first start it starts after the additive sync adds the address (binding
-    // earlier, even with IP_FREEBIND, gives replies the wrong source: `dns::address_present`).
-    //
-    // Earlier still when systemd's fd store kept the sockets of the previous process (notify
-    // module): they never closed, so what was asked while no process ran is answered now.
+    // Before anything else when systemd's fd store kept the sockets of the previous process
+    // (notify module): they never closed, so what was asked while no process ran is
+    // answered now, and the watch tasks wait until then (`ClusterSet::start_held`).
     let zones = || Arc::new(dns::ZoneData::build(&cfg, &clusters.snapshots()));
     let mut dns = None;
     let dns_addr = std::net::SocketAddr::new(cfg.dns.address, cfg.dns.port);
@@ -316,12 +366,36 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
             tracing::warn!(fdname = %name, error = %e, "dropping a descriptor from the fd store");
         }
     }
+    notifier.status("starting: preparing the namespace");
+    if let Some(w) = node::cni::routing_warning(&node::cni::host_links()) {
+        tracing::warn!("{w}");
+    }
+    let host = NetNs::current().context("opening the host network namespace")?;
+    node::ensure_namespace(&cfg.namespace.name)
+        .with_context(|| format!("network namespace {:?}", cfg.namespace.name))?;
+    let ns = NetNs::open(&cfg.namespace.name)?;
+    let status_host = host
+        .with_own_worker()
+        .context("a status handle on the host namespace")?;
+    let status_ns = ns
+        .with_own_worker()
+        .context("a status handle on the namespace")?;
+    let key = tunnel::keys::load_or_create(&cfg.tunnel.private_key_file)
+        .context("WireGuard private key")?;
+    let public_key = key.public_key().to_base64();
+
+    let board = Board::new(clusters.view());
+    // DNS first when its address is there: after a crash the namespace and the address are
+    // still in place, so the stub answers from the persisted snapshots while the rest is being
+    // checked. On a first start it starts after the additive sync adds the address (binding
+    // earlier, even with IP_FREEBIND, gives replies the wrong source: `dns::address_present`).
     if dns.is_none() && cfg.dns.enabled && dns::address_present(&ns, cfg.dns.address).await {
         match dns::DnsServer::start(&cfg, &ns, zones()).await {
             Ok(server) => dns = Some(server),
             Err(e) => tracing::debug!("DNS stub not bound before the namespace setup: {e}"),
         }
     }
+    clusters.release();
 
     let mut plumbing = node::Plumbing::new(&cfg, host.clone(), ns.clone());
     // The veth and transit addresses before the tunnel, so it has somewhere to live; additive,
@@ -481,6 +555,11 @@ impl Daemon {
                             Ok(_) => Response { ok: true, error: None, status: None },
                             Err(e) => Response::error(&e),
                         },
+                        Ctl::Plan => Response {
+                            ok: true,
+                            error: None,
+                            status: serde_json::to_value(self.plan().await).ok(),
+                        },
                     };
                     let _ = req.reply.send(resp);
                 }
@@ -545,6 +624,48 @@ impl Daemon {
         );
         self.publish_board();
         true
+    }
+
+    /// What a full sync would change right now, per subsystem, from the plans the syncs use;
+    /// nothing is sent and nothing committed (`sdnlinkd plan`). The TCP MSS and inbound
+    /// filter tables are whole-table replacements and are not listed.
+    async fn plan(&mut self) -> DryRun {
+        let cfg = self.cfg.clone();
+        let snaps = self.clusters.snapshots();
+        let held = self.clusters.held(&cfg);
+        let want = desired::Desired::compute(&cfg, &snaps, held);
+        let tunnel = PlanPart::of(
+            self.tunnel
+                .plan_full(&want.peers)
+                .await
+                .map_err(|e| e.to_string()),
+        );
+        let proxy = PlanPart::of(
+            self.proxy
+                .plan_full(&want.proxy)
+                .await
+                .map(|text| text.lines().map(str::to_string).collect())
+                .map_err(|e| e.to_string()),
+        );
+        let lingering = if self.proxy.needs_vips() {
+            self.proxy.lingering_vips(&want.proxy)
+        } else {
+            Default::default()
+        };
+        let extras = want.node_extras(self.tunnel.routes(), self.proxy.needs_vips(), lingering);
+        let node_desired = node::NodeDesired::from_config(&cfg, &extras);
+        let node = PlanPart::of(
+            self.plumbing
+                .plan_full(&node_desired)
+                .await
+                .map_err(|e| e.to_string()),
+        );
+        DryRun {
+            proxy_backend: self.proxy.name().to_string(),
+            tunnel,
+            proxy,
+            node,
+        }
     }
 
     /// One sync of every subsystem. Returns whether everything applied.
@@ -809,4 +930,53 @@ pub async fn cleanup(cfg: &Config) -> anyhow::Result<String> {
         anyhow::bail!("{}\nnot every snapshot file was removed", lines.join("\n"));
     }
     Ok(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod dry_run_tests {
+    use super::*;
+
+    fn part(ops: &[&str], error: Option<&str>) -> PlanPart {
+        PlanPart {
+            operations: ops.iter().map(|s| s.to_string()).collect(),
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_dry_run_prints_each_part_and_round_trips_through_json() {
+        let d = DryRun {
+            proxy_backend: "ipvs".into(),
+            tunnel: part(&[], None),
+            proxy: part(
+                &[
+                    "add service tcp 10.120.0.10:80",
+                    "add real 10.120.0.10:80 -> 10.20.1.5:8080",
+                ],
+                None,
+            ),
+            node: part(&[], Some("netlink: permission denied")),
+        };
+        assert_eq!(
+            d.to_string(),
+            "tunnel: nothing to change\nproxy (ipvs): 2 changes\n  add service tcp 10.120.0.10:80\n  add real 10.120.0.10:80 -> 10.20.1.5:8080\nnode: cannot plan: netlink: permission denied\n"
+        );
+        assert!(!d.is_empty());
+        let back: DryRun =
+            serde_json::from_value(serde_json::to_value(&d).expect("serializes")).expect("parses");
+        assert_eq!(back.to_string(), d.to_string());
+        let idle = DryRun {
+            proxy_backend: "nftables".into(),
+            tunnel: part(&[], None),
+            proxy: part(&[], None),
+            node: part(&[], None),
+        };
+        assert!(idle.is_empty());
+        // A part that could not plan is not "nothing to change".
+        let blind = DryRun {
+            node: part(&[], Some("x")),
+            ..idle
+        };
+        assert!(!blind.is_empty());
+    }
 }

@@ -193,6 +193,9 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     for node in plan.nodes() {
         emit(metrics(&plan, node));
     }
+    for node in plan.nodes() {
+        emit(plan_idle(lab, node));
+    }
     emit(verify(lab, &plan.clusters[0].nodes[0]));
     emit(super::quiet::idle_resync(lab, a));
     emit(super::quiet::dns_logs(lab, a, b));
@@ -212,6 +215,42 @@ pub fn all(lab: &mut Lab, emit: &mut dyn FnMut(Outcome)) {
     emit(service_delete(lab, &pods, a, b));
     // Last: it counts the requests the shipped roles refused over the whole run.
     emit(super::openshift::rbac(lab, &pods, a, b));
+}
+
+/// `sdnlinkd plan` on a node that has applied everything: each subsystem reads the kernel
+/// afresh, plans as a full sync would, and finds nothing to change (exit 0).
+fn plan_idle(lab: &Lab, node: &Node) -> Outcome {
+    let r = (|| {
+        let bin = lab.daemon_bin.clone().ok_or("the lab runs no daemons")?;
+        let cfg = lab.plan.node_config_path(node);
+        let out = std::process::Command::new(&bin)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["plan", "--json"])
+            .output()
+            .map_err(|e| format!("running {}: {e}", bin.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "plan --json is not JSON ({e}): {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let ops = |k: &str| doc[k]["operations"].as_array().map_or(0, |a| a.len());
+        let parts = format!(
+            "tunnel {}, proxy ({}) {}, node {} changes",
+            ops("tunnel"),
+            doc["proxy_backend"].as_str().unwrap_or("?"),
+            ops("proxy"),
+            ops("node")
+        );
+        if out.status.success() {
+            Ok(format!("exit 0: {parts}"))
+        } else {
+            Err(format!("{}: {parts}: {text}", out.status))
+        }
+    })();
+    outcome(format!("plan-idle {}", node.name), r)
 }
 
 /// Every node reaches every cluster's API server with the kubeconfig the lab wrote for it.
@@ -1094,6 +1133,24 @@ impl std::fmt::Display for FaultReport {
     }
 }
 
+/// Seconds since midnight UTC (the daemon logs UTC RFC 3339 timestamps).
+fn seconds_of_day(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() % 86_400.0)
+        .unwrap_or(0.0)
+}
+
+/// The time of day of a daemon log line (`2026-12-03T13:38:06.129550Z  INFO ...`).
+fn log_seconds_of_day(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?;
+    let clock = stamp.split_once('T')?.1.trim_end_matches('Z');
+    let mut parts = clock.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 /// Issue 13 scenario a: kill -9 and restart of one node's daemon with every API server up;
 /// traffic, DNS and the kernel objects of the remote stay untouched throughout.
 fn faults_kill_restart(lab: &mut Lab, a: &Cluster, b: &Cluster) -> Outcome {
@@ -1106,6 +1163,7 @@ fn faults_kill_restart(lab: &mut Lab, a: &Cluster, b: &Cluster) -> Outcome {
         let kept = lab.fd_store.names(&node);
         let log_path = lab.plan.node_dir(&a.nodes[0]).join("daemon.log");
         let log_before = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        let killed_at = seconds_of_day(std::time::SystemTime::now());
         let restarted = lab.restart_daemon(&node, true);
         if restarted.is_ok() {
             std::thread::sleep(FAULT_OBSERVE);
@@ -1127,15 +1185,27 @@ fn faults_kill_restart(lab: &mut Lab, a: &Cluster, b: &Cluster) -> Outcome {
         let log = std::fs::read(&log_path)
             .map(|b| String::from_utf8_lossy(&b[log_before as usize..]).into_owned())
             .unwrap_or_default();
-        let adopted = log.contains("DNS stub answers on the sockets systemd kept");
-        if !adopted {
+        let log = super::quiet::strip_ansi(&log);
+        let serving = log
+            .lines()
+            .find(|l| l.contains("DNS stub answers on the sockets systemd kept"));
+        if serving.is_none() {
             problems.push("the new daemon did not log serving DNS on the kept sockets".into());
         }
+        // When the new process served again, counted from the kill: the time a stub resolver
+        // waits (the first log line shows how much of it the process start took).
+        let since_kill = |line: Option<&str>| {
+            line.and_then(log_seconds_of_day)
+                .map(|t| (t - killed_at + 86_400.0) % 86_400.0)
+                .map_or("?".to_string(), |d| format!("{d:.2}s"))
+        };
         let detail = format!(
-            "kill -9 of {node} (pid {} gone in {:.2}s, new pid {} ready in {:.1}s, watched {}s more), DNS on the {udp_kept} UDP + {tcp_kept} TCP sockets the fd store kept: {report}",
+            "kill -9 of {node} (pid {} gone in {:.2}s, new pid {} logged first {} and served DNS {} after the kill on the {udp_kept} UDP + {tcp_kept} TCP sockets the fd store kept, ready in {:.1}s, watched {}s more): {report}",
             restarted.old_pid,
             restarted.stopped.as_secs_f64(),
             restarted.pid,
+            since_kill(log.lines().next()),
+            since_kill(serving),
             restarted.ready.as_secs_f64(),
             FAULT_OBSERVE.as_secs()
         );
@@ -1146,4 +1216,21 @@ fn faults_kill_restart(lab: &mut Lab, a: &Cluster, b: &Cluster) -> Outcome {
         }
     })();
     outcome(format!("faults-kill-restart {node}"), r)
+}
+
+#[cfg(test)]
+mod log_time_tests {
+    use super::*;
+
+    #[test]
+    fn log_timestamps_read_as_seconds_of_day() {
+        let t = log_seconds_of_day("2026-12-03T13:38:06.129550Z  INFO DNS stub answers")
+            .expect("a daemon log line");
+        assert!(
+            (t - (13.0 * 3600.0 + 38.0 * 60.0 + 6.129550)).abs() < 1e-6,
+            "{t}"
+        );
+        assert_eq!(log_seconds_of_day("no timestamp here"), None);
+        assert_eq!(log_seconds_of_day(""), None);
+    }
 }

@@ -131,6 +131,17 @@ impl Plumbing {
         r
     }
 
+    /// What a full sync would do now, without doing it (`sdnlinkd plan`): the kernel read
+    /// afresh, the operations planned, nothing executed and nothing committed.
+    pub async fn plan_full(&mut self, desired: &NodeDesired) -> Result<Vec<String>, NodeError> {
+        let (host, ns) = self.handles().await?;
+        let (obs, _) = kernel::observe_indexed(&host, &ns, desired).await?;
+        Ok(plan(desired, &obs)
+            .iter()
+            .map(|op| op.to_string())
+            .collect())
+    }
+
     fn record(&mut self, r: &Result<NodeReport, NodeError>) {
         match r {
             Ok(rep) => {

@@ -1004,6 +1004,27 @@ impl Tunnel {
         Ok(peers)
     }
 
+    /// What a full sync would change now, without changing it (`sdnlinkd plan`): the peers
+    /// read from the device, settled and diffed as [`Tunnel::sync`] does, nothing sent.
+    pub async fn plan_full(&self, desired: &DesiredPeers) -> Result<Vec<String>, TunnelError> {
+        let current = self.read_peers().await?;
+        let own_addrs = self.host_addrs().await?;
+        let facts = NodeFacts {
+            local_key: Some(self.public),
+            own_addrs: &own_addrs,
+            current: &current,
+        };
+        let settled = desired.settle(&facts);
+        let diff = PeerDiff::compute(
+            &current,
+            &settled,
+            &self.last_set,
+            &self.holds,
+            SystemTime::now(),
+        );
+        Ok(diff.changes.iter().map(|c| c.to_string()).collect())
+    }
+
     /// Applies the difference between the device and `desired`, one peer per message (never
     /// replace-peers, which drops every session). Incremental (`full = false`): diffs against
     /// the last committed state without reading the device. Full: re-creates a device deleted

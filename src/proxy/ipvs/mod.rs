@@ -402,6 +402,40 @@ impl IpvsBackend {
         })
     }
 
+    /// What a full sync would send now, one operation per line, without sending it
+    /// (`sdnlinkd plan`): the table read afresh on a socket of its own, planned as
+    /// [`IpvsBackend::sync`] plans, nothing committed.
+    pub async fn plan_full(&self, desired: &DesiredProxy) -> Result<String, ProxyError> {
+        let ns = self.ns.clone();
+        let desired = desired.clone();
+        let mut owned = self.owned_vips.clone();
+        owned.extend(desired.vips());
+        let drains = self.drains.clone();
+        let grace = self.grace;
+        let planned = tokio::task::spawn_blocking(move || -> Result<String, IpvsError> {
+            let mut sock = IpvsSocket::open(&ns)?;
+            let observed = observe(&mut sock, &owned)?;
+            let adopted = desired.adopting(plan::table_services(&observed));
+            let desired = adopted.as_ref().unwrap_or(&desired);
+            let p = plan::plan_with(
+                desired,
+                &observed,
+                &owned,
+                &drains,
+                Instant::now(),
+                grace,
+                Removal::Drain,
+            );
+            Ok(p.to_string())
+        })
+        .await
+        .map_err(|e| ProxyError::Backend {
+            backend: "ipvs",
+            message: format!("plan task: {e}"),
+        })?;
+        Ok(planned?)
+    }
+
     /// Blocking cleanup: deletes every service on owned VIPs.
     pub fn cleanup_blocking(&mut self) -> Result<(), IpvsError> {
         let report = self.sync_removing(&DesiredProxy::default(), true, Removal::Immediate)?;
