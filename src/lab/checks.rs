@@ -804,11 +804,33 @@ fn service_delete(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
         let to = vip(b, svc::CHURN)?;
         let mut conn = pods.connect(from, to)?;
         let before = tcp_ask(&mut conn).map_err(|e| format!("before the delete: {e}"))?;
+        // IPVS lists the VIP as draining only for `proxy.drain_grace` (2 s in the lab) from the
+        // sync that saw the delete, so status is sampled from the delete on, not after.
+        let ipvs = lab.plan.proxy == Proxy::Ipvs;
+        let node = &a.nodes[0];
+        let bin = lab.daemon_bin.as_deref().ok_or("no daemon binary")?;
+        let ip = to.ip().to_string();
+        let mut last_vips = serde_json::Value::Null;
+        let mut draining_now = || -> bool {
+            let Ok(status) = daemon::status(bin, &lab.plan.node_config_path(node)) else {
+                return false;
+            };
+            last_vips = status["proxy"]["draining_vips"].clone();
+            last_vips
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(ip.as_str())))
+        };
+        let mut seen_draining = false;
         api.delete("Service", K8S_NAMESPACE, svc::CHURN)
             .map_err(|e| e.to_string())?;
-        let (gone, t) = eventually(CHURN_BOUND, || match pods.tcp(from, to) {
-            Ok(p) => Err(format!("a new connection is still answered by {p}")),
-            Err(_) => Ok(()),
+        let (gone, t) = eventually(CHURN_BOUND, || {
+            if ipvs && !seen_draining {
+                seen_draining = draining_now();
+            }
+            match pods.tcp(from, to) {
+                Ok(p) => Err(format!("a new connection is still answered by {p}")),
+                Err(_) => Ok(()),
+            }
         });
         gone.map_err(|e| format!("{to} after deleting the Service: {e}"))?;
         let after = tcp_ask(&mut conn)
@@ -819,19 +841,13 @@ fn service_delete(lab: &Lab, pods: &Pods, a: &Cluster, b: &Cluster) -> Outcome {
             ));
         }
         let mut draining = String::new();
-        if lab.plan.proxy == Proxy::Ipvs {
-            let node = &a.nodes[0];
-            let bin = lab.daemon_bin.as_deref().ok_or("no daemon binary")?;
-            let status =
-                daemon::status(bin, &lab.plan.node_config_path(node)).map_err(|e| e.to_string())?;
-            let vips = &status["proxy"]["draining_vips"];
-            let ip = to.ip().to_string();
-            if !vips
-                .as_array()
-                .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(ip.as_str())))
-            {
+        if ipvs {
+            if !seen_draining {
+                seen_draining = draining_now();
+            }
+            if !seen_draining {
                 return Err(format!(
-                    "{}'s status --json proxy.draining_vips = {vips}, want {ip} while it drains",
+                    "{}'s status --json proxy.draining_vips never listed {ip} while it drained (last {last_vips})",
                     node.name
                 ));
             }
