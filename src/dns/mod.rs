@@ -493,8 +493,8 @@ mod tests {
             hickory_proto::rr::RecordType::TXT,
         ));
         let bytes = q.to_vec().expect("encode");
-        // Every socket of the SO_REUSEPORT group gets its share: one query per source port
-        // lands on one of them, and each must be served.
+        // One source port hashes to one socket of the SO_REUSEPORT group; the server must
+        // serve whichever it is.
         client.send_to(&bytes, addr).expect("send");
         let cfg = crate::config::parse_str(
             r#"
