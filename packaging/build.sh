@@ -42,7 +42,7 @@ need_tool generate-rpm cargo-generate-rpm
 command -v strip >/dev/null || { echo "build.sh: strip not found (apt-get install binutils)" >&2; exit 1; }
 
 if [ -z "$binary" ]; then
-    cargo build --release --bin sdnlinkd
+    cargo build --release -p sdnlinkd --bin sdnlinkd
     binary="$target/release/sdnlinkd"
 fi
 [ -x "$binary" ] || { echo "build.sh: no executable at $binary" >&2; exit 1; }
@@ -59,8 +59,10 @@ for shell in bash zsh fish; do
     "$stage/release/sdnlinkd" completions "$shell" >"$stage/release/sdnlinkd.$shell"
 done
 
-CARGO_TARGET_DIR="$stage" cargo deb --no-build --no-strip --output "$out/"
-cargo generate-rpm --target-dir "$stage" --output "$out/"
+# Both read [package.metadata.*] of crates/sdnlinkd/Cargo.toml; its asset paths are relative to
+# that crate, except target/release/..., which both map to the target dir.
+CARGO_TARGET_DIR="$stage" cargo deb -p sdnlinkd --no-build --no-strip --output "$out/"
+cargo generate-rpm -p crates/sdnlinkd --target-dir "$stage" --output "$out/"
 rm -rf "$stage"
 
 echo "build.sh: packages in $out:"
