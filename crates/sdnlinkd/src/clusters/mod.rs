@@ -558,7 +558,10 @@ pub fn retrust(
 const PERSIST_EVERY: Duration = Duration::from_secs(3);
 
 /// Writes the snapshot of every cluster that has listed in this run and changed since its last
-/// write: at once after a change, then at most every [`PERSIST_EVERY`].
+/// write: at once after a change, then at most every [`PERSIST_EVERY`]. Only a write starts the
+/// pause: a wake with nothing due (a warm snapshot served before the cluster lists) must not
+/// hold back the write of the first list, or a crash in the next seconds restarts from the old
+/// file again and re-serves what the list had already withdrawn.
 async fn run_persister(view: ClusterView, store: Arc<SnapshotStore>, wake: Arc<Notify>) {
     // (incarnation, generation) written per cluster: a cluster removed and added back by
     // reloads gets a new store whose generation can reach the old number again.
@@ -582,6 +585,7 @@ async fn run_persister(view: ClusterView, store: Arc<SnapshotStore>, wake: Arc<N
                 })
                 .collect()
         };
+        let wrote = !due.is_empty();
         for (name, snap, generation) in due {
             let st = store.clone();
             let n = name.clone();
@@ -610,7 +614,9 @@ async fn run_persister(view: ClusterView, store: Arc<SnapshotStore>, wake: Arc<N
                 Err(e) => tracing::warn!(cluster = %name, "snapshot writer task failed: {e}"),
             }
         }
-        tokio::time::sleep(PERSIST_EVERY).await;
+        if wrote {
+            tokio::time::sleep(PERSIST_EVERY).await;
+        }
     }
 }
 
