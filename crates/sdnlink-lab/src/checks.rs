@@ -266,19 +266,15 @@ fn plan_idle(lab: &Lab, node: &Node) -> Outcome {
 /// Waits until `node` has listed every cluster and applied what they hold: every cluster
 /// current and `sdnlinkd plan` finding nothing to change. Checks that watch for withdrawals
 /// start from here, and checks that restart a daemon end here. A daemon restarted a moment
-/// ago serves its persisted snapshots until its clusters list, and a snapshot can be older than
-/// the last changes (it is written at most every 3 s, `PERSIST_EVERY` in crates/sdnlinkd/src/clusters/mod.rs):
+/// ago serves its persisted snapshots until its clusters list, and a snapshot can miss the last
+/// changes (written at most every 3 s, `PERSIST_EVERY` in crates/sdnlinkd/src/clusters/mod.rs):
 /// withdrawing what the API servers deleted meanwhile is right, and must not be counted as a
 /// loss by the next check.
 pub(super) fn wait_converged(lab: &Lab, node: &Node) -> Result<Duration, String> {
     let bin = lab.daemon_bin.clone().ok_or("the lab runs no daemons")?;
     let cfg = lab.plan.node_config_path(node);
     let (r, took) = eventually(CONVERGE, || {
-        let v = daemon::status(&bin, &cfg).map_err(|e| e.to_string())?;
-        let states = super::faults::cluster_states(&v);
-        if states.is_empty() || !states.values().all(|s| s == "current" || s == "static") {
-            return Err(format!("clusters {states:?}"));
-        }
+        super::faults::all_current(&daemon::status(&bin, &cfg).map_err(|e| e.to_string())?)?;
         match plan_of(lab, node)? {
             (true, _, _) => Ok(()),
             (false, parts, _) => Err(format!("plan: {parts}")),

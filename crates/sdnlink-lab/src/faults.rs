@@ -327,18 +327,22 @@ pub fn cluster_states(status: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `Ok` when the status names clusters and every one is current (or static).
+pub fn all_current(status: &Value) -> Result<(), String> {
+    let st = cluster_states(status);
+    if !st.is_empty() && st.values().all(|s| s == "current" || s == "static") {
+        Ok(())
+    } else {
+        Err(format!("clusters {st:?}"))
+    }
+}
+
 /// Polls until every cluster is current (or static).
 fn wait_current(lab: &Lab, node: &Node, timeout: Duration) -> Result<Duration, String> {
     let bin = lab.daemon_bin.clone().ok_or("no daemon binary")?;
     let cfg = lab.plan.node_config_path(node);
     let (r, t) = eventually(timeout, || {
-        let v = daemon::status(&bin, &cfg).map_err(|e| e.to_string())?;
-        let st = cluster_states(&v);
-        if !st.is_empty() && st.values().all(|s| s == "current" || s == "static") {
-            Ok(())
-        } else {
-            Err(format!("clusters {st:?}"))
-        }
+        all_current(&daemon::status(&bin, &cfg).map_err(|e| e.to_string())?)
     });
     r.map(|_| t)
         .map_err(|e| format!("not every cluster current after {timeout:?}: {e}"))
