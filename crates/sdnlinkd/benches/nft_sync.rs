@@ -79,7 +79,7 @@ fn desired(services: u32, endpoints: u32, extra: bool) -> DesiredProxy {
                     name: format!("s{i}"),
                 },
                 port_name: String::new(),
-                scheduler: "rr".into(),
+                scheduler: sdnlinkd::proxy::Scheduling::RoundRobin,
                 affinity_timeout: None,
                 destinations: dests,
             },

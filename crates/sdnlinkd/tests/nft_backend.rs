@@ -317,7 +317,7 @@ fn vs(
             name: vip.into(),
         },
         port_name: String::new(),
-        scheduler: "rr".into(),
+        scheduler: sdnlinkd::proxy::Scheduling::RoundRobin,
         affinity_timeout: affinity,
         destinations: dests
             .iter()
@@ -618,7 +618,7 @@ fn root_nft_consistent_scheduler_hashes_the_client() {
     let lab = Lab::new("sh", 3);
     let eps = [("10.1.1.2", 8080), ("10.1.2.2", 8080), ("10.1.3.2", 8080)];
     let mut hashed = vs("10.97.0.30", Protocol::Tcp, 80, None, &eps);
-    hashed.scheduler = "sh".into();
+    hashed.scheduler = sdnlinkd::proxy::Scheduling::SourceHash;
     let mut b = lab.backend();
     sync(&mut b, &desired(vec![hashed]), true);
     // Source hashing: one client address always lands on one endpoint, without any state.

@@ -82,6 +82,10 @@ impl Env {
                 .iter()
                 .map(|v| v.parse::<IpAddr>().expect("literal"))
                 .collect(),
+            // What the IPVS backend supplies; skipped while ip_vs is not loaded.
+            ns_sysctls: sdnlinkd::proxy::ipvs::namespace_sysctls(
+                &sdnlinkd::proxy::ipvs::kernel_release(),
+            ),
         };
         NodeDesired::from_config(&self.cfg, &extras)
     }

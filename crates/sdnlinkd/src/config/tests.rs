@@ -288,7 +288,7 @@ fn layering_file_dropin_env() {
         jail.set_env("SDNLINK_CONFIG", "ignored by the loader");
         let main = jail.directory().join("sdnlink.toml");
         let c = load(&main).map_err(|e| e.to_string())?;
-        assert_eq!(c.proxy.scheduler, "lc", "file beats defaults");
+        assert_eq!(c.proxy.scheduler.name(), "lc", "file beats defaults");
         assert_eq!(c.dns.ttl, 9, "drop-in beats file");
         assert_eq!(
             c.dns.port, 5353,

@@ -102,9 +102,9 @@ pub enum ProxyBackendKind {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProxyConfig {
     pub backend: ProxyBackendKind,
-    /// IPVS scheduler name (`rr`, `wrr`, `lc`, `wlc`, `sh`, `mh`, ...); the nftables backend
+    /// `rr`, `wrr`, `lc`, `wlc`, `sh`, `mh`, ... (the IPVS algorithms); the nftables backend
     /// maps `sh`/`mh` to consistent (hash) selection and everything else to random.
-    pub scheduler: String,
+    pub scheduler: crate::proxy::Scheduling,
     /// How long a removed IPVS destination stays at weight 0 before it is deleted.
     #[serde(with = "secs")]
     pub drain_grace: Duration,

@@ -4,6 +4,7 @@
 use super::raw::*;
 use super::types::*;
 use super::{resolv_conf_nameservers, ConfigError};
+use crate::proxy::Scheduling;
 use base64::Engine;
 use ipnet::{IpNet, Ipv4Net};
 use std::net::{IpAddr, SocketAddr};
@@ -426,17 +427,18 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
             ("auto", ProxyBackendKind::Auto),
         ],
     );
-    const SCHEDULERS: &[&str] = &[
-        "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh",
-        "twos",
-    ];
-    if !SCHEDULERS.contains(&raw.proxy.scheduler.as_str()) {
-        v.err(format!(
-            "proxy.scheduler = {:?}: not an IPVS scheduler; expected one of {}",
-            raw.proxy.scheduler,
-            SCHEDULERS.join(", ")
-        ));
-    }
+    let scheduler = match raw.proxy.scheduler.parse::<Scheduling>() {
+        Ok(s) => s,
+        Err(()) => {
+            let names: Vec<&str> = Scheduling::ALL.iter().map(|s| s.name()).collect();
+            v.err(format!(
+                "proxy.scheduler = {:?}: not an IPVS scheduler; expected one of {}",
+                raw.proxy.scheduler,
+                names.join(", ")
+            ));
+            Scheduling::RoundRobin
+        }
+    };
 
     // --- dns ------------------------------------------------------------------------------
     let d = &raw.dns;
@@ -563,7 +565,7 @@ pub(super) fn validate(raw: RawConfig, config_dir: &Path) -> Result<Config, Conf
         },
         proxy: ProxyConfig {
             backend,
-            scheduler: raw.proxy.scheduler,
+            scheduler,
             drain_grace: Duration::from_secs(raw.proxy.drain_grace),
         },
         dns: DnsConfig {

@@ -7,7 +7,7 @@ use crate::node::NodeExtras;
 use crate::proxy::DesiredProxy;
 use crate::tunnel::DesiredPeers;
 use ipnet::IpNet;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// What one sync asks of the tunnel and the proxy.
@@ -43,14 +43,17 @@ impl Desired {
 
     /// The node's extras once the tunnel and the proxy have synced: routes for the subnets the
     /// device's peers have, and (for a backend that needs them) the VIPs of the desired services
-    /// plus those the backend still serves (draining, or kept for a held cluster).
+    /// plus those the backend still serves (draining, or kept for a held cluster), and the
+    /// namespace sysctls the backend needs.
     pub fn node_extras(
         &self,
         tunnel_routes: Vec<IpNet>,
         needs_vips: bool,
         lingering: BTreeSet<IpAddr>,
+        ns_sysctls: BTreeMap<String, String>,
     ) -> NodeExtras {
         NodeExtras {
+            ns_sysctls,
             tunnel_routes,
             vips: if needs_vips {
                 let mut v = self.proxy.vips();
@@ -119,8 +122,11 @@ mod tests {
         assert_eq!(d.peers.held.cidrs.len(), 1);
         assert_eq!(d.proxy.held.cidrs.len(), 1);
         let lingering: BTreeSet<IpAddr> = ["10.98.0.7".parse().expect("literal")].into();
-        let x = d.node_extras(vec![], true, lingering.clone());
+        let x = d.node_extras(vec![], true, lingering.clone(), BTreeMap::new());
         assert_eq!(x.vips.len(), 2, "desired VIP plus the held one");
-        assert!(d.node_extras(vec![], false, lingering).vips.is_empty());
+        assert!(d
+            .node_extras(vec![], false, lingering, BTreeMap::new())
+            .vips
+            .is_empty());
     }
 }

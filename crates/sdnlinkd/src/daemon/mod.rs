@@ -22,12 +22,12 @@ pub mod status;
 
 use crate::clusters::persist::SnapshotStore;
 use crate::clusters::ClusterSet;
-use crate::config::{Config, ProxyBackendKind};
+use crate::config::Config;
 use crate::control::{self, Command as Ctl, Pending, Response};
 use crate::netns::NetNs;
 use crate::notify::Notifier;
 use crate::proxy::nft::owned::TableSync;
-use crate::proxy::{DesiredProxy, ProxyBackend, ProxyError, SyncReport};
+use crate::proxy::{AnyProxy, ProxyBackend, ProxyError, SyncReport};
 use crate::{dns, node, proxy, tunnel};
 use anyhow::Context;
 use board::{Board, LocalInfo, LoopPart, MssStatus, ProxyStatus};
@@ -38,93 +38,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-
-/// The proxy backend chosen at start (the trait has async methods, so no trait objects).
-pub enum AnyProxy {
-    Ipvs(proxy::ipvs::IpvsBackend),
-    Nft(proxy::nft::NftBackend),
-}
-
-impl AnyProxy {
-    fn name(&self) -> &'static str {
-        match self {
-            AnyProxy::Ipvs(b) => b.name(),
-            AnyProxy::Nft(b) => b.name(),
-        }
-    }
-    fn needs_vips(&self) -> bool {
-        match self {
-            AnyProxy::Ipvs(b) => b.needs_vips(),
-            AnyProxy::Nft(b) => b.needs_vips(),
-        }
-    }
-    /// VIPs to keep on the interface beyond the desired ones (IPVS: services still draining).
-    fn lingering_vips(&self, d: &DesiredProxy) -> std::collections::BTreeSet<std::net::IpAddr> {
-        match self {
-            AnyProxy::Ipvs(b) => b.lingering_vips(d),
-            AnyProxy::Nft(_) => Default::default(),
-        }
-    }
-    /// When the backend wants a sync without any change (IPVS: a drained destination's grace
-    /// period ends and it can be deleted).
-    fn next_deadline(&self) -> Option<Instant> {
-        match self {
-            AnyProxy::Ipvs(b) => b.next_deadline(),
-            AnyProxy::Nft(_) => None,
-        }
-    }
-    async fn sync(&mut self, d: &DesiredProxy, full: bool) -> Result<SyncReport, ProxyError> {
-        match self {
-            AnyProxy::Ipvs(b) => b.sync(d, full).await,
-            AnyProxy::Nft(b) => b.sync(d, full).await,
-        }
-    }
-
-    /// What a full sync would send now, one operation per line (`sdnlinkd plan`).
-    async fn plan_full(&self, d: &DesiredProxy) -> Result<String, ProxyError> {
-        match self {
-            AnyProxy::Ipvs(b) => b.plan_full(d).await,
-            AnyProxy::Nft(b) => b.plan(d, true).await,
-        }
-    }
-
-    /// Removes everything this backend owns (a backend replaced by a reload).
-    async fn cleanup(&mut self) -> Result<(), ProxyError> {
-        match self {
-            AnyProxy::Ipvs(b) => b.cleanup().await,
-            AnyProxy::Nft(b) => b.cleanup().await,
-        }
-    }
-
-    /// `proxy.backend`: IPVS when asked or (auto) when the kernel has it, else nftables.
-    async fn choose(cfg: &Config, ns: &NetNs) -> anyhow::Result<AnyProxy> {
-        let ipvs = match cfg.proxy.backend {
-            ProxyBackendKind::Ipvs => true,
-            ProxyBackendKind::Nftables => false,
-            ProxyBackendKind::Auto => {
-                let ok = proxy::ipvs::ipvs_available(ns);
-                tracing::info!(
-                    backend = if ok { "ipvs" } else { "nftables" },
-                    "proxy.backend = auto: IPVS {}",
-                    if ok {
-                        "is available"
-                    } else {
-                        "is not in this kernel"
-                    }
-                );
-                ok
-            }
-        };
-        if ipvs {
-            let b = proxy::ipvs::IpvsBackend::from_config(ns.clone(), cfg)
-                .context("starting the IPVS backend")?;
-            proxy::ipvs::apply_sysctls(ns).context("IPVS sysctls in the namespace")?;
-            Ok(AnyProxy::Ipvs(b))
-        } else {
-            Ok(AnyProxy::Nft(proxy::nft::NftBackend::new(ns.clone())))
-        }
-    }
-}
 
 /// What `sdnlinkd plan` prints: per subsystem, what a full sync would change now.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -422,7 +335,7 @@ pub async fn run(path: PathBuf, cfg: Config, notifier: Notifier) -> anyhow::Resu
     let tunnel = tunnel::Tunnel::ensure(&cfg, host.clone(), ns.clone(), key)
         .await
         .context("setting up the WireGuard interface")?;
-    let proxy = AnyProxy::choose(&cfg, &ns).await?;
+    let proxy = AnyProxy::choose(&cfg, &ns).context("starting the proxy backend")?;
     clusters.publish(&public_key, cfg.tunnel.endpoint);
     board.set_publish(clusters.publish_view());
 
@@ -647,12 +560,7 @@ impl Daemon {
                 .map(|text| text.lines().map(str::to_string).collect())
                 .map_err(|e| e.to_string()),
         );
-        let lingering = if self.proxy.needs_vips() {
-            self.proxy.lingering_vips(&want.proxy)
-        } else {
-            Default::default()
-        };
-        let extras = want.node_extras(self.tunnel.routes(), self.proxy.needs_vips(), lingering);
+        let extras = self.node_extras(&want);
         let node_desired = node::NodeDesired::from_config(&cfg, &extras);
         let node = PlanPart::of(
             self.plumbing
@@ -666,6 +574,16 @@ impl Daemon {
             proxy,
             node,
         }
+    }
+
+    /// The node's extras for `want` from the tunnel's and the proxy's committed state.
+    fn node_extras(&self, want: &desired::Desired) -> node::NodeExtras {
+        want.node_extras(
+            self.tunnel.routes(),
+            self.proxy.needs_vips(),
+            self.proxy.lingering_vips(&want.proxy),
+            self.proxy.sysctls(),
+        )
     }
 
     /// One sync of every subsystem. Returns whether everything applied.
@@ -755,13 +673,8 @@ impl Daemon {
         // The node after the proxy: a Service that left starts draining in this sync, and its
         // VIP must stay until the drain ends. An IPVS service may exist before its VIP does.
         // Routes follow the peers the device has (kept ones of held clusters included).
-        let lingering = if self.proxy.needs_vips() {
-            self.proxy.lingering_vips(&want.proxy)
-        } else {
-            Default::default()
-        };
-        self.draining_vips = lingering.iter().copied().collect();
-        let extras = want.node_extras(self.tunnel.routes(), self.proxy.needs_vips(), lingering);
+        self.draining_vips = self.proxy.lingering_vips(&want.proxy).into_iter().collect();
+        let extras = self.node_extras(&want);
         let node_desired = node::NodeDesired::from_config(&cfg, &extras);
         let mut node_ops = 0;
         match self.plumbing.sync(&node_desired, full).await {

@@ -6,8 +6,9 @@
 //! added one starts unknown. Everything that can fail is built before anything is swapped, so a
 //! refused reload leaves the running configuration whole.
 
-use super::{AnyProxy, Daemon, Reason};
+use super::{Daemon, Reason};
 use crate::config::Config;
+use crate::proxy::{AnyProxy, ProxyBackend as _};
 use crate::{dns, node, tunnel};
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,11 +91,7 @@ impl Daemon {
         let dns_change = self.prepare_dns(&new).await?;
         let built = async {
             let proxy = if new.proxy != old.proxy {
-                Some(
-                    AnyProxy::choose(&new, &self.ns)
-                        .await
-                        .map_err(|e| format!("{e:#}"))?,
-                )
+                Some(AnyProxy::choose(&new, &self.ns).map_err(|e| format!("{e:#}"))?)
             } else {
                 None
             };

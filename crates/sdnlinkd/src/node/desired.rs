@@ -1,7 +1,7 @@
 //! The desired node state, computed from config alone (plus the tunnel's routes and the proxy's
 //! VIPs): a pure value, no kernel access.
 
-use crate::config::{Config, ProxyBackendKind};
+use crate::config::Config;
 use ipnet::IpNet;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +19,8 @@ pub struct NodeExtras {
     pub tunnel_routes: Vec<IpNet>,
     /// Service VIPs: a /32 (/128) each on the namespace interface.
     pub vips: BTreeSet<IpAddr>,
+    /// Namespace sysctls the proxy backend needs (IPVS: `net/ipv4/vs/*`).
+    pub ns_sysctls: BTreeMap<String, String>,
 }
 
 /// Where a route points: an interface and an optional gateway.
@@ -158,14 +160,8 @@ impl NodeDesired {
             host_sysctls.insert("net/ipv6/conf/all/forwarding".into(), "1".into());
             ns_sysctls.insert("net/ipv6/conf/all/forwarding".into(), "1".into());
         }
-        if cfg.proxy.backend != ProxyBackendKind::Nftables {
-            // IPVS flows stay out of conntrack (see proxy::ipvs::apply_sysctls: a reused
-            // source port would clash there and lose its SYNs); the expire_* pair drops
-            // connections to removed real servers instead of blackholing them (kubernetes
-            // issue 57841).
-            ns_sysctls.insert("net/ipv4/vs/conntrack".into(), "0".into());
-            ns_sysctls.insert("net/ipv4/vs/expire_nodest_conn".into(), "1".into());
-            ns_sysctls.insert("net/ipv4/vs/expire_quiescent_template".into(), "1".into());
+        for (k, v) in &extras.ns_sysctls {
+            ns_sysctls.insert(k.clone(), v.clone());
         }
 
         NodeDesired {

@@ -46,6 +46,7 @@ fn extras(vips: &[&str]) -> NodeExtras {
     NodeExtras {
         tunnel_routes: vec![net("10.132.0.0/23")],
         vips: vips.iter().map(|v| ip(v)).collect(),
+        ns_sysctls: crate::proxy::ipvs::namespace_sysctls("6.1.0-27-cloud-amd64"),
     }
 }
 
@@ -134,6 +135,24 @@ fn nftables_backend_has_no_ipvs_sysctls_and_dns_off_has_no_dns_address() {
     assert!(!d.ns_addrs.contains(&IpNet::from(c.dns.address)));
     assert!(!d.host_routes.contains_key(&IpNet::from(c.dns.address)));
     assert_eq!(d.ns_addrs.len(), 1);
+}
+
+#[test]
+fn the_backends_sysctls_join_the_namespace_ones() {
+    let d = NodeDesired::from_config(&cfg(), &extras(&[]));
+    for (k, v) in [
+        ("net/ipv4/vs/conntrack", "0"),
+        ("net/ipv4/vs/expire_nodest_conn", "1"),
+        ("net/ipv4/vs/expire_quiescent_template", "1"),
+        ("net/ipv4/vs/conn_reuse_mode", "1"),
+        ("net/ipv4/ip_forward", "1"),
+    ] {
+        assert_eq!(d.ns_sysctls.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert!(d
+        .host_sysctls
+        .keys()
+        .all(|k| !k.starts_with("net/ipv4/vs/")));
 }
 
 #[test]

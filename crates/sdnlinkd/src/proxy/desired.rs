@@ -48,7 +48,7 @@ pub fn desired_proxy(cfg: &Config, snapshots: &Snapshots) -> DesiredProxy {
                         cluster: cluster.clone(),
                         service: service.key.clone(),
                         port_name: port.name.clone(),
-                        scheduler: cfg.proxy.scheduler.clone(),
+                        scheduler: cfg.proxy.scheduler,
                         affinity_timeout: service.client_ip_affinity,
                         destinations: destinations(service, port, vip),
                     });
@@ -167,7 +167,7 @@ pub(crate) mod tests {
             },
             proxy: ProxyConfig {
                 backend: ProxyBackendKind::Nftables,
-                scheduler: scheduler.into(),
+                scheduler: scheduler.parse().expect("a scheduler name"),
                 drain_grace: Duration::from_secs(30),
             },
             dns: DnsConfig {
@@ -474,7 +474,7 @@ pub(crate) mod tests {
         s.client_ip_affinity = Some(600);
         let got = desired_proxy(&test_config("sh"), &snapshots(vec![("east", vec![s])]));
         let vs = &got.services[&key("10.97.0.30", Tcp, 80)];
-        assert_eq!(vs.scheduler, "sh");
+        assert_eq!(vs.scheduler.name(), "sh");
         assert_eq!(vs.affinity_timeout, Some(600));
         assert_eq!(vs.cluster, "east");
         assert_eq!(vs.service.to_string(), "shop/cart");

@@ -6,13 +6,17 @@
 //! table. The daemon keeps the VIP /32 addresses (IPVS needs them as local addresses) through
 //! the node plumbing's address code when [`ProxyBackend::needs_vips`] says so.
 
+mod any;
 pub mod desired;
 pub mod ipvs;
 pub mod nft;
 
+pub use any::AnyProxy;
+
 use crate::model::{Held, Protocol, ServiceKey};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -40,6 +44,101 @@ pub struct Destination {
     pub port: u16,
 }
 
+/// `10.1.0.1:8080`, `[fd00::1]:8080`: what `nft` and `ipvsadm` print.
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        std::net::SocketAddr::new(self.addr, self.port).fmt(f)
+    }
+}
+
+/// How a virtual service picks a destination, in the vocabulary of `proxy.scheduler` (the
+/// names of the IPVS algorithms). The IPVS backend maps each to its kernel scheduler; the
+/// nftables backend to a hash of the client address ([`Scheduling::by_client`]) or a uniform
+/// random choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scheduling {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnection,
+    WeightedLeastConnection,
+    LocalityLeastConnection,
+    LocalityLeastConnectionReplicated,
+    DestinationHash,
+    SourceHash,
+    ShortestExpectedDelay,
+    NeverQueue,
+    WeightedFailover,
+    WeightedOverflow,
+    MaglevHash,
+    TwoRandomChoices,
+}
+
+impl Scheduling {
+    pub const ALL: [Scheduling; 14] = [
+        Scheduling::RoundRobin,
+        Scheduling::WeightedRoundRobin,
+        Scheduling::LeastConnection,
+        Scheduling::WeightedLeastConnection,
+        Scheduling::LocalityLeastConnection,
+        Scheduling::LocalityLeastConnectionReplicated,
+        Scheduling::DestinationHash,
+        Scheduling::SourceHash,
+        Scheduling::ShortestExpectedDelay,
+        Scheduling::NeverQueue,
+        Scheduling::WeightedFailover,
+        Scheduling::WeightedOverflow,
+        Scheduling::MaglevHash,
+        Scheduling::TwoRandomChoices,
+    ];
+
+    /// The name `proxy.scheduler` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduling::RoundRobin => "rr",
+            Scheduling::WeightedRoundRobin => "wrr",
+            Scheduling::LeastConnection => "lc",
+            Scheduling::WeightedLeastConnection => "wlc",
+            Scheduling::LocalityLeastConnection => "lblc",
+            Scheduling::LocalityLeastConnectionReplicated => "lblcr",
+            Scheduling::DestinationHash => "dh",
+            Scheduling::SourceHash => "sh",
+            Scheduling::ShortestExpectedDelay => "sed",
+            Scheduling::NeverQueue => "nq",
+            Scheduling::WeightedFailover => "fo",
+            Scheduling::WeightedOverflow => "ovf",
+            Scheduling::MaglevHash => "mh",
+            Scheduling::TwoRandomChoices => "twos",
+        }
+    }
+
+    /// Whether the choice is a function of the client address (source or Maglev hashing).
+    pub fn by_client(self) -> bool {
+        matches!(self, Scheduling::SourceHash | Scheduling::MaglevHash)
+    }
+}
+
+impl std::str::FromStr for Scheduling {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Scheduling, ()> {
+        Scheduling::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or(())
+    }
+}
+
+impl fmt::Display for Scheduling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Scheduling {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 /// One virtual service (ClusterIP, protocol, port) of a remote Service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VirtualService {
@@ -48,8 +147,8 @@ pub struct VirtualService {
     pub cluster: String,
     pub service: ServiceKey,
     pub port_name: String,
-    /// IPVS scheduler name from config.
-    pub scheduler: String,
+    /// `proxy.scheduler`.
+    pub scheduler: Scheduling,
     /// `sessionAffinity: ClientIP` timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// Ready endpoints at the resolved target port (serving-but-terminating ones only when no
@@ -128,21 +227,23 @@ mod duration_ms {
     }
 }
 
+/// A proxy backend's failure, with the backend's own error kept as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("proxy backend {backend}: {message}")]
-    Backend {
+    #[error("proxy backend ipvs: {0}")]
+    Ipvs(#[from] ipvs::IpvsError),
+    #[error("proxy backend nftables: {0}")]
+    Nft(#[from] nft::NftError),
+    /// The blocking thread a backend's netlink work runs on died (a panic in the codec).
+    #[error("proxy backend {backend}: {what} task: {source}")]
+    Task {
         backend: &'static str,
-        message: String,
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// A service-proxy backend acting inside sdnlinkd's namespace.
@@ -155,6 +256,23 @@ pub trait ProxyBackend: Send {
     /// prerouting: no).
     fn needs_vips(&self) -> bool;
 
+    /// VIPs to keep on the interface beyond the desired ones (IPVS: services still draining).
+    fn lingering_vips(&self, _desired: &DesiredProxy) -> BTreeSet<IpAddr> {
+        BTreeSet::new()
+    }
+
+    /// When the backend wants a sync without any change (IPVS: a drained destination's grace
+    /// period ends and it can be deleted).
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// The namespace sysctls the backend needs (path under /proc/sys -> value): the node
+    /// plumbing writes them with its own, and only those that differ.
+    fn sysctls(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
     /// Brings the kernel to `desired`. `full = false`: diff against the last committed state
     /// and send only changed objects. `full = true` (periodic resync, or after a failed apply):
     /// re-read the kernel and repair drift.
@@ -163,6 +281,13 @@ pub trait ProxyBackend: Send {
         desired: &DesiredProxy,
         full: bool,
     ) -> impl std::future::Future<Output = Result<SyncReport, ProxyError>> + Send;
+
+    /// What a full sync would send now, one operation per line, without sending it
+    /// (`sdnlinkd plan`).
+    fn plan_full(
+        &self,
+        desired: &DesiredProxy,
+    ) -> impl std::future::Future<Output = Result<String, ProxyError>> + Send;
 
     /// Removes everything this backend owns (for `sdnlinkd cleanup` when the namespace stays).
     fn cleanup(&mut self) -> impl std::future::Future<Output = Result<(), ProxyError>> + Send;
@@ -185,7 +310,7 @@ mod tests {
                 name: "svc".into(),
             },
             port_name: String::new(),
-            scheduler: "rr".into(),
+            scheduler: Scheduling::RoundRobin,
             affinity_timeout: None,
             destinations: dests
                 .iter()

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
+use wireguard_control::PeerConfigBuilder;
 
 /// WireGuard's REJECT_AFTER_TIME (180 s, whitepaper section 6.1): a peer with a handshake younger
 /// than this has a live session on whatever endpoint the kernel shows.
@@ -133,6 +134,168 @@ impl PeerChange {
             | PeerChange::Update { key, .. }
             | PeerChange::Remove { key } => key,
         }
+    }
+}
+
+impl PeerChange {
+    /// The one wireguard-control message that carries this change. Add replaces the allowed IPs
+    /// (an adopted peer of the same key may hold others); an Update sends only the fields that
+    /// differ, so an unchanged endpoint is never re-set (roaming, see the module comment).
+    pub fn builder(&self) -> PeerConfigBuilder {
+        let nets = |mut b: PeerConfigBuilder, nets: &[IpNet]| {
+            b = b.replace_allowed_ips();
+            for n in nets {
+                b = b.add_allowed_ip(n.addr(), n.prefix_len());
+            }
+            b
+        };
+        match self {
+            PeerChange::Add {
+                key,
+                peer,
+                keepalive_after,
+            } => {
+                let mut b = PeerConfigBuilder::new(&key.to_wg());
+                if let Some(e) = peer.endpoint {
+                    b = b.set_endpoint(e);
+                }
+                let keepalive = match keepalive_after {
+                    Some(_) => 0,
+                    None => peer.keepalive.unwrap_or(0),
+                };
+                b = b.set_persistent_keepalive_interval(keepalive);
+                nets(b, &peer.allowed_ips)
+            }
+            PeerChange::Update {
+                key,
+                endpoint,
+                allowed_ips,
+                keepalive,
+            } => {
+                let mut b = PeerConfigBuilder::new(&key.to_wg());
+                if let Some(e) = endpoint {
+                    b = b.set_endpoint(*e);
+                }
+                if let Some(k) = keepalive {
+                    b = b.set_persistent_keepalive_interval(k.unwrap_or(0));
+                }
+                match allowed_ips {
+                    Some(n) => nets(b, n),
+                    None => b,
+                }
+            }
+            PeerChange::Remove { key } => PeerConfigBuilder::new(&key.to_wg()).remove(),
+        }
+    }
+
+    /// Records in `c` that the device accepted this change at `now`.
+    pub fn apply_to(self, c: &mut Committed, now: SystemTime) {
+        match self {
+            PeerChange::Add {
+                key,
+                peer,
+                keepalive_after,
+            } => {
+                let mut applied = CurrentPeer::from_desired(&peer, peer.endpoint);
+                if let Some(d) = keepalive_after {
+                    applied.keepalive = None;
+                    c.holds.until.insert(key, now + d);
+                }
+                c.peers.insert(key, applied);
+                c.last_set.insert(key, peer.endpoint);
+            }
+            PeerChange::Update {
+                key,
+                endpoint,
+                allowed_ips,
+                keepalive,
+            } => {
+                if let Some(p) = c.peers.get_mut(&key) {
+                    if let Some(e) = endpoint {
+                        p.endpoint = Some(e);
+                    }
+                    if let Some(n) = allowed_ips {
+                        p.allowed_ips = n.into_iter().collect();
+                    }
+                    if let Some(k) = keepalive {
+                        p.keepalive = k;
+                        c.holds.until.remove(&key);
+                    }
+                }
+            }
+            PeerChange::Remove { key } => {
+                c.peers.remove(&key);
+                c.last_set.remove(&key);
+                c.holds.until.remove(&key);
+            }
+        }
+    }
+}
+
+/// What sdnlinkd knows the device holds: the peers as last committed (or read on a full sync),
+/// the endpoint it last set per peer (see [`PeerDiff::compute`]) and the keepalive holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub peers: BTreeMap<PublicKey, CurrentPeer>,
+    pub last_set: BTreeMap<PublicKey, Option<SocketAddr>>,
+    pub holds: KeepaliveHolds,
+}
+
+impl Committed {
+    /// Nothing committed yet, for the device whose key is `local`.
+    pub fn new(local: PublicKey) -> Committed {
+        Committed {
+            peers: BTreeMap::new(),
+            last_set: BTreeMap::new(),
+            holds: KeepaliveHolds::new(local),
+        }
+    }
+
+    /// The peers read from the device replace what was committed; what sdnlinkd set and holds
+    /// stays (a full sync must not forget that an endpoint shown is a roamed one).
+    pub fn observed(&mut self, peers: BTreeMap<PublicKey, CurrentPeer>) {
+        self.peers = peers;
+    }
+
+    /// A new device has no peers and nothing sdnlinkd set on it.
+    pub fn device_created(&mut self) {
+        self.peers.clear();
+        self.last_set.clear();
+    }
+
+    /// The changes from what is committed to `desired` at `now`.
+    pub fn diff(&self, desired: &DesiredPeers, now: SystemTime) -> PeerDiff {
+        PeerDiff::compute(&self.peers, desired, &self.last_set, &self.holds, now)
+    }
+
+    /// Starts the keepalive holds a diff asked for (nothing is sent for them now).
+    pub fn hold(&mut self, held: &[(PublicKey, Duration)], now: SystemTime) {
+        for (key, d) in held {
+            self.holds.until.insert(*key, now + *d);
+        }
+    }
+
+    /// Ends a sync towards `desired`. What we want is what we last asked for, whether or not
+    /// this sync had to send it: a roamed endpoint of an adopted peer is kept until the desired
+    /// endpoint itself changes. Holds of peers the device no longer has are dropped.
+    pub fn finish(&mut self, desired: &DesiredPeers) {
+        for (key, p) in &desired.peers {
+            if self.peers.contains_key(key) {
+                self.last_set.insert(*key, p.endpoint);
+            }
+        }
+        let peers = &self.peers;
+        self.holds.until.retain(|k, _| peers.contains_key(k));
+    }
+
+    /// Every allowed IP of every committed peer, sorted: the subnets routed through the device.
+    pub fn routes(&self) -> Vec<IpNet> {
+        let set: BTreeSet<IpNet> = self
+            .peers
+            .values()
+            .flat_map(|p| p.allowed_ips.iter().copied())
+            .collect();
+        set.into_iter().collect()
     }
 }
 
@@ -297,3 +460,6 @@ impl fmt::Display for PeerDiff {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

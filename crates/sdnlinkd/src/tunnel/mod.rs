@@ -14,7 +14,7 @@ pub use device::{
     cleanup, cleanup_in, Backend, CleanupReport, PeerStatus, Tunnel, TunnelProbe, TunnelReport,
     TunnelStatus,
 };
-pub use diff::{CurrentPeer, KeepaliveHolds, PeerChange, PeerDiff};
+pub use diff::{Committed, CurrentPeer, KeepaliveHolds, PeerChange, PeerDiff};
 pub use keys::{load_or_create, public_key_b64, KeyError, PrivateKey, PublicKey};
 
 use crate::config::Config;

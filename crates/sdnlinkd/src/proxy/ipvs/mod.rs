@@ -54,19 +54,6 @@ impl From<netlink_packet_core::DecodeError> for IpvsError {
     }
 }
 
-impl From<IpvsError> for ProxyError {
-    fn from(e: IpvsError) -> Self {
-        match e {
-            IpvsError::Netns(n) => ProxyError::Netns(n),
-            IpvsError::Io { context, source } => ProxyError::Io { context, source },
-            other => ProxyError::Backend {
-                backend: "ipvs",
-                message: other.to_string(),
-            },
-        }
-    }
-}
-
 /// Reads our part of the kernel table: every service on `owned` VIPs with its destinations.
 /// One service dump plus one destination dump per owned service (a netlink socket runs one
 /// dump at a time, so these are sequential round trips).
@@ -188,8 +175,9 @@ pub fn adoptable_vips(
         .collect())
 }
 
-/// Sets the IPVS sysctls of the namespace (ip_vs must be loaded: /proc/sys/net/ipv4/vs
-/// appears with it). Call once after enabling the backend.
+/// The namespace sysctls IPVS needs on a kernel of `release` (path under /proc/sys -> value).
+/// The node plumbing writes them with its own (through [`ProxyBackend::sysctls`]); the
+/// directory appears with the ip_vs module.
 ///
 /// - `conntrack=0`: IPVS keeps its own connection table, which is all its NAT and the reply
 ///   path need, and leaves its flows untracked. With 1, IPVS rewrites a new flow's conntrack
@@ -206,25 +194,38 @@ pub fn adoptable_vips(
 /// - `conn_reuse_mode`: kubernetes 81775 — on kernels before 5.9 mode 1 delays reconnects
 ///   that reuse a source port by a second, so 0 there; from 5.9 the kernel reschedules such
 ///   connections without the delay and 1 (the default) is right.
+pub fn namespace_sysctls(release: &str) -> BTreeMap<String, String> {
+    let reuse = if kernel_at_least(release, 5, 9) {
+        "1"
+    } else {
+        "0"
+    };
+    [
+        ("conntrack", "0"),
+        ("expire_nodest_conn", "1"),
+        ("expire_quiescent_template", "1"),
+        ("conn_reuse_mode", reuse),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("net/ipv4/vs/{k}"), v.to_string()))
+    .collect()
+}
+
+/// The running kernel's release (`uname -r`); empty when it cannot be read, which
+/// [`kernel_at_least`] treats as older than anything.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Writes [`namespace_sysctls`] in `ns` (ip_vs must be loaded), for tests that run IPVS without
+/// the node plumbing.
 pub fn apply_sysctls(ns: &NetNs) -> Result<(), IpvsError> {
-    let r = ns.run(|| -> Result<(), io::Error> {
-        let release = nix::sys::utsname::uname()
-            .map_err(io::Error::from)?
-            .release()
-            .to_string_lossy()
-            .into_owned();
-        let reuse = if kernel_at_least(&release, 5, 9) {
-            "1"
-        } else {
-            "0"
-        };
-        for (k, v) in [
-            ("conntrack", "0"),
-            ("expire_nodest_conn", "1"),
-            ("expire_quiescent_template", "1"),
-            ("conn_reuse_mode", reuse),
-        ] {
-            let path = format!("/proc/sys/net/ipv4/vs/{k}");
+    let want = namespace_sysctls(&kernel_release());
+    let r = ns.run(move || -> Result<(), io::Error> {
+        for (k, v) in &want {
+            let path = format!("/proc/sys/{k}");
             std::fs::write(&path, v)
                 .map_err(|e| io::Error::new(e.kind(), format!("writing {path}: {e}")))?;
         }
@@ -429,9 +430,10 @@ impl IpvsBackend {
             Ok(p.to_string())
         })
         .await
-        .map_err(|e| ProxyError::Backend {
+        .map_err(|source| ProxyError::Task {
             backend: "ipvs",
-            message: format!("plan task: {e}"),
+            what: "plan",
+            source,
         })?;
         Ok(planned?)
     }
@@ -458,6 +460,22 @@ impl ProxyBackend for IpvsBackend {
         true
     }
 
+    fn lingering_vips(&self, desired: &DesiredProxy) -> BTreeSet<IpAddr> {
+        IpvsBackend::lingering_vips(self, desired)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        IpvsBackend::next_deadline(self)
+    }
+
+    fn sysctls(&self) -> BTreeMap<String, String> {
+        namespace_sysctls(&kernel_release())
+    }
+
+    async fn plan_full(&self, desired: &DesiredProxy) -> Result<String, ProxyError> {
+        IpvsBackend::plan_full(self, desired).await
+    }
+
     async fn sync(&mut self, desired: &DesiredProxy, full: bool) -> Result<SyncReport, ProxyError> {
         // The netlink socket and the table can be large: the work runs on a blocking thread
         // (the socket keeps its namespace, so any thread will do).
@@ -468,9 +486,10 @@ impl ProxyBackend for IpvsBackend {
             (me, r)
         })
         .await
-        .map_err(|e| ProxyError::Backend {
+        .map_err(|source| ProxyError::Task {
             backend: "ipvs",
-            message: format!("sync task: {e}"),
+            what: "sync",
+            source,
         })?;
         *self = me;
         Ok(res?)
@@ -483,9 +502,10 @@ impl ProxyBackend for IpvsBackend {
             (me, r)
         })
         .await
-        .map_err(|e| ProxyError::Backend {
+        .map_err(|source| ProxyError::Task {
             backend: "ipvs",
-            message: format!("cleanup task: {e}"),
+            what: "cleanup",
+            source,
         })?;
         *self = me;
         Ok(res?)

@@ -3,7 +3,7 @@
 
 use super::message::{ipproto, Dest, FwdMethod, IpvsMessage, Service, ServiceId, OWNED_SVC_FLAGS};
 use super::nlas::IP_VS_SVC_F_PERSISTENT;
-use crate::proxy::{DesiredProxy, Destination, VirtualKey, VirtualService};
+use crate::proxy::{DesiredProxy, Destination, Scheduling, VirtualKey, VirtualService};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -127,6 +127,31 @@ pub fn service_id(k: &VirtualKey) -> ServiceId {
 }
 
 /// The kernel service a desired virtual service maps to: `sessionAffinity: ClientIP` is
+/// The kernel's name for `s` (`ip_vs_<name>` modules, IP_VS_SVC_ATTR_SCHED_NAME).
+pub fn sched_name(s: Scheduling) -> &'static str {
+    match s {
+        Scheduling::RoundRobin => "rr",
+        Scheduling::WeightedRoundRobin => "wrr",
+        Scheduling::LeastConnection => "lc",
+        Scheduling::WeightedLeastConnection => "wlc",
+        Scheduling::LocalityLeastConnection => "lblc",
+        Scheduling::LocalityLeastConnectionReplicated => "lblcr",
+        Scheduling::DestinationHash => "dh",
+        Scheduling::SourceHash => "sh",
+        Scheduling::ShortestExpectedDelay => "sed",
+        Scheduling::NeverQueue => "nq",
+        Scheduling::WeightedFailover => "fo",
+        Scheduling::WeightedOverflow => "ovf",
+        Scheduling::MaglevHash => "mh",
+        Scheduling::TwoRandomChoices => "twos",
+    }
+}
+
+/// The scheduling a kernel scheduler name stands for.
+pub fn scheduling_of(name: &str) -> Option<Scheduling> {
+    Scheduling::ALL.into_iter().find(|s| sched_name(*s) == name)
+}
+
 /// `IP_VS_SVC_F_PERSISTENT` with the Service's timeout and a whole-host netmask.
 pub fn wanted_service(vs: &VirtualService) -> Service {
     let (flags, timeout) = match vs.affinity_timeout {
@@ -135,7 +160,7 @@ pub fn wanted_service(vs: &VirtualService) -> Service {
     };
     Service {
         id: service_id(&vs.key),
-        scheduler: vs.scheduler.clone(),
+        scheduler: sched_name(vs.scheduler).to_string(),
         flags,
         timeout,
         netmask: Service::host_netmask(&vs.key.vip),
@@ -157,7 +182,7 @@ fn in_sync(vs: &VirtualService, have: &TableService) -> bool {
         None => (0, 0),
     };
     let s = &have.service;
-    s.scheduler == vs.scheduler
+    s.scheduler == sched_name(vs.scheduler)
         && (s.flags & OWNED_SVC_FLAGS) == flags
         && s.timeout == timeout
         && s.netmask == Service::host_netmask(&vs.key.vip)
@@ -189,7 +214,9 @@ pub fn table_services(table: &Table) -> impl Iterator<Item = VirtualService> + '
                 name: String::new(),
             },
             port_name: String::new(),
-            scheduler: s.scheduler.clone(),
+            // Every scheduler the kernel can load has a name here; anything else is adopted
+            // as round robin and rewritten to the configured one when its cluster lists.
+            scheduler: scheduling_of(&s.scheduler).unwrap_or(Scheduling::RoundRobin),
             affinity_timeout: (s.flags & IP_VS_SVC_F_PERSISTENT != 0).then_some(s.timeout),
             destinations: have
                 .dests
@@ -371,13 +398,6 @@ impl Op {
     }
 }
 
-fn fmt_dest(d: &Destination) -> String {
-    match d.addr {
-        IpAddr::V4(a) => format!("{a}:{}", d.port),
-        IpAddr::V6(a) => format!("[{a}]:{}", d.port),
-    }
-}
-
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
@@ -395,24 +415,12 @@ impl fmt::Display for Op {
             }
             OpKind::DelService => write!(f, "del-service {}", self.key),
             OpKind::AddDest(d, s) => {
-                write!(
-                    f,
-                    "add-dest {} -> {} weight={}",
-                    self.key,
-                    fmt_dest(d),
-                    s.weight
-                )
+                write!(f, "add-dest {} -> {} weight={}", self.key, d, s.weight)
             }
             OpKind::EditDest(d, s) => {
-                write!(
-                    f,
-                    "edit-dest {} -> {} weight={}",
-                    self.key,
-                    fmt_dest(d),
-                    s.weight
-                )
+                write!(f, "edit-dest {} -> {} weight={}", self.key, d, s.weight)
             }
-            OpKind::DelDest(d) => write!(f, "del-dest {} -> {}", self.key, fmt_dest(d)),
+            OpKind::DelDest(d) => write!(f, "del-dest {} -> {}", self.key, d),
         }
     }
 }

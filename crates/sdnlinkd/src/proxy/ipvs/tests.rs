@@ -13,7 +13,7 @@ use super::message::*;
 use super::nlas::*;
 use super::plan::*;
 use crate::model::{Protocol, ServiceKey};
-use crate::proxy::{DesiredProxy, Destination, VirtualKey, VirtualService};
+use crate::proxy::{DesiredProxy, Destination, Scheduling, VirtualKey, VirtualService};
 use netlink_packet_core::{
     Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, ParseableParametrized, NLM_F_ACK,
     NLM_F_REQUEST,
@@ -368,7 +368,7 @@ fn vs(k: VirtualKey, dests: &[u8], affinity: Option<u32>) -> VirtualService {
             name: "web".into(),
         },
         port_name: String::new(),
-        scheduler: "rr".into(),
+        scheduler: Scheduling::RoundRobin,
         affinity_timeout: affinity,
         destinations: dests.iter().map(|d| dst(*d)).collect(),
     }
@@ -714,4 +714,21 @@ fn kernel_release_comparison_for_conn_reuse_mode() {
     assert!(super::kernel_at_least("5.9.0", 5, 9));
     assert!(!super::kernel_at_least("5.4.0-150-generic", 5, 9));
     assert!(!super::kernel_at_least("4.19.0", 5, 9));
+    // kubernetes 81775: mode 1 delays port-reusing reconnects by a second before 5.9.
+    let reuse = |r: &str| super::namespace_sysctls(r)["net/ipv4/vs/conn_reuse_mode"].clone();
+    assert_eq!(reuse("5.4.0-150-generic"), "0");
+    assert_eq!(reuse("6.1.0-27-cloud-amd64"), "1");
+    assert_eq!(reuse(""), "0");
+}
+
+#[test]
+fn every_scheduling_has_a_kernel_name_and_comes_back_from_it() {
+    for s in Scheduling::ALL {
+        assert_eq!(scheduling_of(sched_name(s)), Some(s), "{s:?}");
+        // `proxy.scheduler` takes the kernel's own names.
+        assert_eq!(sched_name(s), s.name(), "{s:?}");
+        assert_eq!(s.name().parse::<Scheduling>(), Ok(s));
+    }
+    assert_eq!(scheduling_of("nope"), None);
+    assert!("nope".parse::<Scheduling>().is_err());
 }

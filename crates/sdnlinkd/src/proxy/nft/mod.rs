@@ -60,21 +60,6 @@ pub enum NftError {
     Parse(#[from] table::ParseError),
 }
 
-impl From<NftError> for ProxyError {
-    fn from(e: NftError) -> Self {
-        match e {
-            NftError::Spawn { program, source } => ProxyError::Io {
-                context: format!("running {}", program.display()),
-                source,
-            },
-            other => ProxyError::Backend {
-                backend: "nftables",
-                message: other.to_string(),
-            },
-        }
-    }
-}
-
 /// Whether nftables can be used from the calling thread's namespace: the `nft` program runs and
 /// the kernel answers a listing (nf_tables present, CAP_NET_ADMIN held).
 pub fn nft_available() -> bool {
@@ -328,6 +313,10 @@ impl ProxyBackend for NftBackend {
 
     fn needs_vips(&self) -> bool {
         false
+    }
+
+    async fn plan_full(&self, desired: &DesiredProxy) -> Result<String, ProxyError> {
+        self.plan(desired, true).await
     }
 
     /// `SyncReport::operations` counts the nft commands written; reads (the generation, a

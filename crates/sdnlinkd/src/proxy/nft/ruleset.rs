@@ -30,7 +30,7 @@ use super::table::{
     diff, expr, BaseSpec, Chain, ElemKey, ElemValue, Elements, Rule, SetDecl, Table, Tx,
 };
 use crate::model::{Protocol, ServiceKey};
-use crate::proxy::{DesiredProxy, Destination, VirtualKey, VirtualService};
+use crate::proxy::{DesiredProxy, Destination, Scheduling, VirtualKey, VirtualService};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -199,8 +199,8 @@ fn endpoint_key(k: &VirtualKey, index: u32) -> ElemKey {
 
 /// IPVS's consistent schedulers (source hashing, Maglev hashing) pick by client address;
 /// everything else becomes a uniform random choice.
-fn consistent(scheduler: &str) -> bool {
-    matches!(scheduler, "sh" | "mh")
+fn consistent(scheduler: &Scheduling) -> bool {
+    scheduler.by_client()
 }
 
 fn verdict_map_decl(a: IpAddr) -> SetDecl {
@@ -347,12 +347,8 @@ fn fixed_chains(t: &mut Table) {
 /// `dnat ip to 10.1.0.1:8080`, with the protocol match nft 1.0.6 wants before a port.
 fn dnat_rule(k: &VirtualKey, d: &Destination) -> Rule {
     let fam = ip_kw(k.vip);
-    let to = match d.addr {
-        IpAddr::V4(a) => format!("{a}:{}", d.port),
-        IpAddr::V6(a) => format!("[{a}]:{}", d.port),
-    };
     Rule::new(
-        format!("meta l4proto {} dnat {fam} to {to}", k.protocol),
+        format!("meta l4proto {} dnat {fam} to {d}", k.protocol),
         json!([
             expr::matches("==", expr::meta("l4proto"), json!(proto_number(k.protocol))),
             expr::dnat(fam, d.addr.to_string(), d.port)
@@ -674,7 +670,7 @@ pub fn table_services(t: &Table) -> Vec<VirtualService> {
                     name: String::new(),
                 },
                 port_name: String::new(),
-                scheduler: "rr".into(),
+                scheduler: Scheduling::RoundRobin,
                 affinity_timeout: None,
                 destinations: BTreeSet::new(),
             };
@@ -720,7 +716,7 @@ fn read_rule<'a>(
         Value::Array(a) => a.iter().for_each(|x| read_rule(t, x, k, vs, eps)),
         Value::Object(o) => {
             if o.contains_key("jhash") {
-                vs.scheduler = "sh".into();
+                vs.scheduler = Scheduling::SourceHash;
             }
             if let Some(ep) = o
                 .get("goto")

@@ -33,7 +33,7 @@ fn vs(
             name: "x".into(),
         },
         port_name: String::new(),
-        scheduler: sched.into(),
+        scheduler: sched.parse().expect("a scheduler name"),
         affinity_timeout: aff,
         destinations: dests
             .iter()
@@ -433,7 +433,11 @@ fn as_kernel_sees(d: &DesiredProxy) -> Vec<VirtualService> {
                 name: String::new(),
             },
             port_name: String::new(),
-            scheduler: if consistent(&v.scheduler) { "sh" } else { "rr" }.into(),
+            scheduler: if consistent(&v.scheduler) {
+                Scheduling::SourceHash
+            } else {
+                Scheduling::RoundRobin
+            },
             ..v.clone()
         })
         .collect()
