@@ -7,7 +7,8 @@
 //! key or endpoint change, or when someone removed the annotations), with its own timeout and
 //! backoff, and reports into [`PublishStatus`].
 
-use super::{lock, make_client, state::describe_client_error, StateCell};
+use super::kubeconfig::make_client;
+use super::{lock, state::describe_client_error, StateCell};
 use super::{ClustersError, ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY};
 use k8s_openapi::api::core::v1 as core;
 use kube::api::{Api, Patch, PatchParams};

@@ -16,9 +16,14 @@
 
 pub mod board;
 pub mod desired;
+mod plan;
 mod reload;
 pub mod scheduler;
 pub mod status;
+mod sync;
+
+pub use plan::{DryRun, PlanPart};
+pub use sync::{LastSync, SyncError};
 
 use crate::clusters::persist::SnapshotStore;
 use crate::clusters::ClusterSet;
@@ -38,108 +43,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-
-/// What `sdnlinkd plan` prints: per subsystem, what a full sync would change now.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct DryRun {
-    pub proxy_backend: String,
-    pub tunnel: PlanPart,
-    pub proxy: PlanPart,
-    pub node: PlanPart,
-}
-
-/// One subsystem's part of a [`DryRun`]: its operations, or why it could not plan.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct PlanPart {
-    pub operations: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl PlanPart {
-    fn of(r: Result<Vec<String>, String>) -> PlanPart {
-        match r {
-            Ok(operations) => PlanPart {
-                operations,
-                error: None,
-            },
-            Err(e) => PlanPart {
-                operations: Vec::new(),
-                error: Some(e),
-            },
-        }
-    }
-}
-
-impl DryRun {
-    /// Whether a full sync would change nothing (and every subsystem could tell).
-    pub fn is_empty(&self) -> bool {
-        [&self.tunnel, &self.proxy, &self.node]
-            .iter()
-            .all(|p| p.operations.is_empty() && p.error.is_none())
-    }
-}
-
-impl std::fmt::Display for DryRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let proxy = format!("proxy ({})", self.proxy_backend);
-        for (name, part) in [
-            ("tunnel", &self.tunnel),
-            (proxy.as_str(), &self.proxy),
-            ("node", &self.node),
-        ] {
-            match (&part.error, part.operations.len()) {
-                (Some(e), _) => writeln!(f, "{name}: cannot plan: {e}")?,
-                (None, 0) => writeln!(f, "{name}: nothing to change")?,
-                (None, n) => {
-                    writeln!(f, "{name}: {n} change{}", if n == 1 { "" } else { "s" })?;
-                    for op in &part.operations {
-                        writeln!(f, "  {op}")?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What the last sync did, for status.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LastSync {
-    pub full: bool,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub duration_ms: f64,
-    #[serde(with = "crate::model::unix_seconds_opt")]
-    pub at: Option<SystemTime>,
-    pub node_operations: usize,
-    pub tunnel_operations: usize,
-    pub proxy: Option<SyncReport>,
-}
-
-/// One failure of a sync, by subsystem.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("tunnel: {0}")]
-    Tunnel(#[from] tunnel::TunnelError),
-    #[error("tunnel: {0}")]
-    TunnelPeer(String),
-    #[error("proxy: {0}")]
-    Proxy(#[from] ProxyError),
-    #[error("proxy {key}: {reason}")]
-    ProxyService {
-        key: proxy::VirtualKey,
-        reason: String,
-    },
-    #[error("withdrawing the replaced {backend} proxy backend: {source}")]
-    RetiredProxy {
-        backend: &'static str,
-        #[source]
-        source: ProxyError,
-    },
-    #[error("node: {0}")]
-    Node(#[from] node::NodeError),
-}
 
 struct Daemon {
     path: PathBuf,
@@ -184,16 +87,6 @@ struct Daemon {
     held_clusters: Vec<String>,
     board: Board,
     metrics: crate::metrics::Metrics,
-}
-
-/// Records `e` in `slot` (shown in the status problems), calling `warn` only when it differs
-/// from what is there: a failure that persists is logged once, not at every sync.
-fn note_once(slot: &mut Option<String>, e: &dyn std::fmt::Display, warn: impl FnOnce(&str)) {
-    let msg = e.to_string();
-    if slot.as_deref() != Some(msg.as_str()) {
-        warn(&msg);
-    }
-    *slot = Some(msg);
 }
 
 /// Hands the DNS stub's sockets to systemd's fd store (replacing what it held for them), or
@@ -539,204 +432,6 @@ impl Daemon {
         true
     }
 
-    /// What a full sync would change right now, per subsystem, from the plans the syncs use;
-    /// nothing is sent and nothing committed (`sdnlinkd plan`). The TCP MSS and inbound
-    /// filter tables are whole-table replacements and are not listed.
-    async fn plan(&mut self) -> DryRun {
-        let cfg = self.cfg.clone();
-        let snaps = self.clusters.snapshots();
-        let held = self.clusters.held(&cfg);
-        let want = desired::Desired::compute(&cfg, &snaps, held);
-        let tunnel = PlanPart::of(
-            self.tunnel
-                .plan_full(&want.peers)
-                .await
-                .map_err(|e| e.to_string()),
-        );
-        let proxy = PlanPart::of(
-            self.proxy
-                .plan_full(&want.proxy)
-                .await
-                .map(|text| text.lines().map(str::to_string).collect())
-                .map_err(|e| e.to_string()),
-        );
-        let extras = self.node_extras(&want);
-        let node_desired = node::NodeDesired::from_config(&cfg, &extras);
-        let node = PlanPart::of(
-            self.plumbing
-                .plan_full(&node_desired)
-                .await
-                .map_err(|e| e.to_string()),
-        );
-        DryRun {
-            proxy_backend: self.proxy.name().to_string(),
-            tunnel,
-            proxy,
-            node,
-        }
-    }
-
-    /// The node's extras for `want` from the tunnel's and the proxy's committed state.
-    fn node_extras(&self, want: &desired::Desired) -> node::NodeExtras {
-        want.node_extras(
-            self.tunnel.routes(),
-            self.proxy.needs_vips(),
-            self.proxy.lingering_vips(&want.proxy),
-            self.proxy.sysctls(),
-        )
-    }
-
-    /// One sync of every subsystem. Returns whether everything applied.
-    async fn sync(&mut self, full: bool) -> bool {
-        let t0 = Instant::now();
-        let cfg = self.cfg.clone();
-        let snaps = self.clusters.snapshots();
-        let generation = self.clusters.generation();
-        let held = self.clusters.held(&cfg);
-        let want = desired::Desired::compute(&cfg, &snaps, held);
-        self.last_desired_services = want.proxy.services.len();
-        self.held_clusters = want.held_clusters();
-        let mut errors: Vec<SyncError> = Vec::new();
-
-        // Tunnel first: the routes through it need the link to exist.
-        let mut tunnel_ops = 0;
-        match self.tunnel.sync(&want.peers, full).await {
-            Ok(r) => {
-                tunnel_ops = r.messages as usize;
-                errors.extend(r.failed.iter().cloned().map(SyncError::TunnelPeer));
-            }
-            Err(e) => errors.push(e.into()),
-        }
-        self.board.set_tunnel(
-            self.tunnel.probe(
-                self.tunnel
-                    .status_namespace(&self.status_host, &self.status_ns)
-                    .clone(),
-            ),
-        );
-        let (iface, mtu) = (&cfg.tunnel.interface, cfg.tunnel.mtu);
-        match self.mss.sync(iface, mtu, full).await {
-            Ok(done) => {
-                if done == TableSync::Applied {
-                    tunnel_ops += 1;
-                    let (v4, v6) = tunnel::mss::mss_for(mtu);
-                    tracing::info!(interface = %iface, mtu, mss_ipv4 = v4, mss_ipv6 = v6, "TCP MSS clamp applied in both directions");
-                }
-                self.mss_error = None;
-            }
-            Err(e) => note_once(&mut self.mss_error, &e, |msg| {
-                tracing::warn!("TCP MSS clamping not applied; connections through the tunnel now depend on path-MTU discovery: {msg}")
-            }),
-        }
-        match self.inbound.sync(iface, &cfg.local.pod_cidrs, full).await {
-            Ok(done) => {
-                if done == TableSync::Applied {
-                    tunnel_ops += 1;
-                    tracing::info!(interface = %iface, table = tunnel::inbound::TABLE, "inbound filter applied: only local pod CIDRs and replies pass from the tunnel");
-                }
-                self.inbound_error = None;
-            }
-            Err(e) => note_once(&mut self.inbound_error, &e, |msg| {
-                tracing::warn!("inbound filter not applied; remote nodes can reach this namespace and the host through the tunnel: {msg}")
-            }),
-        }
-        let proxy_report = match self.proxy.sync(&want.proxy, full).await {
-            Ok(r) => {
-                errors.extend(r.failed.iter().map(|(key, why)| SyncError::ProxyService {
-                    key: *key,
-                    reason: why.clone(),
-                }));
-                Some(r)
-            }
-            Err(e) => {
-                errors.push(e.into());
-                None
-            }
-        };
-        if proxy_report.as_ref().is_some_and(|r| r.failed.is_empty()) {
-            if let Some(mut old) = self.retired_proxy.take() {
-                match old.cleanup().await {
-                    Ok(()) => tracing::info!(
-                        backend = old.name(),
-                        "withdrew the services of the replaced proxy backend"
-                    ),
-                    Err(source) => {
-                        errors.push(SyncError::RetiredProxy {
-                            backend: old.name(),
-                            source,
-                        });
-                        self.retired_proxy = Some(old);
-                    }
-                }
-            }
-        }
-        // The node after the proxy: a Service that left starts draining in this sync, and its
-        // VIP must stay until the drain ends. An IPVS service may exist before its VIP does.
-        // Routes follow the peers the device has (kept ones of held clusters included).
-        self.draining_vips = self.proxy.lingering_vips(&want.proxy).into_iter().collect();
-        let extras = self.node_extras(&want);
-        let node_desired = node::NodeDesired::from_config(&cfg, &extras);
-        let mut node_ops = 0;
-        match self.plumbing.sync(&node_desired, full).await {
-            Ok(r) => node_ops = r.operations(),
-            Err(e) => errors.push(e.into()),
-        }
-        if let Some(dns) = &self.dns {
-            if self.zones_generation.as_ref() != Some(&generation) {
-                // Seconds of CPU at 100k endpoints: off the async workers, which also serve
-                // status and the control socket.
-                let (c, s) = (cfg.clone(), snaps.clone());
-                match tokio::task::spawn_blocking(move || dns::ZoneData::build(&c, &s)).await {
-                    Ok(zones) => {
-                        dns.update(Arc::new(zones));
-                        self.zones_generation = Some(generation);
-                    }
-                    Err(e) => tracing::error!(
-                        "building the DNS zones failed, keeping the served ones: {e}"
-                    ),
-                }
-            }
-        }
-        self.board.set_counts(
-            snaps
-                .iter()
-                .map(|(n, s)| {
-                    let eps = s.services.values().map(|v| v.endpoints.len()).sum();
-                    (n.clone(), s.services.len(), eps)
-                })
-                .collect(),
-        );
-        // Cheap and idempotent: the publisher acts only when the Node differs.
-        self.clusters.publish(&self.public_key, cfg.tunnel.endpoint);
-
-        let ok = errors.is_empty();
-        if !ok {
-            for e in &errors {
-                tracing::warn!("sync: {e}");
-            }
-        }
-        let duration = t0.elapsed();
-        self.metrics.observe_sync(full, duration);
-        tracing::debug!(full, ?duration, node_ops, tunnel_ops, "sync done");
-        self.last = LastSync {
-            full,
-            ok,
-            error: (!ok).then(|| {
-                errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }),
-            duration_ms: duration.as_secs_f64() * 1000.0,
-            at: Some(SystemTime::now()),
-            node_operations: node_ops,
-            tunnel_operations: tunnel_ops,
-            proxy: proxy_report,
-        };
-        ok
-    }
-
     /// Problems the task knows of, one line each (cluster problems come from the board).
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -843,53 +538,4 @@ pub async fn cleanup(cfg: &Config) -> anyhow::Result<String> {
         anyhow::bail!("{}\nnot every snapshot file was removed", lines.join("\n"));
     }
     Ok(lines.join("\n"))
-}
-
-#[cfg(test)]
-mod dry_run_tests {
-    use super::*;
-
-    fn part(ops: &[&str], error: Option<&str>) -> PlanPart {
-        PlanPart {
-            operations: ops.iter().map(|s| s.to_string()).collect(),
-            error: error.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn a_dry_run_prints_each_part_and_round_trips_through_json() {
-        let d = DryRun {
-            proxy_backend: "ipvs".into(),
-            tunnel: part(&[], None),
-            proxy: part(
-                &[
-                    "add service tcp 10.120.0.10:80",
-                    "add real 10.120.0.10:80 -> 10.20.1.5:8080",
-                ],
-                None,
-            ),
-            node: part(&[], Some("netlink: permission denied")),
-        };
-        assert_eq!(
-            d.to_string(),
-            "tunnel: nothing to change\nproxy (ipvs): 2 changes\n  add service tcp 10.120.0.10:80\n  add real 10.120.0.10:80 -> 10.20.1.5:8080\nnode: cannot plan: netlink: permission denied\n"
-        );
-        assert!(!d.is_empty());
-        let back: DryRun =
-            serde_json::from_value(serde_json::to_value(&d).expect("serializes")).expect("parses");
-        assert_eq!(back.to_string(), d.to_string());
-        let idle = DryRun {
-            proxy_backend: "nftables".into(),
-            tunnel: part(&[], None),
-            proxy: part(&[], None),
-            node: part(&[], None),
-        };
-        assert!(idle.is_empty());
-        // A part that could not plan is not "nothing to change".
-        let blind = DryRun {
-            node: part(&[], Some("x")),
-            ..idle
-        };
-        assert!(!blind.is_empty());
-    }
 }

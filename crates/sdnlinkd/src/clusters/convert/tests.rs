@@ -1,7 +1,10 @@
 use super::*;
+use crate::model::{Endpoint, Node, Protocol, Service, ServiceKind, TargetPort};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use kube::core::DynamicObject;
 use serde_json::json;
+use std::sync::Arc;
 
 /// An object as the watch delivers it.
 fn dynamic<T: serde::Serialize>(o: &T) -> DynamicObject {

@@ -1,4 +1,6 @@
 use super::*;
+use crate::model::SyncState;
+use kube::runtime::watcher;
 use serde_json::json;
 
 fn obj(v: serde_json::Value) -> DynamicObject {

@@ -54,6 +54,33 @@ impl From<netlink_packet_core::DecodeError> for IpvsError {
     }
 }
 
+/// The plan from `observed` to `desired` now, after `desired` adopted what the kernel has for
+/// clusters that have not listed yet (returned with the plan): what a sync sends and what
+/// `sdnlinkd plan` prints.
+fn plan_adopting<'a>(
+    desired: &'a DesiredProxy,
+    observed: &Table,
+    owned: &BTreeSet<IpAddr>,
+    drains: &plan::Drains,
+    grace: Duration,
+    removal: Removal,
+) -> (std::borrow::Cow<'a, DesiredProxy>, Plan) {
+    let desired = match desired.adopting(plan::table_services(observed)) {
+        Some(adopted) => std::borrow::Cow::Owned(adopted),
+        None => std::borrow::Cow::Borrowed(desired),
+    };
+    let p = plan::plan_with(
+        &desired,
+        observed,
+        owned,
+        drains,
+        Instant::now(),
+        grace,
+        removal,
+    );
+    (desired, p)
+}
+
 /// Reads our part of the kernel table: every service on `owned` VIPs with its destinations.
 /// One service dump plus one destination dump per owned service (a netlink socket runs one
 /// dump at a time, so these are sequential round trips).
@@ -373,19 +400,15 @@ impl IpvsBackend {
             (Some(c), false) => c,
             _ => observe(sock, &self.owned_vips)?,
         };
-        let now = Instant::now();
-        // Clusters that have not listed yet keep what the kernel has for them.
-        let adopted = desired.adopting(plan::table_services(&observed));
-        let desired = adopted.as_ref().unwrap_or(desired);
-        let plan = plan::plan_with(
+        let (desired, plan) = plan_adopting(
             desired,
             &observed,
             &self.owned_vips,
             &self.drains,
-            now,
             self.grace,
             removal,
         );
+        let desired = desired.as_ref();
         let (table, failed, _) = execute(sock, &plan, observed)?;
         // Keep a VIP owned while one of our services still sits on it (a failed delete).
         let still: BTreeSet<IpAddr> = table.keys().map(|k| k.vip).collect();
@@ -416,17 +439,7 @@ impl IpvsBackend {
         let planned = tokio::task::spawn_blocking(move || -> Result<String, IpvsError> {
             let mut sock = IpvsSocket::open(&ns)?;
             let observed = observe(&mut sock, &owned)?;
-            let adopted = desired.adopting(plan::table_services(&observed));
-            let desired = adopted.as_ref().unwrap_or(&desired);
-            let p = plan::plan_with(
-                desired,
-                &observed,
-                &owned,
-                &drains,
-                Instant::now(),
-                grace,
-                Removal::Drain,
-            );
+            let (_, p) = plan_adopting(&desired, &observed, &owned, &drains, grace, Removal::Drain);
             Ok(p.to_string())
         })
         .await
