@@ -216,7 +216,12 @@ impl ClusterSet {
         let daemon = Arc::new(Notify::new());
         let persist = Arc::new(Notify::new());
         let persister = match &store {
-            Some(st) => rt.spawn(run_persister(view.clone(), st.clone(), persist.clone())),
+            Some(st) => rt.spawn(run_persister(
+                view.clone(),
+                st.clone(),
+                persist.clone(),
+                snapshot_writer::PERSIST_EVERY,
+            )),
             None => rt.spawn(async {}),
         };
         let mut set = ClusterSet {
