@@ -103,7 +103,6 @@ impl DnsHandler {
         }
     }
 
-    /// Everything that needs no I/O: parsing, our zones, errors.
     /// The current zones, for a burst of [`DnsHandler::fast`] calls.
     pub(crate) fn zones(&self) -> arc_swap::Guard<Arc<ZoneData>> {
         self.shared.zones.load()
@@ -134,6 +133,7 @@ impl DnsHandler {
         stats.rcodes[Origin::Local as usize][0].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Everything that needs no I/O: parsing, our zones, errors.
     pub(crate) fn step(&self, raw: &[u8], src: SocketAddr, transport: Transport) -> Step {
         if self.shared.clients.allows(src.ip()) {
             if let Some(b) = wire::answer(&self.shared.zones.load().wire, raw, transport) {
