@@ -142,6 +142,20 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
+    // SAFETY: between fork and exec only async-signal-safe calls happen: setns(2) and setsid(2)
+    // are plain system calls; `ns` was opened before the fork.
+    // Registered before the fd mappings: pre_exec closures run in registration order, and the
+    // mappings dup2(2) the stored descriptors onto 3, 4, ..., which the namespace's own
+    // descriptor may be numbered; setns(2) on the socket dup'ed over it fails with EINVAL
+    // (a lab run failed that way: "starting sdnlinkd: Invalid argument").
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
     if !passed.is_empty() {
         let names: Vec<&str> = passed.iter().map(|(n, _)| n.as_str()).collect();
         cmd.env("LISTEN_FDS", passed.len().to_string())
@@ -158,16 +172,6 @@ pub fn spawn(
             node: node.name.clone(),
             reason: format!("passing the stored descriptors: {e}"),
         })?;
-    }
-    // SAFETY: between fork and exec only async-signal-safe calls happen: setns(2) and setsid(2)
-    // are plain system calls; `ns` was opened before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
     }
     let child = cmd.spawn().map_err(|e| {
         LabError::io(

@@ -6,17 +6,19 @@ use super::{lock, ClusterView};
 use crate::model::ClusterSnapshot;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// How often, at most, a cluster's snapshot is written while changes keep arriving.
 pub(super) const PERSIST_EVERY: Duration = Duration::from_secs(3);
 
 /// Writes the snapshot of every cluster that has listed in this run and changed since its last
-/// write: at once after a change, then at most every `pause` ([`PERSIST_EVERY`]). Only a write starts the
-/// pause: a wake with nothing due (a warm snapshot served before the cluster lists) must not
-/// hold back the write of the first list, or a crash in the next seconds restarts from the old
-/// file again and re-serves what the list had already withdrawn.
+/// write: at once after its first list in this run, then at most every `pause`
+/// ([`PERSIST_EVERY`]) while changes keep arriving. The pause is per cluster: one cluster's
+/// write must not hold back another's first list (nor a wake with nothing due), or a crash in
+/// the next seconds restarts from that cluster's older file and re-serves what its list had
+/// already withdrawn (the local cluster lists first and was written first: the remote's first
+/// list then waited out the local's pause, which a lab kill -9 two seconds after a start hit).
 pub(super) async fn run_persister(
     view: ClusterView,
     store: Arc<SnapshotStore>,
@@ -27,26 +29,44 @@ pub(super) async fn run_persister(
     // reloads gets a new store whose generation can reach the old number again.
     let mut written: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut failing: BTreeMap<String, String> = BTreeMap::new();
+    // When each cluster was last written (or tried) in this run.
+    let mut last_try: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut next_due: Option<Instant> = None;
     loop {
-        wake.notified().await;
+        match next_due {
+            Some(at) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+        let now = Instant::now();
+        next_due = None;
         let due: Vec<(String, Arc<ClusterSnapshot>, (u64, u64))> = {
             let inner = view.read();
             written.retain(|n, _| inner.cells.contains_key(n));
-            inner
-                .cells
-                .iter()
-                .filter_map(|(name, cell)| {
-                    let mut s = lock(cell);
-                    let generation = (s.incarnation(), s.generation());
-                    if !s.listed() || written.get(name) == Some(&generation) {
-                        return None;
+            last_try.retain(|n, _| inner.cells.contains_key(n));
+            let mut due = Vec::new();
+            for (name, cell) in &inner.cells {
+                let mut s = lock(cell);
+                let generation = (s.incarnation(), s.generation());
+                if !s.listed() || written.get(name) == Some(&generation) {
+                    continue;
+                }
+                if let Some(at) = last_try.get(name).map(|t| *t + pause) {
+                    if now < at {
+                        next_due = Some(next_due.map_or(at, |n: Instant| n.min(at)));
+                        continue;
                     }
-                    Some((name.clone(), s.snapshot(), generation))
-                })
-                .collect()
+                }
+                due.push((name.clone(), s.snapshot(), generation));
+            }
+            due
         };
-        let wrote = !due.is_empty();
         for (name, snap, generation) in due {
+            last_try.insert(name.clone(), Instant::now());
             let st = store.clone();
             let n = name.clone();
             let res = tokio::task::spawn_blocking(move || st.save(&n, &snap)).await;
@@ -74,16 +94,13 @@ pub(super) async fn run_persister(
                 Err(e) => tracing::warn!(cluster = %name, "snapshot writer task failed: {e}"),
             }
         }
-        if wrote {
-            tokio::time::sleep(pause).await;
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::state::{ClusterState, Kind};
-    use super::super::ViewInner;
+    use super::super::{StateCell, ViewInner};
     use super::*;
     use kube::api::DynamicObject;
     use kube::runtime::watcher;
@@ -106,10 +123,14 @@ mod tests {
         s.handle(kind, Ok(watcher::Event::InitDone));
     }
 
-    async fn saved_services(store: &SnapshotStore, within: Duration) -> Option<Vec<String>> {
+    async fn saved_services(
+        store: &SnapshotStore,
+        cluster: &str,
+        within: Duration,
+    ) -> Option<Vec<String>> {
         let start = std::time::Instant::now();
         loop {
-            if let Ok(Some(snap)) = store.load("east") {
+            if let Ok(Some(snap)) = store.load(cluster) {
                 return Some(snap.services.keys().map(|k| k.to_string()).collect());
             }
             if start.elapsed() > within {
@@ -119,56 +140,73 @@ mod tests {
         }
     }
 
-    /// The faults-kill-restart flake: a wake before the cluster had listed (a warm start) put
-    /// the writer to sleep, so the first list stayed unwritten for the whole pause and a
-    /// crash then restarted from the older file. With a pause of an hour, that bug leaves no
-    /// file at all; the fix writes the list at once, and only then pauses.
-    #[tokio::test]
-    async fn the_first_list_after_a_wake_with_nothing_due_is_written_at_once() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(SnapshotStore::new(dir.path(), 1 << 20));
+    fn cell(name: &str) -> StateCell {
         let pod = vec!["10.132.0.0/14".parse().expect("cidr")];
         let svcs = vec!["172.31.0.0/16".parse().expect("cidr")];
-        let cell = Arc::new(Mutex::new(ClusterState::new("east", &pod, &svcs, 100)));
+        Arc::new(Mutex::new(ClusterState::new(name, &pod, &svcs, 100)))
+    }
+
+    fn list_all(cell: &StateCell, services: Vec<DynamicObject>) {
+        let mut s = cell.lock().expect("state lock");
+        list(&mut s, Kind::Service, services);
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Service) {
+            list(&mut s, kind, vec![]);
+        }
+        assert!(s.listed(), "every watch listed");
+    }
+
+    /// A writer over `cells` with a pause of an hour: whatever the test sees written was
+    /// written without waiting for a pause.
+    fn writer(
+        cells: &[(&str, &StateCell)],
+        dir: &std::path::Path,
+    ) -> (Arc<SnapshotStore>, Arc<Notify>, tokio::task::JoinHandle<()>) {
+        let store = Arc::new(SnapshotStore::new(dir, 1 << 20));
         let view = ClusterView {
             inner: Arc::new(RwLock::new(ViewInner {
-                cells: BTreeMap::from([("east".to_string(), cell.clone())]),
+                cells: cells
+                    .iter()
+                    .map(|(n, c)| (n.to_string(), Arc::clone(c)))
+                    .collect(),
                 statics: vec![],
             })),
         };
         let wake = Arc::new(Notify::new());
-        let writer = tokio::spawn(run_persister(
+        let task = tokio::spawn(run_persister(
             view,
             store.clone(),
             wake.clone(),
             Duration::from_secs(3600),
         ));
+        (store, wake, task)
+    }
+
+    /// The first faults-kill-restart flake: a wake before the cluster had listed (a warm start)
+    /// put the writer to sleep, so the first list stayed unwritten for the whole pause and a
+    /// crash then restarted from the older file. The fix writes the list at once, and only
+    /// then pauses that cluster.
+    #[tokio::test]
+    async fn the_first_list_after_a_wake_with_nothing_due_is_written_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let east = cell("east");
+        let (store, wake, task) = writer(&[("east", &east)], dir.path());
 
         // Nothing listed yet: the wake finds nothing due and writes nothing.
         wake.notify_one();
-        assert_eq!(
-            saved_services(&store, Duration::from_millis(200)).await,
-            None
-        );
+        let none = saved_services(&store, "east", Duration::from_millis(200)).await;
+        assert_eq!(none, None);
 
-        {
-            let mut s = cell.lock().expect("state lock");
-            list(&mut s, Kind::Service, vec![svc("a", "172.31.0.1")]);
-            for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Service) {
-                list(&mut s, kind, vec![]);
-            }
-            assert!(s.listed(), "every watch listed");
-        }
+        list_all(&east, vec![svc("a", "172.31.0.1")]);
         wake.notify_one();
         assert_eq!(
-            saved_services(&store, Duration::from_secs(10)).await,
+            saved_services(&store, "east", Duration::from_secs(10)).await,
             Some(vec!["ns/a".to_string()]),
             "the first list is written without waiting for a pause"
         );
 
-        // A write starts the pause: the next change waits for it.
+        // A write starts the cluster's pause: its next change waits for it.
         {
-            let mut s = cell.lock().expect("state lock");
+            let mut s = east.lock().expect("state lock");
             s.handle(
                 Kind::Service,
                 Ok(watcher::Event::Apply(svc("b", "172.31.0.2"))),
@@ -177,9 +215,34 @@ mod tests {
         wake.notify_one();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
-            saved_services(&store, Duration::ZERO).await,
+            saved_services(&store, "east", Duration::ZERO).await,
             Some(vec!["ns/a".to_string()])
         );
-        writer.abort();
+        task.abort();
+    }
+
+    /// The second: the local cluster lists first and is written, which paused the one writer
+    /// for every cluster; the remote's first list then waited out that pause, and a kill -9
+    /// two seconds after the start restarted from the remote's older file.
+    #[tokio::test]
+    async fn one_clusters_write_does_not_hold_back_another_clusters_first_list() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (east, west) = (cell("east"), cell("west"));
+        let (store, wake, task) = writer(&[("east", &east), ("west", &west)], dir.path());
+
+        list_all(&east, vec![svc("a", "172.31.0.1")]);
+        wake.notify_one();
+        assert_eq!(
+            saved_services(&store, "east", Duration::from_secs(10)).await,
+            Some(vec!["ns/a".to_string()])
+        );
+        list_all(&west, vec![svc("w", "172.31.0.9")]);
+        wake.notify_one();
+        assert_eq!(
+            saved_services(&store, "west", Duration::from_secs(10)).await,
+            Some(vec!["ns/w".to_string()]),
+            "west's first list is written at once although east was just written"
+        );
+        task.abort();
     }
 }
