@@ -127,24 +127,10 @@ pub fn service_id(k: &VirtualKey) -> ServiceId {
 }
 
 /// The kernel service a desired virtual service maps to: `sessionAffinity: ClientIP` is
-/// The kernel's name for `s` (`ip_vs_<name>` modules, IP_VS_SVC_ATTR_SCHED_NAME).
+/// The kernel's name for `s` (`ip_vs_<name>` modules, IP_VS_SVC_ATTR_SCHED_NAME):
+/// `proxy.scheduler` takes the kernel's own names, so the mapping is the identity on names.
 pub fn sched_name(s: Scheduling) -> &'static str {
-    match s {
-        Scheduling::RoundRobin => "rr",
-        Scheduling::WeightedRoundRobin => "wrr",
-        Scheduling::LeastConnection => "lc",
-        Scheduling::WeightedLeastConnection => "wlc",
-        Scheduling::LocalityLeastConnection => "lblc",
-        Scheduling::LocalityLeastConnectionReplicated => "lblcr",
-        Scheduling::DestinationHash => "dh",
-        Scheduling::SourceHash => "sh",
-        Scheduling::ShortestExpectedDelay => "sed",
-        Scheduling::NeverQueue => "nq",
-        Scheduling::WeightedFailover => "fo",
-        Scheduling::WeightedOverflow => "ovf",
-        Scheduling::MaglevHash => "mh",
-        Scheduling::TwoRandomChoices => "twos",
-    }
+    s.name()
 }
 
 /// The scheduling a kernel scheduler name stands for.
